@@ -1,0 +1,137 @@
+"""barbican-harness: the command line.
+
+Every HarnessError is printed as its message (it names the file, field, service or
+package at fault) with exit code 2; unexpected errors keep their traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from harness.errors import HarnessError
+
+app = typer.Typer(help="Stand up real Barbican environments, inject faults, check and report.",
+                  no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+out = Console()
+
+
+def _fail(exc: HarnessError) -> None:
+    console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+    raise typer.Exit(2)
+
+
+@app.command()
+def up(topology: Path = typer.Argument(..., help="Topology file, e.g. environments/simple-crypto.yaml"),
+       json_out: bool = typer.Option(False, "--json", help="Print one JSON document for scripts"),
+       provider: Optional[str] = typer.Option(None, help="Override the topology's provider")) -> None:
+    """Bring an environment up and leave it running; prints its endpoints."""
+    from harness.environment import Environment
+    from harness.progress import RichProgress
+
+    try:
+        with RichProgress(console) as progress:
+            env = Environment.up(topology, progress=progress, provider=provider)
+    except HarnessError as exc:
+        _fail(exc)
+    summary = env.summary()
+    if json_out:
+        out.print_json(json.dumps(summary))
+        return
+    _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> None:
+    table = Table(title=f"{summary['run_id']} ({summary['status']})")
+    table.add_column("service")
+    table.add_column("endpoint / pid")
+    table.add_row("keystone", summary.get("keystone_url") or "")
+    for node in summary["nodes"]:
+        table.add_row(node["name"], f"{node['endpoint']}  pid {node['pid']}")
+    out.print(table)
+    if summary.get("clouds_yaml"):
+        clouds = summary["clouds"]
+        example = next(iter(clouds.get("creator", clouds.get("member", {})).values()), "")
+        out.print(f"clouds.yaml: {summary['clouds_yaml']}")
+        out.print(f"  OS_CLIENT_CONFIG_FILE={summary['clouds_yaml']} openstack --os-cloud {example} secret list")
+    out.print(f"run dir: {summary['run_dir']}")
+
+
+@app.command()
+def status(run_id: Optional[str] = typer.Argument(None, help="Run id (default: newest environment up)"),
+           json_out: bool = typer.Option(False, "--json")) -> None:
+    """Show an environment's endpoints and whether each process still runs."""
+    from harness.environment import Environment
+
+    try:
+        env = Environment.attach(run_id)
+    except HarnessError as exc:
+        _fail(exc)
+    summary = env.summary()
+    if json_out:
+        out.print_json(json.dumps(summary))
+        return
+    _print_summary(summary)
+    table = Table(title="processes")
+    for col in ("name", "pid", "ports", "running"):
+        table.add_column(col)
+    for p in summary["processes"]:
+        table.add_row(p["name"], str(p["pid"]), ",".join(map(str, p["ports"])), "yes" if p["running"] else "no")
+    out.print(table)
+
+
+@app.command()
+def logs(node: str = typer.Argument(..., help="Service name, e.g. barbican-1, keystone, mariadb"),
+         run_id: Optional[str] = typer.Option(None, "--run"),
+         lines: int = typer.Option(50, "-n", help="How many lines from the end")) -> None:
+    """Print the end of a service's logs (secrets masked)."""
+    from harness.environment import find_run_dir
+    from harness.procs import log_tail
+
+    try:
+        logs_dir = find_run_dir(run_id) / "logs"
+    except HarnessError as exc:
+        _fail(exc)
+    files = sorted(logs_dir.glob(f"{node}*.log"))
+    if not files:
+        available = sorted({p.stem.split("-app")[0] for p in logs_dir.glob("*.log")})
+        _fail(HarnessError(f"no logs for '{node}' in {logs_dir}; available: {', '.join(available)}"))
+    for f in files:
+        out.rule(f.name)
+        out.print(log_tail(f, lines), markup=False, highlight=False)
+
+
+@app.command()
+def down(run_id: Optional[str] = typer.Argument(None, help="Run id (default: newest environment up)")) -> None:
+    """Stop every process of an environment. Idempotent; works after the CLI was killed."""
+    from harness.environment import Environment
+
+    try:
+        env = Environment.attach(run_id)
+    except HarnessError as exc:
+        _fail(exc)
+    busy = env.down()
+    left = [p for p in env.processes() if p["running"]]
+    if left or busy:
+        console.print(f"[red]still running:[/red] {left} busy ports: {busy}")
+        raise typer.Exit(1)
+    out.print(f"{env.run_id}: down")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

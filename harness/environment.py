@@ -1,0 +1,319 @@
+"""The Environment API: one object per running Barbican environment, whatever the provider.
+
+    with Environment.up("environments/simple-crypto.yaml") as env:
+        client = env.barbican(role="member", node="barbican-2")
+
+`up` validates the topology and checks every dependency before anything starts, writes
+the state file as services start (so `down` works after a crash), seeds Keystone, proves
+each node can really store and read a secret, and writes clouds.yaml and openrc files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets as _rand
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from harness import identity
+from harness.context import EnvSecrets, RunContext
+from harness.errors import EnvironmentNotFound, HarnessError, ServiceStartError
+from harness.ports import port_is_free
+from harness.procs import is_running
+from harness.progress import Progress
+from harness.topology import Topology, load_topology
+
+STATE_FILE = "state.json"
+SECRETS_FILE = "secrets.json"
+
+
+def reports_dir() -> Path:
+    return Path(os.environ.get("BARBICAN_HARNESS_REPORTS", "reports")).resolve()
+
+
+def runs_dir() -> Path:
+    return reports_dir() / "runs"
+
+
+def new_run_id(topology: Topology) -> str:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{topology.name}-{stamp}-{_rand.token_hex(2)}"
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    url: str
+
+
+class Environment:
+    def __init__(self, ctx: RunContext, provider=None, state: dict | None = None):
+        self.ctx = ctx
+        self.provider = provider
+        self.state: dict = state or {}
+        self.credentials = identity.seeded_credentials(
+            ctx.secrets.user_password, ctx.secrets.admin_password, ctx.secrets.barbican_service_password)
+        self._sessions: dict[str, object] = {}
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def up(cls, topology_path: str | Path, *, progress: Progress | None = None,
+           provider: str | None = None, run_id: str | None = None) -> "Environment":
+        topology = load_topology(topology_path)
+        if provider:
+            topology = topology.model_copy(update={"provider": provider})
+        if topology.provider != "local":
+            raise HarnessError(f"{topology_path}: provider '{topology.provider}' is not available yet; "
+                               "use provider: local")
+        from harness.providers.local import LocalProvider
+
+        run_id = run_id or new_run_id(topology)
+        run_dir = runs_dir() / run_id
+        run_dir.mkdir(parents=True, exist_ok=False)
+        secrets = EnvSecrets().register()
+        secrets.save(run_dir / SECRETS_FILE)
+        ctx = RunContext(run_id, run_dir, topology, secrets)
+        env = cls(ctx, state={
+            "run_id": run_id, "run_dir": str(run_dir), "topology_path": str(Path(topology_path).resolve()),
+            "topology": topology.model_dump(), "provider": topology.provider, "status": "starting",
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+        })
+        env.provider = LocalProvider(ctx, on_change=env.save_state)
+        env.provider.check()  # missing packages are reported before anything starts
+        progress = progress or Progress()
+        try:
+            env.provider.up(progress, seed_identity=env._seed_identity)
+            with progress.step("readiness: store+get on every node and store"):
+                env.verify_ready()
+            env._write_client_files()
+            env.state["status"] = "up"
+            env.state["timings"] = progress.timings
+            env.save_state()
+        except BaseException:
+            # Nothing is left behind, whatever went wrong (Ctrl-C included).
+            env.down()
+            raise
+        return env
+
+    @classmethod
+    def attach(cls, run: str | Path | None = None) -> "Environment":
+        """An environment started earlier (by this or another process), from its state file."""
+        run_dir = find_run_dir(run)
+        state = json.loads((run_dir / STATE_FILE).read_text())
+        topology = Topology.model_validate(state["topology"])
+        secrets = EnvSecrets.load(run_dir / SECRETS_FILE)
+        ctx = RunContext(state["run_id"], run_dir, topology, secrets, ports=dict(state.get("ports", {})))
+        return cls(ctx, state=state)
+
+    def __enter__(self) -> "Environment":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    # -- state ----------------------------------------------------------------------------
+    @property
+    def run_id(self) -> str:
+        return self.ctx.run_id
+
+    @property
+    def run_dir(self) -> Path:
+        return self.ctx.run_dir
+
+    def save_state(self) -> None:
+        if self.provider is not None:
+            known = {(r["name"], r["pid"]) for r in self.state.get("processes", [])}
+            for rec in self.provider.records():
+                if (rec.name, rec.pid) not in known:
+                    self.state.setdefault("processes", []).append(rec.to_dict())
+        self.state["ports"] = dict(self.ctx.ports)
+        if self.provider is not None:
+            self.state["nodes"] = [{"name": n.name, "url": n.url} for n in self.provider.nodes]
+            self.state["keystone_url"] = self.provider.keystone.url
+        tmp = self.run_dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2))
+        tmp.replace(self.run_dir / STATE_FILE)
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [Node(n["name"], n["url"]) for n in self.state.get("nodes", [])]
+
+    def node(self, name: str | int | None = None) -> Node:
+        nodes = self.nodes
+        if name is None:
+            return nodes[0]
+        if isinstance(name, int):
+            return nodes[name - 1]
+        for n in nodes:
+            if n.name == name:
+                return n
+        raise HarnessError(f"no node '{name}' in {self.run_id}; nodes: {[n.name for n in nodes]}")
+
+    @property
+    def keystone_url(self) -> str:
+        return self.state["keystone_url"]
+
+    def processes(self) -> list[dict]:
+        """Every recorded process with whether it still runs."""
+        return [{**p, "running": is_running(p["pid"], p["create_time"])} for p in self.state.get("processes", [])]
+
+    # -- clients --------------------------------------------------------------------------
+    @property
+    def writer_role(self) -> str:
+        """The plain role that may create secrets: Barbican's legacy policy (its effective
+        default) wants `creator`; secure RBAC wants `member`."""
+        return "member" if self.ctx.topology.policy == "secure-rbac" else "creator"
+
+    def session(self, role: str | None = None):
+        role = role or self.writer_role
+        if role not in self.credentials:
+            raise HarnessError(f"unknown role '{role}'; roles: {sorted(self.credentials)}")
+        if role not in self._sessions:
+            self._sessions[role] = identity.session_for(self.keystone_url, self.credentials[role])
+        return self._sessions[role]
+
+    def barbican(self, role: str | None = None, node: str | int | None = None, microversion: str | None = None):
+        """A python-barbicanclient Client acting as `role` against one node."""
+        from barbicanclient import client as bclient
+
+        kwargs = {"microversion": microversion} if microversion else {}
+        return bclient.Client(session=self.session(role), endpoint=self.node(node).url, **kwargs)
+
+    # -- steps of up ----------------------------------------------------------------------
+    def _seed_identity(self) -> None:
+        nodes = {n.name: n.url for n in self.provider.nodes}
+        self.state["project_ids"] = identity.seed(self.provider.keystone.url, self.credentials, nodes)
+        self.save_state()
+
+    def verify_ready(self, timeout: float = 60.0) -> None:
+        """/healthcheck is not enough (200 with a broken backend): store on each node and read
+        back byte-identical through the next node; with async orders, a key order must go
+        ACTIVE through the worker."""
+        nodes = self.nodes
+        for i, node in enumerate(nodes):
+            reader = nodes[(i + 1) % len(nodes)]
+            payload = _rand.token_hex(16)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    secret = self.barbican(node=node.name).secrets.create(
+                        name=f"readiness-{node.name}", payload=payload, payload_content_type="text/plain")
+                    ref = secret.store()
+                    got = self.barbican(node=reader.name).secrets.get(ref).payload
+                    self.barbican(node=node.name).secrets.delete(ref)
+                    break
+                except Exception as exc:  # noqa: BLE001 - retried until the deadline
+                    if time.monotonic() > deadline:
+                        raise ServiceStartError(
+                            f"{node.name}: store+get did not work within {timeout:.0f} s: {exc}") from None
+                    time.sleep(0.5)
+            if got != payload:
+                raise ServiceStartError(f"{node.name}: stored secret read back different through {reader.name}")
+        if self.ctx.topology.async_orders:
+            self._verify_order_active(timeout)
+
+    def _verify_order_active(self, timeout: float) -> None:
+        client = self.barbican()
+        order = client.orders.create_key(name="readiness-order", algorithm="aes", bit_length=256,
+                                         mode="cbc", payload_content_type="application/octet-stream")
+        ref = order.submit()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = client.orders.get(ref).status
+            if status == "ACTIVE":
+                client.orders.delete(ref)
+                return
+            if status == "ERROR":
+                raise ServiceStartError("readiness key order went to ERROR (see barbican-worker log)")
+            time.sleep(0.3)
+        raise ServiceStartError(f"readiness key order still PENDING after {timeout:.0f} s")
+
+    def cloud_names(self) -> dict[str, dict[str, str]]:
+        """Cloud name per role and node in clouds.yaml (node 'default' = the catalog's first)."""
+        names: dict[str, dict[str, str]] = {}
+        for role in self.credentials:
+            names[role] = {"default": f"{self.run_id}-{role}"}
+            for node in self.nodes:
+                names[role][node.name] = f"{self.run_id}-{node.name}-{role}"
+        return names
+
+    def _write_client_files(self) -> None:
+        clouds = {}
+        for role, per_node in self.cloud_names().items():
+            cred = self.credentials[role]
+            for node, cloud in per_node.items():
+                clouds[cloud] = {
+                    "auth": {"auth_url": self.keystone_url, "username": cred.username,
+                             "password": cred.password, "project_name": cred.project,
+                             "user_domain_name": cred.domain, "project_domain_name": cred.domain},
+                    "region_name": "RegionOne" if node == "default" else node,
+                    "identity_api_version": 3, "interface": "public",
+                }
+        path = self.run_dir / "clouds.yaml"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump({"clouds": clouds}, f, sort_keys=True)
+        openrc_dir = self.run_dir / "openrc"
+        openrc_dir.mkdir(exist_ok=True)
+        for role, cred in self.credentials.items():
+            fd = os.open(openrc_dir / role, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"# source me: act as '{role}' against {self.run_id}\n"
+                        f"export OS_AUTH_URL={self.keystone_url}\nexport OS_USERNAME={cred.username}\n"
+                        f"export OS_PASSWORD='{cred.password}'\nexport OS_PROJECT_NAME={cred.project}\n"
+                        f"export OS_USER_DOMAIN_NAME={cred.domain}\nexport OS_PROJECT_DOMAIN_NAME={cred.domain}\n"
+                        "export OS_IDENTITY_API_VERSION=3\nexport OS_REGION_NAME=RegionOne\n")
+        self.state["clouds_yaml"] = str(path)
+        self.state["openrc"] = str(openrc_dir)
+
+    # -- teardown -------------------------------------------------------------------------
+    def down(self, timeout: float = 10.0) -> list[int]:
+        """Stop everything; idempotent. Returns the ports still busy afterwards (none expected)."""
+        from harness.providers.local import stop_recorded
+
+        if self.provider is not None:
+            self.provider.down(timeout)
+        stop_recorded(self.state.get("processes", []), timeout)
+        self.state["status"] = "down"
+        if self.run_dir.exists():
+            self.save_state()
+        ports = [p for rec in self.state.get("processes", []) for p in rec.get("ports", [])]
+        return [p for p in ports if not port_is_free(p)]
+
+    def summary(self) -> dict:
+        """The one JSON document `up --json` and `status --json` print."""
+        pids = {p["name"]: p["pid"] for p in self.state.get("processes", [])}
+        return {
+            "run_id": self.run_id, "run_dir": str(self.run_dir), "status": self.state.get("status"),
+            "provider": self.state.get("provider"), "topology": self.ctx.topology.name,
+            "keystone_url": self.state.get("keystone_url"), "clouds_yaml": self.state.get("clouds_yaml"),
+            "clouds": self.cloud_names() if self.state.get("clouds_yaml") else {},
+            "nodes": [{"name": n.name, "endpoint": n.url, "pid": pids.get(n.name)} for n in self.nodes],
+            "pids": pids,
+            "processes": self.processes(),
+        }
+
+
+def find_run_dir(run: str | Path | None) -> Path:
+    """A run directory by id or path; None means the newest environment that is up."""
+    if run is not None:
+        for candidate in (Path(run), runs_dir() / str(run)):
+            if (candidate / STATE_FILE).is_file():
+                return candidate.resolve()
+        raise EnvironmentNotFound(f"no environment '{run}' (looked for {runs_dir() / str(run) / STATE_FILE})")
+    live = []
+    for state_file in runs_dir().glob(f"*/{STATE_FILE}"):
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if state.get("status") in ("up", "starting"):
+            live.append((state_file.stat().st_mtime, state_file.parent))
+    if not live:
+        raise EnvironmentNotFound(f"no environment is up under {runs_dir()}")
+    return max(live)[1]

@@ -1,0 +1,162 @@
+"""Local processes: start in their own session, record, stop by process group.
+
+Why process groups: uWSGI forks workers and RabbitMQ starts Erlang helpers; killing the
+group takes them all. Why create_time in the record: `down` may run long after `up`
+(even after the CLI was SIGKILLed), and a recycled PID must never be killed.
+PID 1 on our CI machines does not reap orphans, so a dead orphan stays a zombie: a zombie
+counts as stopped (it holds no port, file or memory).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+
+from harness.errors import ServiceStartError
+from harness.redact import mask
+
+
+@dataclass
+class ProcessRecord:
+    name: str
+    pid: int
+    create_time: float
+    ports: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def is_running(pid: int, create_time: float | None = None) -> bool:
+    try:
+        p = psutil.Process(pid)
+        if create_time is not None and abs(p.create_time() - create_time) > 1.0:
+            return False  # the PID was recycled
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _group_members(pgid: int) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
+            continue
+    return out
+
+
+def stop_record(rec: ProcessRecord, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    """Stop a recorded process and everything in its process group."""
+    if not is_running(rec.pid, rec.create_time) and not _group_members(rec.pid):
+        return
+    try:
+        os.killpg(rec.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(rec.pid)
+        if not _group_members(rec.pid):
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(rec.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _group_members(rec.pid):
+        _reap(rec.pid)
+        time.sleep(0.05)
+
+
+def _reap(pid: int) -> None:
+    # Only succeeds when we are the parent; elsewhere the zombie stays (see module doc).
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+class ManagedProcess:
+    """A long-running service process with its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict | None = None,
+                 cwd: Path | None = None, ports: list[int] | None = None):
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.env = env
+        self.cwd = cwd
+        self.ports = ports or []
+        self.popen: subprocess.Popen | None = None
+        self.record: ProcessRecord | None = None
+
+    def start(self) -> ProcessRecord:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        try:
+            self.popen = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self.env, cwd=self.cwd, start_new_session=True,
+            )
+        except FileNotFoundError as exc:
+            raise ServiceStartError(f"{self.name}: cannot run {self.argv[0]}: {exc}") from None
+        finally:
+            log.close()
+        ct = psutil.Process(self.popen.pid).create_time()
+        self.record = ProcessRecord(self.name, self.popen.pid, ct, list(self.ports))
+        return self.record
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.record:
+            stop_record(self.record, timeout)
+        if self.popen:
+            try:
+                self.popen.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def log_tail(self, lines: int = 30) -> str:
+        return log_tail(self.log_path, lines)
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return mask("\n".join(text.splitlines()[-lines:]))
+
+
+def run_command(argv: list[str], *, log_path: Path, env: dict | None = None, cwd: Path | None = None,
+                timeout: float = 120.0, what: str | None = None) -> str:
+    """Run a one-shot command (keystone-manage, barbican-manage ...) with a timeout.
+    Output goes to the log (masked); a failure raises with the tail of that output."""
+    what = what or " ".join(argv[:3])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        proc = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ServiceStartError(f"{what}: no answer after {timeout:.0f} s") from None
+    except FileNotFoundError as exc:
+        raise ServiceStartError(f"{what}: cannot run {argv[0]}: {exc}") from None
+    output = mask(proc.stdout + proc.stderr)
+    with open(log_path, "a") as log:
+        log.write(f"$ {mask(' '.join(argv))}\n{output}\n[exit {proc.returncode}]\n")
+    if proc.returncode != 0:
+        tail = "\n".join(output.splitlines()[-15:])
+        raise ServiceStartError(f"{what} failed (exit {proc.returncode}):\n{tail}")
+    return proc.stdout

@@ -1,0 +1,2 @@
+"""Environment providers: local processes (the default) and, later, Docker containers.
+Both sit behind harness.environment.Environment."""

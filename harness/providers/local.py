@@ -1,0 +1,157 @@
+"""Local provider: every service is a process of this machine, bound to 127.0.0.1 on
+free ports, with its files under the run directory.
+
+Start order (independent steps in parallel threads, since most time is spent waiting on
+one-shot Python commands):
+  1. database | SoftHSM token | KMIP server | RabbitMQ
+  2. keystone db_sync+bootstrap+start | barbican db upgrade (+ gen_mkek/gen_hmac)
+  3. Keystone seeding (users, roles, catalog)
+  4. Barbican nodes (+ worker)
+Every process is recorded in the state file the moment it starts, so `down` can stop it
+even if this process dies half-way.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from harness.context import RunContext
+from harness.procs import ProcessRecord, stop_record
+from harness.progress import Progress
+from harness.services.barbican import BarbicanConfig, BarbicanNode, BarbicanWorker
+from harness.services.base import Service
+from harness.services.database import database_for
+from harness.services.keystone import Keystone
+
+
+def _parallel(*jobs: Callable[[], None]) -> None:
+    """Run jobs in threads; re-raise the first failure after all have finished."""
+    jobs = [j for j in jobs if j]
+    if len(jobs) == 1:
+        jobs[0]()
+        return
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        futures = [pool.submit(j) for j in jobs]
+        errors = [f.exception() for f in futures if f.exception()]
+    if errors:
+        raise errors[0]
+
+
+class LocalProvider:
+    name = "local"
+
+    def __init__(self, ctx: RunContext, on_change: Callable[[], None] = lambda: None):
+        self.ctx = ctx
+        self.on_change = on_change  # persists the state file
+        topo = ctx.topology
+        self.database = database_for(ctx)
+        self.keystone = Keystone(ctx, self.database)
+        self.softhsm = self.kmip = self.rabbit = self.shim = None
+        if "pkcs11" in topo.backends:
+            from harness.services.softhsm import SoftHSM
+
+            self.softhsm = SoftHSM(ctx)
+        if "kmip" in topo.backends:
+            from harness.services.kmip import KmipServer
+
+            self.kmip = KmipServer(ctx)
+        if topo.async_orders:
+            from harness.services.rabbitmq import RabbitMQ
+
+            self.rabbit = RabbitMQ(ctx)
+        self.config = BarbicanConfig(ctx, self.database, self.keystone, softhsm=self.softhsm,
+                                     kmip=self.kmip, rabbit=self.rabbit, shim=self.shim)
+        self.nodes = [BarbicanNode(ctx, self.config, i + 1) for i in range(topo.barbican.nodes)]
+        self.workers = [BarbicanWorker(ctx, self.config)] if topo.async_orders else []
+
+    # -- what exists ----------------------------------------------------------------------
+    def services(self) -> list[Service]:
+        extra = [s for s in (self.softhsm, self.kmip, self.rabbit) if s]
+        return [self.database, *extra, self.keystone, *self.nodes, *self.workers]
+
+    def records(self) -> list[ProcessRecord]:
+        return [r for s in self.services() for r in s.records()]
+
+    def check(self) -> None:
+        """Every dependency present, before anything starts."""
+        for service in self.services():
+            service.check()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def _start(self, service: Service, timeout: float = 90.0) -> None:
+        service.start()
+        self.on_change()
+        service.wait_healthy(timeout)
+
+    def up(self, progress: Progress, seed_identity: Callable[[], None]) -> None:
+        ctx = self.ctx
+
+        def database():
+            with progress.step(f"database ({ctx.topology.database})"):
+                self.database.prepare()
+                self._start(self.database)
+
+        def softhsm():
+            with progress.step("SoftHSM token"):
+                self.softhsm.prepare()
+
+        def kmip():
+            with progress.step("KMIP server"):
+                self.kmip.prepare()
+                self._start(self.kmip)
+
+        def rabbit():
+            with progress.step("RabbitMQ"):
+                self.rabbit.prepare()
+                self._start(self.rabbit)
+
+        _parallel(database, self.softhsm and softhsm, self.kmip and kmip, self.rabbit and rabbit)
+
+        # Configs need every port, so all are rendered before the second phase.
+        self.keystone.render()
+        for node in self.nodes:
+            node.render()
+        for worker in self.workers:
+            worker.render()
+
+        def keystone():
+            with progress.step("Keystone (db_sync, bootstrap, uWSGI)"):
+                self.keystone.prepare()
+                self._start(self.keystone)
+
+        def barbican_db():
+            first = self.nodes[0]
+            with progress.step("Barbican database schema"):
+                first.manage("db", "upgrade")
+            if self.softhsm:
+                with progress.step("MKEK and HMAC key (barbican-manage hsm)"):
+                    first.manage("hsm", "gen_mkek")
+                    first.manage("hsm", "gen_hmac")
+
+        _parallel(keystone, barbican_db)
+
+        with progress.step("Keystone users, roles and catalog"):
+            seed_identity()
+
+        def start_node(node):
+            def job():
+                with progress.step(f"{node.name} (uWSGI)"):
+                    self._start(node)
+            return job
+
+        _parallel(*[start_node(n) for n in self.nodes])
+        for worker in self.workers:
+            with progress.step(worker.name):
+                self._start(worker)
+
+    def down(self, timeout: float = 10.0) -> None:
+        # Reverse start order: API nodes first, database last.
+        for service in reversed(self.services()):
+            service.stop(timeout)
+
+
+def stop_recorded(records: list[dict], timeout: float = 10.0) -> None:
+    """Stop processes known only from a state file (the CLI that started them is gone)."""
+    for rec in reversed(records):
+        stop_record(ProcessRecord(**rec), timeout)

@@ -1,0 +1,92 @@
+"""The shape every service module follows."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import requests
+
+from harness.context import RunContext
+from harness.errors import MissingDependency, ServiceStartError
+from harness.procs import ManagedProcess, ProcessRecord
+
+
+def require_binary(name: str, package: str, candidates: tuple[str, ...] = ()) -> str:
+    """Path of a system program, or an error naming the Debian package to install."""
+    for c in candidates:
+        if Path(c).is_file():
+            return c
+    found = shutil.which(name)
+    if not found:
+        raise MissingDependency(name, package)
+    return found
+
+
+class Service:
+    """A service of one environment.
+
+    Lifecycle: `check()` (dependencies, before anything starts) → `prepare()` (configs,
+    one-shot setup commands) → `start()` → `wait_healthy()` → `stop()`.
+    """
+
+    name: str = "service"
+
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+        self.processes: list[ManagedProcess] = []
+
+    # -- to implement -------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise MissingDependency naming the package when something is not installed."""
+
+    def prepare(self) -> None:
+        """Render configs and run one-shot setup commands."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------
+    @property
+    def log_path(self) -> Path:
+        return self.ctx.logs_dir / f"{self.name}.log"
+
+    def spawn(self, argv: list[str], *, env: dict | None = None, cwd: Path | None = None,
+              ports: list[int] | None = None, name: str | None = None) -> ProcessRecord:
+        proc = ManagedProcess(name or self.name, argv, self.ctx.logs_dir / f"{name or self.name}.log",
+                              env=env, cwd=cwd, ports=ports)
+        self.processes.append(proc)
+        return proc.start()
+
+    def records(self) -> list[ProcessRecord]:
+        return [p.record for p in self.processes if p.record]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for proc in reversed(self.processes):
+            proc.stop(timeout)
+
+    def fail(self, message: str) -> ServiceStartError:
+        tails = "\n".join(f"--- {p.log_path.name} (last lines)\n{p.log_tail(20)}" for p in self.processes)
+        return ServiceStartError(f"{self.name}: {message}\n{tails}".rstrip())
+
+    def wait_http(self, url: str, expect: int, timeout: float) -> None:
+        """Poll until `url` answers `expect`; every request has its own short timeout."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            for proc in self.processes:
+                if proc.popen is not None and proc.popen.poll() is not None:
+                    raise self.fail(f"process {proc.name} exited with {proc.popen.returncode}")
+            try:
+                r = requests.get(url, timeout=2)
+                if r.status_code == expect:
+                    return
+                last = f"HTTP {r.status_code}"
+            except requests.RequestException as exc:
+                last = type(exc).__name__
+            time.sleep(0.1)
+        raise self.fail(f"{url} did not answer {expect} within {timeout:.0f} s (last: {last})")

@@ -1,0 +1,143 @@
+"""Topology files: what an environment is made of, validated before anything starts.
+
+A topology is provider-neutral: the same file runs as local processes or as Docker
+containers. Every validation error names the file, the field path and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from harness.errors import TopologyError
+
+Backend = Literal["simple_crypto", "pkcs11", "kmip"]
+
+
+class _Strict(BaseModel):
+    # A misspelt field must be an error, never silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoreSpec(_Strict):
+    """One Barbican secret store (a [secretstore:NAME] section when several are enabled)."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    backend: Backend
+    global_default: bool = False
+
+
+class HsmSpec(_Strict):
+    """The PKCS#11 module behind pkcs11 stores. `softhsm` means a SoftHSM token per environment."""
+
+    module: str = "softhsm"
+    token_label: str = "barbican"
+    mkek_label: str = "barbican_mkek"
+    hmac_label: str = "barbican_hmac"
+    pkek_cache_ttl: int = Field(900, ge=0)
+    # Extra [p11_crypto_plugin] options; they override the SoftHSM-safe defaults.
+    p11_options: dict[str, str] = Field(default_factory=dict)
+
+
+class BarbicanSpec(_Strict):
+    nodes: int = Field(2, ge=1, le=8)
+    processes: int = Field(1, ge=1, le=8)
+    threads: int = Field(4, ge=1, le=32)
+
+
+class Topology(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    description: str = ""
+    provider: Literal["local", "docker"] = "local"
+    policy: Literal["legacy", "secure-rbac"] = "legacy"
+    database: Literal["mariadb", "sqlite"] = "mariadb"
+    barbican: BarbicanSpec = Field(default_factory=BarbicanSpec)
+    stores: list[StoreSpec] = Field(min_length=1)
+    async_orders: bool = False
+    hsm: HsmSpec | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Topology":
+        names = [s.name for s in self.stores]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stores: names must be unique, got {names}")
+        backends = [s.backend for s in self.stores]
+        if len(set(backends)) != len(backends):
+            raise ValueError(f"stores: one store per backend, got {backends}")
+        if len(self.stores) > 1 and sum(s.global_default for s in self.stores) != 1:
+            raise ValueError("stores: with several stores exactly one needs global_default: true")
+        if "pkcs11" in backends and self.hsm is None:
+            self.hsm = HsmSpec()
+        if self.database == "sqlite" and (
+            self.barbican.nodes > 1 or self.barbican.threads > 1 or self.barbican.processes > 1
+        ):
+            # Measured: sqlite fails ~45% of concurrent store+get pairs with "database is locked".
+            raise ValueError(
+                "database: sqlite only serves one node with one process and one thread "
+                "(barbican.nodes/processes/threads = 1); use database: mariadb"
+            )
+        return self
+
+    @property
+    def backends(self) -> list[str]:
+        return [s.backend for s in self.stores]
+
+    @property
+    def multiple_stores(self) -> bool:
+        return len(self.stores) > 1
+
+
+def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Allowed field names at a location, for the 'did you mean' part of an error."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", ()) or (ann,)
+        current = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if current is None:
+            return []
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def describe_validation_error(path: Path, exc: ValidationError, model: type[BaseModel]) -> str:
+    lines = [f"{path}: invalid {model.__name__.lower()}"]
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _field_names(model, loc)
+            guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = f"; did you mean '{guess[0]}'?" if guess else ""
+            lines.append(f"  field '{where}': unknown field{hint} allowed: {', '.join(allowed)}")
+        else:
+            lines.append(f"  field '{where}': {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_yaml_model(path: str | Path, model: type[BaseModel]) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise TopologyError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise TopologyError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise TopologyError(f"{path}: expected a mapping at the top level")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise TopologyError(describe_validation_error(path, exc, model)) from None
+
+
+def load_topology(path: str | Path) -> Topology:
+    return load_yaml_model(path, Topology)
