@@ -31,14 +31,16 @@ def _fail(exc: HarnessError) -> None:
 @app.command()
 def up(topology: Path = typer.Argument(..., help="Topology file, e.g. environments/simple-crypto.yaml"),
        json_out: bool = typer.Option(False, "--json", help="Print one JSON document for scripts"),
-       provider: Optional[str] = typer.Option(None, help="Override the topology's provider")) -> None:
+       provider: Optional[str] = typer.Option(None, help="Override the topology's provider"),
+       keep_on_failure: bool = typer.Option(False, help="Leave a failed environment running to debug it")) -> None:
     """Bring an environment up and leave it running; prints its endpoints."""
     from harness.environment import Environment
     from harness.progress import RichProgress
 
     try:
         with RichProgress(console) as progress:
-            env = Environment.up(topology, progress=progress, provider=provider)
+            env = Environment.up(topology, progress=progress, provider=provider,
+                                     keep_on_failure=keep_on_failure)
     except HarnessError as exc:
         _fail(exc)
     summary = env.summary()

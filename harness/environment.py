@@ -63,7 +63,8 @@ class Environment:
     # -- construction ---------------------------------------------------------------------
     @classmethod
     def up(cls, topology_path: str | Path, *, progress: Progress | None = None,
-           provider: str | None = None, run_id: str | None = None) -> "Environment":
+           provider: str | None = None, run_id: str | None = None,
+           keep_on_failure: bool = False) -> "Environment":
         topology = load_topology(topology_path)
         if provider:
             topology = topology.model_copy(update={"provider": provider})
@@ -94,9 +95,14 @@ class Environment:
             env.state["status"] = "up"
             env.state["timings"] = progress.timings
             env.save_state()
-        except BaseException:
-            # Nothing is left behind, whatever went wrong (Ctrl-C included).
-            env.down()
+        except BaseException as exc:
+            # Nothing is left behind, whatever went wrong (Ctrl-C included), unless a
+            # person asked to keep a failed environment to debug it (`down` removes it).
+            if keep_on_failure and not isinstance(exc, KeyboardInterrupt):
+                env.state["status"] = "failed"
+                env.save_state()
+            else:
+                env.down()
             raise
         return env
 
@@ -224,11 +230,14 @@ class Environment:
         ref = order.submit()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            status = client.orders.get(ref).status
-            if status == "ACTIVE":
-                client.orders.delete(ref)
+            order = client.orders.get(ref)
+            if order.status == "ACTIVE":
+                # Legacy policy lets only a project admin delete orders.
+                admin = self.barbican("admin")
+                admin.secrets.delete(order.secret_ref)
+                admin.orders.delete(ref)
                 return
-            if status == "ERROR":
+            if order.status == "ERROR":
                 raise ServiceStartError("readiness key order went to ERROR (see barbican-worker log)")
             time.sleep(0.3)
         raise ServiceStartError(f"readiness key order still PENDING after {timeout:.0f} s")
@@ -312,7 +321,7 @@ def find_run_dir(run: str | Path | None) -> Path:
             state = json.loads(state_file.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if state.get("status") in ("up", "starting"):
+        if state.get("status") in ("up", "starting", "failed"):
             live.append((state_file.stat().st_mtime, state_file.parent))
     if not live:
         raise EnvironmentNotFound(f"no environment is up under {runs_dir()}")

@@ -154,11 +154,17 @@ class BarbicanWorker(Service):
     def start(self) -> None:
         self.spawn([self.ctx.bin("barbican-worker")], env=self.config.env(self.home), cwd=self.home)
 
-    def wait_healthy(self, timeout: float = 30.0) -> None:
-        # The real proof is an order turning ACTIVE (Environment.verify_ready); here we
-        # only refuse a worker that died at start-up.
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        """Ready = consuming its topic queue. An order cast before that is dropped by the
+        broker (no queue bound yet) and stays PENDING for ever."""
         import time
 
-        time.sleep(1.0)
-        if not self.processes[0].alive():
-            raise self.fail("barbican-worker exited at start-up")
+        topic = "barbican.workers"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.processes[0].alive():
+                raise self.fail("barbican-worker exited at start-up")
+            if self.config.rabbit.consumers(topic) > 0:
+                return
+            time.sleep(0.2)
+        raise self.fail(f"no consumer on queue '{topic}' within {timeout:.0f} s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -56,9 +57,10 @@ class Service:
         return self.ctx.logs_dir / f"{self.name}.log"
 
     def spawn(self, argv: list[str], *, env: dict | None = None, cwd: Path | None = None,
-              ports: list[int] | None = None, name: str | None = None) -> ProcessRecord:
+              ports: list[int] | None = None, name: str | None = None,
+              stop_signal: int = signal.SIGTERM) -> ProcessRecord:
         proc = ManagedProcess(name or self.name, argv, self.ctx.logs_dir / f"{name or self.name}.log",
-                              env=env, cwd=cwd, ports=ports)
+                              env=env, cwd=cwd, ports=ports, stop_signal=stop_signal)
         self.processes.append(proc)
         return proc.start()
 

@@ -49,7 +49,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from harness.errors import HarnessError
 from harness.ports import free_port
-from harness.procs import stop_record
 from harness.services.base import Service
 
 HOST = "127.0.0.1"
@@ -186,7 +185,9 @@ class KmipServer(Service):
                 "-l", str(self.ctx.logs_dir / "kmip-server.log")]
 
     def start(self) -> None:
-        self.spawn(self.argv(), ports=[self.ctx.ports["kmip"]], env=self._env())
+        # SIGINT: the server's handler raises KeyboardInterrupt out of accept(); SIGTERM
+        # only takes effect at the next 10 s accept() timeout.
+        self.spawn(self.argv(), ports=[self.ctx.ports["kmip"]], env=self._env(), stop_signal=signal.SIGINT)
 
     def _env(self) -> dict[str, str]:
         # The server reads only its -f config (never ~/.pykmip), so the environment
@@ -247,15 +248,6 @@ class KmipServer(Service):
                     raise RuntimeError(f"server returned a {len(key.value)}-byte AES-128 key")
             finally:
                 client.destroy(uid)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        # SIGINT: the server's handler raises KeyboardInterrupt out of accept(); SIGTERM
-        # only takes effect at the next 10 s accept() timeout. stop_record still falls back
-        # to SIGKILL after `timeout`.
-        for proc in reversed(self.processes):
-            if proc.record:
-                stop_record(proc.record, timeout, sig=signal.SIGINT)
-            proc.stop(timeout)
 
     # -- Barbican ---------------------------------------------------------------------------
     def barbican_options(self) -> dict[str, str]:

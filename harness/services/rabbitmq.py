@@ -168,12 +168,31 @@ class RabbitMQ(Service):
             return ""
         return "; first errors:\n" + redact.mask("\n".join(text[first:first + lines]))
 
-    def round_trip(self, timeout: float = 5.0) -> None:
-        """Publish to a private queue and read it back; every socket call has a timeout."""
-        conn = amqp.Connection(
+    def _connection(self, timeout: float) -> amqp.Connection:
+        return amqp.Connection(
             host=f"127.0.0.1:{self.ctx.ports['rabbitmq_amqp']}", userid=USER,
             password=self.ctx.secrets.rabbit_password, virtual_host="/",
             connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout)
+
+    def consumers(self, queue: str, timeout: float = 5.0) -> int:
+        """How many consumers a queue has (0 if it does not exist yet)."""
+        conn = self._connection(timeout)
+        try:
+            conn.connect()
+            try:
+                _, _, count = conn.channel().queue_declare(queue, passive=True)
+            except amqp.exceptions.NotFound:
+                return 0
+            return count
+        finally:
+            try:
+                conn.close()
+            except Exception:  # the channel error may have closed it already
+                conn.collect()
+
+    def round_trip(self, timeout: float = 5.0) -> None:
+        """Publish to a private queue and read it back; every socket call has a timeout."""
+        conn = self._connection(timeout)
         try:
             conn.connect()
             ch = conn.channel()
