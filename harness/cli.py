@@ -127,6 +127,28 @@ def down(run_id: Optional[str] = typer.Argument(None, help="Run id (default: new
     out.print(f"{env.run_id}: down")
 
 
+@app.command()
+def campaign(profile: str = typer.Option("quick", help="quick or full")) -> None:
+    """The main job: environments up, checks on every node and store, environments down."""
+    from harness.campaign import run_campaign
+    from harness.progress import RichProgress
+
+    try:
+        with RichProgress(console) as progress:
+            ok, out_dir, results = run_campaign(profile, progress)
+    except HarnessError as exc:
+        _fail(exc)
+    table = Table(title=f"campaign ({profile})")
+    for col in ("environment", "result", "up (s)", "checks / error"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r.environment, "[green]PASS[/green]" if r.passed else "[red]FAIL[/red]",
+                      f"{r.up_seconds:.1f}", f"{len(r.checks)} round trips" if r.passed else r.error)
+    out.print(table)
+    out.print(f"results: {out_dir / 'campaign.json'}")
+    raise typer.Exit(0 if ok else 1)
+
+
 def main() -> None:
     try:
         app()

@@ -84,6 +84,12 @@ class RunContext:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def environ(self, **extra: str) -> dict:
+        """The environment for every process of this run: ours, plus the run marker."""
+        from harness.procs import RUN_MARKER
+
+        return {**os.environ, RUN_MARKER: self.run_id, **extra}
+
     def path(self, *parts: str) -> Path:
         p = self.run_dir.joinpath(*parts)
         p.parent.mkdir(parents=True, exist_ok=True)

@@ -75,9 +75,7 @@ class Environment:
 
         run_id = run_id or new_run_id(topology)
         run_dir = runs_dir() / run_id
-        run_dir.mkdir(parents=True, exist_ok=False)
         secrets = EnvSecrets().register()
-        secrets.save(run_dir / SECRETS_FILE)
         ctx = RunContext(run_id, run_dir, topology, secrets)
         env = cls(ctx, state={
             "run_id": run_id, "run_dir": str(run_dir), "topology_path": str(Path(topology_path).resolve()),
@@ -85,7 +83,10 @@ class Environment:
             "created": dt.datetime.now(dt.timezone.utc).isoformat(),
         })
         env.provider = LocalProvider(ctx, on_change=env.save_state)
-        env.provider.check()  # missing packages are reported before anything starts
+        env.provider.check()  # missing packages are reported before anything is written or started
+        run_dir.mkdir(parents=True, exist_ok=False)
+        secrets.save(run_dir / SECRETS_FILE)
+        env.save_state()
         progress = progress or Progress()
         try:
             env.provider.up(progress, seed_identity=env._seed_identity)
@@ -283,11 +284,16 @@ class Environment:
     # -- teardown -------------------------------------------------------------------------
     def down(self, timeout: float = 10.0) -> list[int]:
         """Stop everything; idempotent. Returns the ports still busy afterwards (none expected)."""
+        from harness.procs import stop_marked
         from harness.providers.local import stop_recorded
 
         if self.provider is not None:
             self.provider.down(timeout)
         stop_recorded(self.state.get("processes", []), timeout)
+        # Anything started in the instant before a crash could record it.
+        stray = stop_marked(self.run_id)
+        if stray:
+            self.state["stray_pids_stopped"] = stray
         self.state["status"] = "down"
         if self.run_dir.exists():
             self.save_state()

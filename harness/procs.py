@@ -21,6 +21,10 @@ import psutil
 from harness.errors import ServiceStartError
 from harness.redact import mask
 
+# Every process the harness starts for an environment carries this variable with the
+# run id, so `down` finds even a process started in the instant before a crash recorded it.
+RUN_MARKER = "BARBICAN_HARNESS_RUN"
+
 
 @dataclass
 class ProcessRecord:
@@ -166,3 +170,34 @@ def run_command(argv: list[str], *, log_path: Path, env: dict | None = None, cwd
         tail = "\n".join(output.splitlines()[-15:])
         raise ServiceStartError(f"{what} failed (exit {proc.returncode}):\n{tail}")
     return proc.stdout
+
+
+def marked_processes(run_id: str) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if p.pid == os.getpid() or p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if p.environ().get(RUN_MARKER) == run_id:
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def stop_marked(run_id: str, timeout: float = 5.0) -> list[int]:
+    """SIGTERM, then SIGKILL, every live process carrying the run's marker. Returns their PIDs."""
+    procs = marked_processes(run_id)
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=2)
+    return [p.pid for p in procs]

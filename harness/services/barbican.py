@@ -7,7 +7,6 @@ directory used as HOME, holding .barbican/barbican.conf.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +46,7 @@ class BarbicanConfig:
                 for s in self.ctx.topology.stores]
 
     def env(self, home: Path) -> dict:
-        env = {**os.environ, "HOME": str(home)}
+        env = self.ctx.environ(HOME=str(home))
         if self.softhsm:
             env.update(self.softhsm.env())
         if self.shim:

@@ -11,7 +11,7 @@ import requests
 
 from harness.context import RunContext
 from harness.errors import MissingDependency, ServiceStartError
-from harness.procs import ManagedProcess, ProcessRecord
+from harness.procs import RUN_MARKER, ManagedProcess, ProcessRecord
 
 
 def require_binary(name: str, package: str, candidates: tuple[str, ...] = ()) -> str:
@@ -59,6 +59,8 @@ class Service:
     def spawn(self, argv: list[str], *, env: dict | None = None, cwd: Path | None = None,
               ports: list[int] | None = None, name: str | None = None,
               stop_signal: int = signal.SIGTERM) -> ProcessRecord:
+        env = dict(env) if env else self.ctx.environ()
+        env[RUN_MARKER] = self.ctx.run_id
         proc = ManagedProcess(name or self.name, argv, self.ctx.logs_dir / f"{name or self.name}.log",
                               env=env, cwd=cwd, ports=ports, stop_signal=stop_signal)
         self.processes.append(proc)

@@ -45,7 +45,7 @@ class Keystone(Service):
         return self.dir / "keystone.conf"
 
     def _env(self) -> dict:
-        return {**os.environ, "OS_KEYSTONE_CONFIG_FILES": str(self.conf)}
+        return self.ctx.environ(OS_KEYSTONE_CONFIG_FILES=str(self.conf))
 
     def render(self) -> None:
         write_key_repository(self.dir / "fernet-keys")
@@ -61,7 +61,7 @@ class Keystone(Service):
     def prepare(self) -> None:
         manage = [self.ctx.bin("keystone-manage"), "--config-file", str(self.conf)]
         log = self.ctx.logs_dir / "keystone-manage.log"
-        run_command(manage + ["db_sync"], log_path=log, timeout=300, what="keystone-manage db_sync")
+        run_command(manage + ["db_sync"], env=self._env(), log_path=log, timeout=300, what="keystone-manage db_sync")
         run_command(manage + [
             "bootstrap", "--bootstrap-username", "admin", "--bootstrap-project-name", "admin",
             "--bootstrap-role-name", "admin", "--bootstrap-service-name", "keystone",
@@ -69,7 +69,7 @@ class Keystone(Service):
             "--bootstrap-internal-url", self.url, "--bootstrap-admin-url", self.url,
         ], log_path=log, timeout=120, what="keystone-manage bootstrap",
             # The password goes through the environment, never the command line.
-            env={**os.environ, "OS_BOOTSTRAP_PASSWORD": self.ctx.secrets.admin_password})
+            env=self._env() | {"OS_BOOTSTRAP_PASSWORD": self.ctx.secrets.admin_password})
 
     def start(self) -> None:
         self.spawn([self.ctx.bin("uwsgi"), "--ini", str(self.dir / "uwsgi.ini")],

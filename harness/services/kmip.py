@@ -192,7 +192,7 @@ class KmipServer(Service):
     def _env(self) -> dict[str, str]:
         # The server reads only its -f config (never ~/.pykmip), so the environment
         # can be inherited; unbuffered so a crash's traceback reaches kmip.log.
-        return dict(os.environ, PYTHONUNBUFFERED="1")
+        return self.ctx.environ(PYTHONUNBUFFERED="1")
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
         """Healthy = a mutually authenticated TLS session in which the server creates an

@@ -4,7 +4,6 @@ The MKEK and HMAC keys are made later with `barbican-manage hsm gen_mkek/gen_hma
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from harness.procs import run_command
@@ -67,7 +66,7 @@ class SoftHSM(Service):
         hsm = self.ctx.topology.hsm
         run_command([self.util, "--init-token", "--free", "--label", hsm.token_label,
                      "--pin", self.ctx.secrets.hsm_pin, "--so-pin", self.ctx.secrets.hsm_so_pin],
-                    env={**os.environ, **self.env()}, log_path=self.log_path, timeout=60,
+                    env=self.ctx.environ(**self.env()), log_path=self.log_path, timeout=60,
                     what="softhsm2-util --init-token")
 
     def start(self) -> None:

@@ -1,0 +1,116 @@
+"""pytest plugin (entry point `barbican_harness`).
+
+Options:
+  --barbican-env PATH      bring up the topology PATH (one environment per xdist worker)
+  --barbican-run RUN_ID    use an environment that is already up (`barbican-harness up`)
+  --barbican-cloud NAME    an existing cloud from clouds.yaml
+  --barbican-targets FILE  users per role for that cloud (see harness.targets)
+  --soak                   also run the long tests marked `soak`
+
+Sharing rule under pytest-xdist: environments are never shared between workers. Each
+worker brings up at most one environment per topology file, on first use, and tears it
+down when its session ends; tests of one worker that use the same topology share it.
+(`--barbican-run` is the exception: every worker uses that one running environment.)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from harness.errors import HarnessError
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("barbican-harness")
+    group.addoption("--barbican-env", default=os.environ.get("BARBICAN_HARNESS_ENV"),
+                    help="Topology file to bring up for the tests")
+    group.addoption("--barbican-run", default=None, help="Run id of an environment already up")
+    group.addoption("--barbican-cloud", default=None, help="Existing cloud (clouds.yaml name)")
+    group.addoption("--barbican-targets", default=None, help="Targets file naming a cloud per role")
+    group.addoption("--soak", action="store_true", default=False, help="Run long soak tests too")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "soak: long runs, only with --soak")
+    config.addinivalue_line("markers", "integration: needs real services")
+    config.addinivalue_line("markers", "topology(path): the topology file this test needs")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--soak"):
+        return
+    skip = pytest.mark.skip(reason="soak test: run with --soak")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)
+
+
+class EnvironmentPool:
+    """At most one environment per topology file for this process (this xdist worker)."""
+
+    def __init__(self):
+        self._envs: dict[Path, object] = {}
+
+    def get(self, topology: str | Path):
+        from harness.environment import Environment
+
+        key = Path(topology).resolve()
+        if key not in self._envs:
+            try:
+                self._envs[key] = Environment.up(key)
+            except HarnessError as exc:
+                pytest.fail(f"environment {topology} did not come up: {exc}", pytrace=False)
+        return self._envs[key]
+
+    def close(self):
+        errors = []
+        for env in self._envs.values():
+            try:
+                env.down()
+            except Exception as exc:  # noqa: BLE001 - tear down the others anyway
+                errors.append(exc)
+        self._envs.clear()
+        if errors:
+            raise errors[0]
+
+
+@pytest.fixture(scope="session")
+def barbican_env_pool():
+    pool = EnvironmentPool()
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="session")
+def barbican_env(request, barbican_env_pool):
+    """The target under test: an Environment, or a CloudTarget for an existing cloud."""
+    opt = request.config.getoption
+    if opt("--barbican-cloud"):
+        from harness.targets import CloudTarget
+
+        try:
+            return CloudTarget.load(opt("--barbican-cloud"), opt("--barbican-targets"))
+        except HarnessError as exc:
+            pytest.fail(str(exc), pytrace=False)
+    if opt("--barbican-run"):
+        from harness.environment import Environment
+
+        return Environment.attach(opt("--barbican-run"))
+    marker = request.node.get_closest_marker("topology") if hasattr(request, "node") else None
+    path = opt("--barbican-env") or (marker.args[0] if marker else None)
+    if not path:
+        pytest.skip("no target: pass --barbican-env PATH, --barbican-run ID or --barbican-cloud NAME")
+    return barbican_env_pool.get(path)
+
+
+@pytest.fixture
+def barbican_client(barbican_env):
+    """Factory: barbican_client(role=None, node=None, microversion=None) → barbicanclient."""
+
+    def make(role: str | None = None, node=None, microversion: str | None = None):
+        return barbican_env.barbican(role=role, node=node, microversion=microversion)
+
+    return make
