@@ -19,8 +19,8 @@ from harness.errors import HarnessError
 
 app = typer.Typer(help="Stand up real Barbican environments, inject faults, check and report.",
                   no_args_is_help=True, add_completion=False)
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def _fail(exc: HarnessError) -> None:

@@ -7,8 +7,10 @@ once per machine in a cache and copied into each run directory (same result, fas
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import tempfile
 import subprocess
 import time
 from pathlib import Path
@@ -42,7 +44,16 @@ class MariaDB(Service):
 
     @property
     def socket(self) -> Path:
-        return self.dir / "mysqld.sock"
+        # A unix socket path must fit in 108 bytes; deep run dirs (pytest's tmp_path) do not.
+        path = self.dir / "mysqld.sock"
+        if len(str(path)) < 100:
+            return path
+        digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"barbican-harness-{digest}.sock"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
+        self.socket.unlink(missing_ok=True)  # left behind when mariadbd was killed
 
     def _template_datadir(self) -> Path:
         version = subprocess.run([self.mariadbd, "--version"], capture_output=True, text=True,
