@@ -4,9 +4,9 @@ free ports, with its files under the run directory.
 Start order (independent steps in parallel threads, since most time is spent waiting on
 one-shot Python commands):
   1. database | SoftHSM token | KMIP server | RabbitMQ
-  2. keystone db_sync+bootstrap+start | barbican db upgrade (+ gen_mkek/gen_hmac)
-  3. Keystone seeding (users, roles, catalog)
-  4. Barbican nodes (+ worker)
+  2. keystone db_sync, then uWSGI start | bootstrap, then seeding (users, roles, catalog)
+     | barbican db upgrade (+ gen_mkek/gen_hmac), then the API nodes
+  3. barbican-worker (needs the queue and the schema)
 Every process is recorded in the state file the moment it starts, so `down` can stop it
 even if this process dies half-way.
 """
@@ -116,11 +116,18 @@ class LocalProvider:
             worker.render()
 
         def keystone():
+            # uWSGI loads the app (~3 s of imports) while bootstrap writes the admin user.
             with progress.step("Keystone (db_sync, bootstrap, uWSGI)"):
-                self.keystone.prepare()
-                self._start(self.keystone)
+                self.keystone.db_sync()
+                self.keystone.start()
+                self.on_change()
+                self.keystone.bootstrap()
+                self.keystone.wait_healthy(90)
+            with progress.step("Keystone users, roles and catalog"):
+                seed_identity()
 
-        def barbican_db():
+        def barbican():
+            # Barbican nodes need Keystone only when a request comes, so they start now.
             first = self.nodes[0]
             with progress.step("Barbican database schema"):
                 first.manage("db", "upgrade")
@@ -128,19 +135,14 @@ class LocalProvider:
                 with progress.step("MKEK and HMAC key (barbican-manage hsm)"):
                     first.manage("hsm", "gen_mkek")
                     first.manage("hsm", "gen_hmac")
+            with progress.step(f"Barbican API nodes ({len(self.nodes)}, uWSGI)"):
+                for node in self.nodes:
+                    node.start()
+                self.on_change()
+                for node in self.nodes:
+                    node.wait_healthy(90)
 
-        _parallel(keystone, barbican_db)
-
-        with progress.step("Keystone users, roles and catalog"):
-            seed_identity()
-
-        def start_node(node):
-            def job():
-                with progress.step(f"{node.name} (uWSGI)"):
-                    self._start(node)
-            return job
-
-        _parallel(*[start_node(n) for n in self.nodes])
+        _parallel(keystone, barbican)
         for worker in self.workers:
             with progress.step(worker.name):
                 self._start(worker)

@@ -58,16 +58,29 @@ class Keystone(Service):
                         module="harness.wsgi.keystone_api:application", processes=1, threads=8,
                         procname=f"keystone-{self.ctx.run_id}")
 
+    def _manage(self) -> list[str]:
+        return [self.ctx.bin("keystone-manage"), "--config-file", str(self.conf)]
+
     def prepare(self) -> None:
-        manage = [self.ctx.bin("keystone-manage"), "--config-file", str(self.conf)]
-        log = self.ctx.logs_dir / "keystone-manage.log"
-        run_command(manage + ["db_sync"], env=self._env(), log_path=log, timeout=300, what="keystone-manage db_sync")
-        run_command(manage + [
+        self.db_sync()
+        self.bootstrap()
+
+    def db_sync(self) -> None:
+        run_command(self._manage() + ["db_sync"], env=self._env(), log_path=self.manage_log,
+                    timeout=300, what="keystone-manage db_sync")
+
+    @property
+    def manage_log(self) -> Path:
+        return self.ctx.logs_dir / "keystone-manage.log"
+
+    def bootstrap(self) -> None:
+        """The admin user, project and role, and Keystone's own catalog entry."""
+        run_command(self._manage() + [
             "bootstrap", "--bootstrap-username", "admin", "--bootstrap-project-name", "admin",
             "--bootstrap-role-name", "admin", "--bootstrap-service-name", "keystone",
             "--bootstrap-region-id", REGION, "--bootstrap-public-url", self.url,
             "--bootstrap-internal-url", self.url, "--bootstrap-admin-url", self.url,
-        ], log_path=log, timeout=120, what="keystone-manage bootstrap",
+        ], log_path=self.manage_log, timeout=120, what="keystone-manage bootstrap",
             # The password goes through the environment, never the command line.
             env=self._env() | {"OS_BOOTSTRAP_PASSWORD": self.ctx.secrets.admin_password})
 

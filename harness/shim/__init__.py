@@ -30,6 +30,13 @@ Control file, as the shim reads it: one rule per line, whitespace-separated
 ``count``        fire at most N times, then let calls through again
 ``seed``         seed of the rule's random stream (probability and jitter draws)
 
+An injected failure of a call that carries an operation (C_Encrypt, C_Decrypt, C_Sign,
+C_Verify, C_Digest, their Update/Final forms, C_SignRecover, C_VerifyRecover) also ends
+that operation inside the real module, as PKCS#11 says a failed call does: the shim
+replays the call into a scratch buffer (or calls the matching Final) and discards the
+result, so the application's next C_*Init works as with a real HSM. Not done for an
+injected CKR_OK or CKR_BUFFER_TOO_SMALL, which leave the operation active.
+
 A rule with neither delay nor rv does nothing but still "wins" for its function, which
 exempts that function from a ``*`` rule.
 

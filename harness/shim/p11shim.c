@@ -31,6 +31,9 @@
  * `fn=*` line.  Counters (after/count) and the random stream live in this
  * process only, and start afresh whenever the file is re-read and in a child
  * after fork().  See harness/shim/__init__.py for the full description.
+ * A failure injected into C_Encrypt, C_Sign, C_*Final ... also ends the
+ * operation inside the real module, as the standard requires (see "Ending
+ * operations" below).
  *
  * Only this file is needed to build: cc -shared -fPIC -O2 p11shim.c -ldl -lpthread
  * It must not depend on libpython: it is loaded by programs with no Python.
