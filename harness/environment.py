@@ -169,6 +169,21 @@ class Environment:
         """Every recorded process with whether it still runs."""
         return [{**p, "running": is_running(p["pid"], p["create_time"])} for p in self.state.get("processes", [])]
 
+    # -- what the suites need to know about a target (same names as targets.CloudTarget) ---
+    @property
+    def policy(self) -> str:
+        return self.ctx.topology.policy
+
+    @property
+    def backends(self) -> list[str]:
+        """Backend of each secret store; the first is the global default."""
+        stores = sorted(self.ctx.topology.stores, key=lambda s: not s.global_default)
+        return [s.backend for s in stores]
+
+    @property
+    def roles(self) -> list[str]:
+        return sorted(self.credentials)
+
     # -- clients --------------------------------------------------------------------------
     @property
     def writer_role(self) -> str:

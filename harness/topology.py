@@ -39,6 +39,8 @@ class HsmSpec(_Strict):
     mkek_label: str = "barbican_mkek"
     hmac_label: str = "barbican_hmac"
     pkek_cache_ttl: int = Field(900, ge=0)
+    # Load the module through the PKCS#11 fault shim (pass-through until a fault is set).
+    shim: bool = True
     # Extra [p11_crypto_plugin] options; they override the SoftHSM-safe defaults.
     p11_options: dict[str, str] = Field(default_factory=dict)
 

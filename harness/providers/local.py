@@ -52,6 +52,10 @@ class LocalProvider:
             from harness.services.softhsm import SoftHSM
 
             self.softhsm = SoftHSM(ctx)
+            if topo.hsm.shim:
+                from harness.services.hsm_shim import HsmShim
+
+                self.shim = HsmShim(ctx, self.softhsm.library_or_default())
         if "kmip" in topo.backends:
             from harness.services.kmip import KmipServer
 
@@ -77,6 +81,8 @@ class LocalProvider:
         """Every dependency present, before anything starts."""
         for service in self.services():
             service.check()
+        if self.shim:
+            self.shim.check()
 
     # -- lifecycle ------------------------------------------------------------------------
     def _start(self, service: Service, timeout: float = 90.0) -> None:
@@ -95,6 +101,8 @@ class LocalProvider:
         def softhsm():
             with progress.step("SoftHSM token"):
                 self.softhsm.prepare()
+                if self.shim:
+                    self.shim.prepare()
 
         def kmip():
             with progress.step("KMIP server"):

@@ -41,8 +41,21 @@ class SoftHSM(Service):
     name = "softhsm"
 
     def check(self) -> None:
+        module = self.ctx.topology.hsm.module
+        if module != "softhsm":
+            from harness.errors import HarnessError
+
+            raise HarnessError(f"hsm.module '{module}': environments make SoftHSM tokens only; "
+                               "qualify a vendor module with `barbican-harness qualify-hsm`")
         self.util = require_binary("softhsm2-util", "softhsm2")
         self.library = softhsm_library()
+
+    def library_or_default(self) -> str:
+        """The module path before check() ran (check() raises if it is missing)."""
+        try:
+            return softhsm_library()
+        except Exception:  # noqa: BLE001 - reported by check() with the package name
+            return SOFTHSM_LIB_CANDIDATES[0]
 
     @property
     def dir(self) -> Path:
