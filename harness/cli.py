@@ -149,6 +149,78 @@ def campaign(profile: str = typer.Option("quick", help="quick or full")) -> None
     raise typer.Exit(0 if ok else 1)
 
 
+fault_app = typer.Typer(help="Inject and heal faults on a running environment.", no_args_is_help=True)
+app.add_typer(fault_app, name="fault")
+
+
+def _parse_params(node: Optional[str], params: list[str]) -> dict:
+    out: dict = {}
+    for item in params:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(HarnessError(f"--param '{item}': expected key=value"))
+        try:
+            out[key] = json.loads(value)  # numbers, booleans, lists: ["C_Encrypt","C_Decrypt"]
+        except json.JSONDecodeError:
+            out[key] = value
+    if node is not None:
+        out["node"] = node
+    return out
+
+
+@fault_app.command("list")
+def fault_list() -> None:
+    """Every fault: its parameters and the incident it models."""
+    from harness.faults import CATALOG
+
+    table = Table(show_lines=True)
+    for col in ("fault", "parameters", "incident it models"):
+        table.add_column(col)
+    for name, cls in sorted(CATALOG.items()):
+        params = "\n".join(f"{k}: {v}" for k, v in cls.parameters().items()) or "-"
+        table.add_row(name, params, cls.incident())
+    out.print(table)
+
+
+@fault_app.command("inject")
+def fault_inject(name: str, node: Optional[str] = typer.Option(None, "--node"),
+                 param: list[str] = typer.Option([], "--param", help="key=value (repeatable)"),
+                 run_id: Optional[str] = typer.Option(None, "--run")) -> None:
+    """Inject a fault and leave it in place (heal it with `fault heal`)."""
+    from harness.environment import Environment
+    from harness.faults.engine import FaultEngine
+
+    try:
+        env = Environment.attach(run_id)
+        fault_id = FaultEngine(env).inject(name, _parse_params(node, param))
+    except HarnessError as exc:
+        _fail(exc)
+    out.print(f"injected {fault_id} (heal: barbican-harness fault heal {fault_id})")
+
+
+@fault_app.command("heal")
+def fault_heal(fault_id: Optional[str] = typer.Argument(None), all_: bool = typer.Option(False, "--all"),
+               run_id: Optional[str] = typer.Option(None, "--run")) -> None:
+    """Heal one injected fault, or all of them."""
+    from harness.environment import Environment
+    from harness.faults.engine import FaultEngine
+
+    if not fault_id and not all_:
+        _fail(HarnessError("name a fault id or pass --all"))
+    try:
+        engine = FaultEngine(Environment.attach(run_id))
+        healed = engine.heal_all() if all_ else (engine.heal(fault_id) or [fault_id])
+    except HarnessError as exc:
+        _fail(exc)
+    out.print(f"healed: {', '.join(healed) or 'nothing to heal'}")
+
+
+@app.command()
+def heal(run_id: Optional[str] = typer.Argument(None)) -> None:
+    """Restore everything a crashed run left injected (from the fault journal)."""
+    fault_heal(None, True, run_id)
+
+
 def main() -> None:
     try:
         app()

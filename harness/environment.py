@@ -115,7 +115,13 @@ class Environment:
         topology = Topology.model_validate(state["topology"])
         secrets = EnvSecrets.load(run_dir / SECRETS_FILE)
         ctx = RunContext(state["run_id"], run_dir, topology, secrets, ports=dict(state.get("ports", {})))
-        return cls(ctx, state=state)
+        env = cls(ctx, state=state)
+        if state.get("provider") == "local":
+            from harness.providers.local import LocalProvider
+
+            env.provider = LocalProvider(ctx, on_change=env.save_state)
+            env.provider.adopt(state.get("processes", []), state.get("overrides", {}))
+        return env
 
     def __enter__(self) -> "Environment":
         return self
@@ -134,14 +140,15 @@ class Environment:
 
     def save_state(self) -> None:
         if self.provider is not None:
-            known = {(r["name"], r["pid"]) for r in self.state.get("processes", [])}
-            for rec in self.provider.records():
-                if (rec.name, rec.pid) not in known:
-                    self.state.setdefault("processes", []).append(rec.to_dict())
-        self.state["ports"] = dict(self.ctx.ports)
-        if self.provider is not None:
+            # One record per process name: a restarted service replaces its old record.
+            live = {rec.name: rec.to_dict() for rec in self.provider.records()}
+            merged = {r["name"]: r for r in self.state.get("processes", [])}
+            merged.update(live)
+            self.state["processes"] = list(merged.values())
             self.state["nodes"] = [{"name": n.name, "url": n.url} for n in self.provider.nodes]
             self.state["keystone_url"] = self.provider.keystone.url
+            self.state["overrides"] = {n.name: n.overrides for n in self.provider.nodes if n.overrides}
+        self.state["ports"] = dict(self.ctx.ports)
         tmp = self.run_dir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(self.state, indent=2))
         tmp.replace(self.run_dir / STATE_FILE)
@@ -302,6 +309,7 @@ class Environment:
         from harness.procs import stop_marked
         from harness.providers.local import stop_recorded
 
+        self._heal_left_over_faults()
         if self.provider is not None:
             self.provider.down(timeout)
         stop_recorded(self.state.get("processes", []), timeout)
@@ -314,6 +322,21 @@ class Environment:
             self.save_state()
         ports = [p for rec in self.state.get("processes", []) for p in rec.get("ports", [])]
         return [p for p in ports if not port_is_free(p)]
+
+    def _heal_left_over_faults(self) -> None:
+        """`down` restores what a crashed run left injected (token snapshots, DB rows...)
+        before it stops the services, as `heal` would; failures are recorded, not fatal."""
+        from harness.faults.engine import FaultEngine
+
+        if self.provider is None or self.state.get("status") not in ("up", "failed"):
+            return
+        engine = FaultEngine(self)
+        if not engine.active():
+            return
+        try:
+            self.state["healed_at_down"] = engine.heal_all()
+        except Exception as exc:  # noqa: BLE001 - teardown goes on regardless
+            self.state["heal_errors_at_down"] = str(exc)
 
     def summary(self) -> dict:
         """The one JSON document `up --json` and `status --json` print."""

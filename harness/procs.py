@@ -127,7 +127,9 @@ class ManagedProcess:
         return self.record
 
     def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return self.record is not None and is_running(self.record.pid, self.record.create_time)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.record:

@@ -74,6 +74,25 @@ class LocalProvider:
         extra = [s for s in (self.softhsm, self.kmip, self.rabbit) if s]
         return [self.database, *extra, self.keystone, *self.nodes, *self.workers]
 
+    def adopt(self, records: list[dict], overrides: dict[str, dict]) -> None:
+        """Rebuild the live picture from a state file (a later CLI call, `heal`, faults)."""
+        services = self.services()
+        for rec in records:
+            record = ProcessRecord(**rec)
+            # Longest name first: "barbican-worker-1" must not be taken by a "barbican" prefix.
+            for service in sorted(services, key=lambda s: -len(s.name)):
+                if service.owns(record.name):
+                    service.adopt(record)
+                    break
+        for node in self.nodes:
+            node.overrides = dict(overrides.get(node.name, {}))
+
+    def node(self, name: str):
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
     def records(self) -> list[ProcessRecord]:
         return [r for s in self.services() for r in s.records()]
 
@@ -154,6 +173,14 @@ class LocalProvider:
         for worker in self.workers:
             with progress.step(worker.name):
                 self._start(worker)
+
+    def restart_node(self, name: str, overrides: dict | None = None, timeout: float = 90.0) -> None:
+        """Restart one API node, with changed config (a fault) or back to the original ({})."""
+        node = self.node(name)
+        try:
+            node.restart(overrides, timeout)
+        finally:
+            self.on_change()
 
     def down(self, timeout: float = 10.0) -> None:
         # Reverse start order: API nodes first, database last.

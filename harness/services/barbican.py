@@ -34,7 +34,8 @@ class BarbicanConfig:
     """Renders barbican.conf for every Barbican process of the environment.
 
     `overrides` is how faults change one node: keys `keks` (list), `p11` (dict merged into
-    [p11_crypto_plugin]), `crypto_plugins` (list) and `debug` (bool).
+    [p11_crypto_plugin]), `single_store_crypto` (list: one store_crypto store on just these
+    crypto plugins, as after a backend switch) and `debug` (bool).
     """
 
     def __init__(self, ctx, database, keystone, softhsm=None, kmip=None, rabbit=None, shim=None):
@@ -57,7 +58,12 @@ class BarbicanConfig:
         o = overrides or {}
         topo = self.ctx.topology
         stores = self.stores()
-        crypto = o.get("crypto_plugins") or [s.crypto_plugin for s in stores if s.crypto_plugin]
+        crypto = [s.crypto_plugin for s in stores if s.crypto_plugin]
+        multiple = topo.multiple_stores
+        if "single_store_crypto" in o:
+            crypto = o["single_store_crypto"]
+            stores = [StoreSection("default", "store_crypto", crypto[0], True)]
+            multiple = False
         p11 = None
         if self.softhsm:
             library = self.shim.library_path if self.shim else None
@@ -69,7 +75,7 @@ class BarbicanConfig:
             db_url=self.database.url("barbican"), keystone_url=self.keystone.url,
             service_password=self.ctx.secrets.barbican_service_password,
             secure_rbac=topo.policy == "secure-rbac",
-            multiple_stores=topo.multiple_stores, stores=stores, crypto_plugins=crypto,
+            multiple_stores=multiple, stores=stores, crypto_plugins=crypto,
             keks=o.get("keks", [self.ctx.secrets.kek]) if "simple_crypto" in topo.backends else [],
             p11=p11, kmip=self.kmip.barbican_options() if self.kmip else None,
             queue=topo.async_orders, transport_url=self.rabbit.transport_url() if self.rabbit else "",

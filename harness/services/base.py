@@ -66,6 +66,17 @@ class Service:
         self.processes.append(proc)
         return proc.start()
 
+    def adopt(self, record: ProcessRecord) -> None:
+        """Take charge of a process started by an earlier harness process (from the state
+        file): it can then be stopped and restarted like one started here."""
+        proc = ManagedProcess(record.name, [], self.ctx.logs_dir / f"{record.name}.log", ports=record.ports,
+                              stop_signal=record.stop_signal)
+        proc.record = record
+        self.processes.append(proc)
+
+    def owns(self, process_name: str) -> bool:
+        return process_name == self.name or process_name.startswith(self.name + "-")
+
     def records(self) -> list[ProcessRecord]:
         return [p.record for p in self.processes if p.record]
 

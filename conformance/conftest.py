@@ -1,0 +1,547 @@
+"""Shared fixtures of the conformance suites (conformance/api, conformance/rbac).
+
+Target selection
+----------------
+Every conformance test takes the session-scoped ``target`` fixture:
+
+* with ``--barbican-env PATH``, ``--barbican-run RUN_ID`` or ``--barbican-cloud NAME`` it is the
+  plugin's ``barbican_env`` (one target; its id is the topology / cloud name);
+* otherwise the tests are parametrized over the default topologies
+  (``DEFAULT_TOPOLOGIES``, or ``BARBICAN_CONFORMANCE_TOPOLOGIES=a,b``), each brought up once per
+  xdist worker through ``barbican_env_pool``.  Every test of one topology is put in the
+  ``xdist_group`` of that topology, so with ``-n 2 --dist loadgroup`` each environment lives on
+  exactly one worker and its tests run one after the other (quota and preferred-store tests
+  change project-wide state, so they must not race with the rest of the topology's tests).
+
+Helpers (fixtures)
+------------------
+``http``   raw HTTP as any seeded role (``http.get("/v1/secrets", role="reader")``) returning
+           ``Resp`` objects with status/body assertions (``resp.ok(200)``, ``resp.error(404, "...")``).
+``res``    creates secrets/containers/orders/consumers/ACLs with unique names and deletes them
+           at teardown, even when the test failed (orders as the project admin: the legacy policy
+           lets only a project admin delete orders).
+``caps``   per-backend / per-server capability data (conformance/capabilities.yaml), with reasons.
+``uname``  a unique name factory.
+
+Secret payloads are never printed: bodies of payload responses are left out of failure messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import json as _json
+import os
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+ENVIRONMENTS = REPO / "environments"
+CAPABILITIES_FILE = HERE / "capabilities.yaml"
+
+DEFAULT_TOPOLOGIES = ["simple-crypto", "pkcs11-softhsm", "multi-store", "simple-crypto-secure-rbac"]
+
+# Which seeded role does what, per policy mode (Barbican's legacy defaults vs secure RBAC).
+POLICY_ROLES = {
+    "legacy": {
+        "writer": "creator",           # secrets:post / containers:post / orders:post
+        "project_admin": "admin",      # the only one allowed to delete orders
+        "quota_admin": "service-admin",  # project_quotas:* = key-manager:service-admin
+        "transport_key_admin": "service-admin",  # transport_keys:post/delete
+        "store_admin": "admin",        # secretstore_preferred:post/delete
+        "other_writer": "other-creator",
+        "other_admin": "other-admin",
+    },
+    "secure-rbac": {
+        "writer": "member",
+        "project_admin": "admin",
+        "quota_admin": "admin",        # project_quotas:* = role:admin
+        "transport_key_admin": "admin",
+        "store_admin": "admin",
+        "other_writer": "other-member",
+        "other_admin": "other-admin",
+    },
+}
+
+
+# -- target selection -------------------------------------------------------------------------
+def _explicit_target(config) -> bool:
+    return any(config.getoption(o, default=None) for o in ("--barbican-env", "--barbican-run", "--barbican-cloud"))
+
+
+def _topologies() -> list[str]:
+    env = os.environ.get("BARBICAN_CONFORMANCE_TOPOLOGIES")
+    if env:
+        return [t.strip() for t in env.split(",") if t.strip()]
+    return list(DEFAULT_TOPOLOGIES)
+
+
+def _explicit_target_id(config) -> str:
+    """A readable id for the one target given on the command line."""
+    opt = config.getoption
+    if opt("--barbican-cloud"):
+        return f"cloud-{opt('--barbican-cloud')}"
+    if opt("--barbican-run"):
+        try:
+            from harness.environment import STATE_FILE, find_run_dir
+
+            state = _json.loads((find_run_dir(opt("--barbican-run")) / STATE_FILE).read_text())
+            return state["topology"]["name"]
+        except Exception:  # noqa: BLE001 - an id only; the fixture reports the real error
+            return str(opt("--barbican-run"))
+    try:
+        return yaml.safe_load(Path(opt("--barbican-env")).read_text())["name"]
+    except Exception:  # noqa: BLE001
+        return Path(opt("--barbican-env")).stem
+
+
+def pytest_generate_tests(metafunc):
+    if "target" not in metafunc.fixturenames:
+        return
+    config = metafunc.config
+    if _explicit_target(config):
+        ids = [_explicit_target_id(config)]
+        params = [None]
+    else:
+        ids = _topologies()
+        params = [ENVIRONMENTS / f"{t}.yaml" for t in ids]
+    metafunc.parametrize("target", params, ids=ids, indirect=True, scope="session")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or "target" not in callspec.params:
+            continue
+        item.add_marker(pytest.mark.xdist_group(_target_group(config, callspec.params["target"])))
+
+
+def _target_group(config, param) -> str:
+    return _explicit_target_id(config) if param is None else Path(param).stem
+
+
+@pytest.fixture(scope="session")
+def target(request, barbican_env_pool):
+    """The Barbican under test: a harness Environment or a CloudTarget (same surface)."""
+    if request.param is None:
+        return request.getfixturevalue("barbican_env")
+    return barbican_env_pool.get(request.param)
+
+
+# -- raw HTTP ---------------------------------------------------------------------------------
+def _short(text: str, limit: int = 600) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
+
+
+@dataclass
+class Resp:
+    """One HTTP exchange, with assertion helpers that show the request in their message."""
+
+    method: str
+    url: str
+    role: str | None
+    status: int
+    headers: Any
+    content: bytes
+    secret_body: bool = False  # the body may be a secret payload: never print it
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    @property
+    def json(self) -> Any:
+        try:
+            return _json.loads(self.content)
+        except ValueError:
+            raise AssertionError(f"{self._where()}: body is not JSON: {self._body_for_message()}") from None
+
+    def _body_for_message(self) -> str:
+        if self.secret_body and self.status < 300:
+            return f"<{len(self.content)} bytes, not shown: may be a secret payload>"
+        return _short(self.text)
+
+    def _where(self) -> str:
+        return f"{self.method} {self.url} as {self.role or 'anonymous'} -> {self.status}"
+
+    def describe(self) -> str:
+        return f"{self._where()}: {self._body_for_message()}"
+
+    def expect(self, *statuses: int) -> "Resp":
+        assert self.status in statuses, f"expected HTTP {'/'.join(map(str, statuses))}; {self.describe()}"
+        return self
+
+    def ok(self, status: int = 200) -> Any:
+        """Assert the status; return the JSON body (None when there is no body)."""
+        self.expect(status)
+        if not self.content:
+            return None
+        ctype = self.headers.get("Content-Type", "")
+        return self.json if "json" in ctype else self.content
+
+    def error(self, status: int, contains: str | None = None, *, title: str | None = None) -> dict:
+        """Assert Barbican's JSON error document {"code", "title", "description"}."""
+        self.expect(status)
+        body = self.json
+        assert isinstance(body, dict), self.describe()
+        if "code" in body:  # Barbican's own error document
+            assert body["code"] == status, self.describe()
+            assert isinstance(body.get("title"), str) and body["title"], self.describe()
+            desc = body.get("description", "")
+        else:  # keystonemiddleware's {"error": {"code", "title", "message"}}
+            err = body.get("error", {})
+            assert err.get("code") == status, self.describe()
+            desc = err.get("message", "")
+        if title is not None:
+            assert (body.get("title") or body.get("error", {}).get("title")) == title, self.describe()
+        if contains is not None:
+            assert contains in desc, f"expected {contains!r} in the error description; {self.describe()}"
+        return body
+
+    def denied(self, operation: str | None = None) -> dict:
+        """403 from the policy engine: '<Operation> attempt not allowed - please review ...'."""
+        body = self.error(403, "attempt not allowed - please review your user/project privileges")
+        if operation:
+            assert body["description"].startswith(operation), self.describe()
+        return body
+
+
+class Http:
+    """Raw HTTP against the target, as any seeded role, on any node."""
+
+    def __init__(self, target):
+        self.target = target
+        self._anon = None
+
+    @property
+    def policy(self) -> str:
+        return self.target.policy
+
+    def role(self, purpose: str) -> str:
+        return POLICY_ROLES[self.policy][purpose]
+
+    @property
+    def writer(self) -> str:
+        return self.target.writer_role
+
+    def node_url(self, node=None) -> str:
+        nodes = self.target.nodes
+        if node is None:
+            return nodes[0].url
+        if isinstance(node, int):
+            return nodes[node % len(nodes)].url
+        for n in nodes:
+            if n.name == node:
+                return n.url
+        raise KeyError(node)
+
+    def url(self, path: str, node=None, params: dict | None = None) -> str:
+        url = path if path.startswith("http") else self.node_url(node) + path
+        if params:
+            url += ("&" if "?" in url else "?") + urlencode(params, doseq=True)
+        return url
+
+    def request(self, method: str, path: str, *, role: str | None = "writer", node=None,
+                headers: dict | None = None, json: Any = None, data: bytes | str | None = None,
+                params: dict | None = None, microversion: str | None = None,
+                secret_body: bool = False, token: str | None = None) -> Resp:
+        """role=None → no token at all; token=... → that X-Auth-Token instead of a session's."""
+        url = self.url(path, node, params)
+        headers = dict(headers or {})
+        if microversion:
+            headers["OpenStack-API-Version"] = f"key-manager {microversion}"
+        if role == "writer":
+            role = self.writer
+        if role is None or token is not None:
+            import requests
+
+            if token is not None:
+                headers["X-Auth-Token"] = token
+            if json is not None:
+                headers.setdefault("Content-Type", "application/json")
+                data = _json.dumps(json)
+            r = requests.request(method, url, headers=headers, data=data, timeout=15, allow_redirects=False)
+        else:
+            sess = self.target.session(role)
+            r = sess.request(url, method, raise_exc=False, headers=headers, json=json, data=data,
+                             log=False, redirect=False)
+        return Resp(method, url, role, r.status_code, r.headers, r.content, secret_body=secret_body)
+
+    def get(self, path, **kw) -> Resp:
+        return self.request("GET", path, **kw)
+
+    def post(self, path, **kw) -> Resp:
+        return self.request("POST", path, **kw)
+
+    def put(self, path, **kw) -> Resp:
+        return self.request("PUT", path, **kw)
+
+    def patch(self, path, **kw) -> Resp:
+        return self.request("PATCH", path, **kw)
+
+    def delete(self, path, **kw) -> Resp:
+        return self.request("DELETE", path, **kw)
+
+    def payload(self, secret_ref: str, accept: str | None = "application/octet-stream", **kw) -> Resp:
+        headers = dict(kw.pop("headers", {}) or {})
+        if accept is not None:
+            headers["Accept"] = accept
+        return self.get(secret_ref + "/payload", headers=headers, secret_body=True, **kw)
+
+    # identities
+    def user_id(self, role: str) -> str:
+        return self.target.session(role).get_user_id()
+
+    def project_id(self, role: str) -> str:
+        return self.target.session(role).get_project_id()
+
+    def token(self, role: str) -> str:
+        return self.target.session(role).get_token()
+
+
+def ref_id(ref: str) -> str:
+    return ref.rstrip("/").rsplit("/", 1)[-1]
+
+
+def ref_path(ref: str) -> str:
+    """/v1/... part of an href (hrefs carry one node's host_href; requests may go to another)."""
+    i = ref.find("/v1/")
+    assert i >= 0, f"not a Barbican v1 href: {ref}"
+    return ref[i:]
+
+
+# -- unique names -----------------------------------------------------------------------------
+def unique_name(prefix: str = "cf") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def uname(request):
+    """uname() / uname('tag') → a name nobody else uses (test name + uuid suffix)."""
+    base = request.node.originalname.removeprefix("test_")[:24].replace("_", "-")
+
+    def make(tag: str = "") -> str:
+        return unique_name(f"cf-{base}{'-' + tag if tag else ''}")
+
+    return make
+
+
+# -- resources with cleanup -------------------------------------------------------------------
+@dataclass
+class _Created:
+    kind: str
+    ref: str
+    role: str
+
+
+@dataclass
+class Resources:
+    """Creates Barbican resources for one test and deletes them all at teardown."""
+
+    http: Http
+    name_prefix: str
+    created: list[_Created] = field(default_factory=list)
+    cleanups: list = field(default_factory=list)
+
+    def _name(self) -> str:
+        return unique_name(self.name_prefix)
+
+    def track(self, kind: str, ref: str, role: str | None = None) -> str:
+        self.created.append(_Created(kind, ref, role or self.http.writer))
+        return ref
+
+    def on_cleanup(self, fn) -> None:
+        """Run fn() at teardown (before resources are deleted), e.g. restore a quota."""
+        self.cleanups.append(fn)
+
+    # secrets
+    def secret_body(self, **body) -> dict:
+        body.setdefault("name", self._name())
+        return body
+
+    def secret(self, role: str | None = None, *, expect: int = 201, node=None, microversion=None, **body) -> str:
+        """POST /v1/secrets; default: a text/plain opaque secret with a random payload."""
+        if "payload" not in body and not body.pop("metadata_only", False):
+            body.setdefault("payload", uuid.uuid4().hex)
+            body.setdefault("payload_content_type", "text/plain")
+        resp = self.http.post("/v1/secrets", role=role or "writer", json=self.secret_body(**body), node=node,
+                              microversion=microversion)
+        data = resp.ok(expect)
+        assert set(data) == {"secret_ref"}, resp.describe()
+        assert resp.headers.get("Location") == data["secret_ref"], resp.describe()
+        return self.track("secret", data["secret_ref"], role)
+
+    def symmetric_key(self, role: str | None = None, bits: int = 256, **body) -> str:
+        key = os.urandom(bits // 8)
+        body.setdefault("algorithm", "aes")
+        body.setdefault("bit_length", bits)
+        body.setdefault("mode", "cbc")
+        body.setdefault("secret_type", "symmetric")
+        return self.secret(role, payload=base64.b64encode(key).decode(),
+                           payload_content_type="application/octet-stream",
+                           payload_content_encoding="base64", **body)
+
+    # containers
+    def container(self, role: str | None = None, *, type: str = "generic", secret_refs: dict | None = None,
+                  expect: int = 201, **body) -> str:
+        body.setdefault("name", self._name())
+        body["type"] = type
+        body["secret_refs"] = [{"name": n, "secret_ref": r} for n, r in (secret_refs or {}).items()]
+        resp = self.http.post("/v1/containers", role=role or "writer", json=body)
+        data = resp.ok(expect)
+        assert set(data) == {"container_ref"}, resp.describe()
+        return self.track("container", data["container_ref"], role)
+
+    # orders
+    def order(self, type: str = "key", role: str | None = None, expect: int = 202, **meta) -> str:
+        meta.setdefault("name", self._name())
+        resp = self.http.post("/v1/orders", role=role or "writer", json={"type": type, "meta": meta})
+        data = resp.ok(expect)
+        assert set(data) == {"order_ref"}, resp.describe()
+        return self.track("order", data["order_ref"], role)
+
+    def wait_order(self, order_ref: str, role: str | None = None, timeout: float = 60.0) -> dict:
+        """Poll until the order leaves PENDING; returns the order document."""
+        deadline = time.monotonic() + timeout
+        while True:
+            order = self.http.get(order_ref, role=role or "writer").ok(200)
+            if order["status"] != "PENDING" or time.monotonic() > deadline:
+                # What the order made is ours to delete too.
+                if order.get("secret_ref"):
+                    self.track("secret", order["secret_ref"], role)
+                if order.get("container_ref"):
+                    self.track("container", order["container_ref"], role)
+                    container = self.http.get(order["container_ref"], role=role or "writer")
+                    if container.status == 200:
+                        for sref in container.json.get("secret_refs", []):
+                            self.track("secret", sref["secret_ref"], role)
+                return order
+            time.sleep(0.3)
+
+    # teardown
+    def _deleter(self, item: _Created) -> str:
+        roles = self.http.target.roles
+        other = item.role.startswith("other-")
+        admin = "other-admin" if other else "admin"
+        if admin in roles:
+            return admin
+        return item.role
+
+    def cleanup(self) -> list[str]:
+        problems = []
+        for fn in reversed(self.cleanups):
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - keep cleaning
+                problems.append(f"cleanup step {getattr(fn, '__name__', fn)}: {exc}")
+        # containers before secrets (a container keeps references), orders last is fine either way
+        order = {"consumer": 0, "container": 1, "order": 2, "secret": 3}
+        seen = set()
+        for item in sorted(reversed(self.created), key=lambda c: order.get(c.kind, 9)):
+            if (item.kind, item.ref) in seen:
+                continue
+            seen.add((item.kind, item.ref))
+            try:
+                if item.kind == "consumer":
+                    continue  # removed with their secret/container
+                role = self._deleter(item)
+                # force=true: delete even with consumers (only honoured from microversion 1.2)
+                params = {"force": "true"} if item.kind == "secret" else None
+                resp = self.http.delete(ref_path(item.ref), role=role, params=params)
+                if resp.status not in (204, 404):
+                    resp2 = self.http.delete(ref_path(item.ref), role=item.role, params=params)
+                    if resp2.status not in (204, 404):
+                        problems.append(resp2.describe())
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"{item.kind} {item.ref}: {exc}")
+        self.created.clear()
+        return problems
+
+
+@pytest.fixture(scope="session")
+def _http_by_target(target):
+    return Http(target)
+
+
+@pytest.fixture
+def http(_http_by_target) -> Http:
+    return _http_by_target
+
+
+@pytest.fixture
+def res(http, request):
+    """Resources made by this test, deleted at teardown even when the test failed."""
+    base = request.node.originalname.removeprefix("test_")[:20].replace("_", "-")
+    r = Resources(http, f"cf-{base}")
+    yield r
+    problems = r.cleanup()
+    if problems:
+        warnings.warn("conformance cleanup left something behind: " + "; ".join(problems), stacklevel=1)
+
+
+# -- capabilities -----------------------------------------------------------------------------
+class Capabilities:
+    """What the target can do, from conformance/capabilities.yaml plus what the server reports.
+
+    Each capability is a dict with at least ``supported`` (bool) and ``reason`` (why); the
+    tests assert the positive behaviour where supported and the documented failure where not.
+    """
+
+    def __init__(self, data: dict, http: Http):
+        self.data = data
+        self.http = http
+        self.backends = list(http.target.backends)
+        self.default_backend = self.backends[0]
+        self._server_max = None
+
+    def backend(self, name: str, backend: str | None = None) -> dict:
+        backend = backend or self.default_backend
+        table = self.data["backends"].get(backend)
+        if table is None or name not in table:
+            raise KeyError(f"capabilities.yaml: no '{name}' for backend '{backend}'")
+        return table[name]
+
+    def server(self, name: str) -> dict:
+        return self.data["server"][name]
+
+    @property
+    def multiple_stores(self) -> bool:
+        return len(self.backends) > 1
+
+    @property
+    def max_microversion(self) -> str:
+        """As the server reports it (GET / with a 1.1 header lists min/max_version)."""
+        if self._server_max is None:
+            resp = self.http.get("/", role=None, microversion="1.1", headers={"Accept": "application/json"})
+            body = resp.ok(300)
+            self._server_max = body["versions"][0]["max_version"]
+        return self._server_max
+
+    def supports_microversion(self, version: str) -> bool:
+        def key(v):
+            return tuple(int(p) for p in v.split("."))
+
+        return key(version) <= key(self.max_microversion)
+
+
+@pytest.fixture(scope="session")
+def capabilities_data() -> dict:
+    return yaml.safe_load(CAPABILITIES_FILE.read_text())
+
+
+@pytest.fixture(scope="session")
+def _caps_by_target(_http_by_target, capabilities_data):
+    return Capabilities(capabilities_data, _http_by_target)
+
+
+@pytest.fixture
+def caps(_caps_by_target) -> Capabilities:
+    return _caps_by_target
