@@ -260,6 +260,11 @@ class Http:
             headers["OpenStack-API-Version"] = f"key-manager {microversion}"
         if role == "writer":
             role = self.writer
+        if json is not None or data is not None:
+            # uWSGI (http11-socket) may reset a keep-alive connection when Barbican answers
+            # without reading the request body (415/403 before load_body); a later request on
+            # the same pooled connection then fails with ConnectionResetError. Do not reuse it.
+            headers.setdefault("Connection", "close")
         if role is None or token is not None:
             import requests
 
@@ -467,13 +472,13 @@ class Resources:
 
 
 @pytest.fixture(scope="session")
-def _http_by_target(target):
+def shared_http(target):
     return Http(target)
 
 
 @pytest.fixture
-def http(_http_by_target) -> Http:
-    return _http_by_target
+def http(shared_http) -> Http:
+    return shared_http
 
 
 @pytest.fixture
@@ -502,15 +507,33 @@ class Capabilities:
         self.default_backend = self.backends[0]
         self._server_max = None
 
-    def backend(self, name: str, backend: str | None = None) -> dict:
+    def backend(self, name: str, backend: str | None = None):
         backend = backend or self.default_backend
         table = self.data["backends"].get(backend)
         if table is None or name not in table:
             raise KeyError(f"capabilities.yaml: no '{name}' for backend '{backend}'")
         return table[name]
 
-    def server(self, name: str) -> dict:
+    def order_spec(self, kind: str, spec_id: str) -> dict:
+        return dict(self.data["order_specs"][kind][spec_id])
+
+    def order_outcome(self, kind: str, spec_id: str, backend: str | None = None) -> dict:
+        """{'status': 'ACTIVE'} or {'status': 'ERROR', 'error_status_code', 'error_reason', ['bug']}
+        for an order spec (kind 'key' / 'asymmetric') on a backend (default: the default store's)."""
+        table = self.backend(f"{kind}_orders", backend)
+        outcome = table[spec_id]
+        if isinstance(outcome, str):
+            return {"status": outcome}
+        return dict(outcome)
+
+    def backend_reason(self, backend: str | None = None) -> str:
+        return self.data["backends"][backend or self.default_backend]["reason"]
+
+    def server(self, name: str):
         return self.data["server"][name]
+
+    def configuration(self, name: str) -> dict:
+        return self.data["configurations"][name]
 
     @property
     def multiple_stores(self) -> bool:
@@ -538,10 +561,10 @@ def capabilities_data() -> dict:
 
 
 @pytest.fixture(scope="session")
-def _caps_by_target(_http_by_target, capabilities_data):
-    return Capabilities(capabilities_data, _http_by_target)
+def shared_caps(shared_http, capabilities_data):
+    return Capabilities(capabilities_data, shared_http)
 
 
 @pytest.fixture
-def caps(_caps_by_target) -> Capabilities:
-    return _caps_by_target
+def caps(shared_caps) -> Capabilities:
+    return shared_caps

@@ -153,6 +153,12 @@ class Environment:
         tmp.write_text(json.dumps(self.state, indent=2))
         tmp.replace(self.run_dir / STATE_FILE)
 
+    def reload_state(self) -> None:
+        """Pick up what another harness process changed (a `heal` restarted a node)."""
+        self.state = json.loads((self.run_dir / STATE_FILE).read_text())
+        if self.provider is not None:
+            self.provider.readopt(self.state.get("processes", []), self.state.get("overrides", {}))
+
     @property
     def nodes(self) -> list[Node]:
         return [Node(n["name"], n["url"]) for n in self.state.get("nodes", [])]
@@ -197,6 +203,15 @@ class Environment:
         """The plain role that may create secrets: Barbican's legacy policy (its effective
         default) wants `creator`; secure RBAC wants `member`."""
         return "member" if self.ctx.topology.policy == "secure-rbac" else "creator"
+
+    def fresh_project(self, role: str | None = None) -> str:
+        """Make a new project with one user (the writer role by default); returns the
+        role key to pass to session()/barbican()."""
+        tag = _rand.token_hex(3)
+        cred = identity.make_project_user(self.keystone_url, self.credentials["cloud-admin"],
+                                          role or self.writer_role, self.ctx.secrets.user_password, tag)
+        self.credentials[cred.role] = cred
+        return cred.role
 
     def session(self, role: str | None = None):
         role = role or self.writer_role

@@ -51,6 +51,19 @@ def seeded_credentials(password: str, admin_password: str, service_password: str
     return creds
 
 
+def make_project_user(auth_url: str, admin: Credential, role: str, password: str, tag: str) -> Credential:
+    """A fresh project with one user holding `role`: a project Barbican has never seen
+    (no project KEK yet), for probes that must tell 'new operations' from 'existing data'."""
+    from keystoneclient.v3 import client as ks_client
+
+    ks = ks_client.Client(session=session_for(auth_url, admin))
+    domain = ks.domains.find(name="Default")
+    project = ks.projects.create(name=f"fresh-{tag}", domain=domain)
+    user = ks.users.create(name=f"fresh-{tag}-{role}", domain=domain, password=password, default_project=project)
+    ks.roles.grant(ks.roles.find(name=role), user=user, project=project)
+    return Credential(f"fresh-{tag}", user.name, project.name, password)
+
+
 def session_for(auth_url: str, cred: Credential, timeout: float = HTTP_TIMEOUT) -> ks_session.Session:
     auth = v3.Password(auth_url=auth_url, username=cred.username, password=cred.password,
                        project_name=cred.project, user_domain_name=cred.domain,

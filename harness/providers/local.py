@@ -87,6 +87,22 @@ class LocalProvider:
         for node in self.nodes:
             node.overrides = dict(overrides.get(node.name, {}))
 
+    def readopt(self, records: list[dict], overrides: dict[str, dict]) -> None:
+        """Replace what a service knows when the state file names other processes for it."""
+        by_name = {r["name"]: r for r in records}
+        for service in self.services():
+            wanted = {n: r for n, r in by_name.items() if service.owns(n)}
+            current = {p.record.name: p.record.pid for p in service.processes if p.record}
+            if wanted and {n: r["pid"] for n, r in wanted.items()} != current:
+                for proc in service.processes:
+                    if proc.popen is not None:
+                        proc.popen.poll()  # reap it if it is our dead child
+                service.processes.clear()
+                for rec in wanted.values():
+                    service.adopt(ProcessRecord(**rec))
+        for node in self.nodes:
+            node.overrides = dict(overrides.get(node.name, {}))
+
     def node(self, name: str):
         for node in self.nodes:
             if node.name == name:

@@ -1,0 +1,79 @@
+"""Fault CLI: the catalog listing, and healing after the harness was SIGKILLed mid-fault."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from harness.faults import CATALOG
+from tests.conftest import REPO, harness_cli, topology
+from tests.faults_support import payload_status, seed, steady_state
+
+ISSUE_CATALOG = {
+    "kek_mismatch", "kek_rotation_without_rewrap", "hsm_latency", "hsm_error", "hsm_wrong_pin",
+    "hsm_token_absent", "hsm_session_exhaustion", "hsm_key_deleted", "crypto_plugin_removed",
+    "acl_removal", "secret_expiry", "container_member_deleted", "consumer_in_use_delete",
+    "node_kill", "node_pause", "worker_down",
+}
+
+
+def test_fault_list_shows_every_fault_with_parameters_and_incident():
+    out = harness_cli("fault", "list", check=True).stdout
+    assert ISSUE_CATALOG <= set(CATALOG)
+    for name, cls in CATALOG.items():
+        assert name[:20] in out
+        for param in cls.parameters():
+            assert param in out
+        assert cls.incident()[:15] in out.replace("\n", " ") or cls.incident().split()[0] in out
+
+
+def test_bad_fault_parameters_name_the_allowed_ones():
+    from harness.faults.base import FaultError
+    from harness.faults.engine import make_fault
+
+    with pytest.raises(FaultError) as err:
+        make_fault("hsm_latency", {"milliseconds": 5})
+    assert "milliseconds" in str(err.value) and "ms (float" in str(err.value)
+    with pytest.raises(FaultError) as err:
+        make_fault("no_such_fault")
+    assert "kek_mismatch" in str(err.value)
+
+
+HOLD_FAULT = """
+import sys, time
+from harness.environment import Environment
+from harness.faults.engine import FaultEngine
+env = Environment.attach(sys.argv[1])
+with FaultEngine(env).injected("kek_mismatch", {"node": "2"}):
+    print("injected", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.xdist_group("simple-crypto")
+def test_sigkill_while_kek_mismatch_is_injected_then_heal_restores_the_kek(env_of):
+    env = env_of("simple-crypto")
+    seeded = seed(env)
+    conf = env.run_dir / "barbican" / "barbican-2" / ".barbican" / "barbican.conf"
+    original = env.ctx.secrets.kek
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_FAULT, str(env.run_dir)], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "injected"
+        assert original not in conf.read_text()
+        assert payload_status(env, seeded[0].ref, "barbican-2").status_code == 500
+    finally:
+        holder.send_signal(signal.SIGKILL)  # no finally, no heal in that process
+        holder.wait(timeout=10)
+    journal = [json.loads(line) for line in (env.run_dir / "faults.jsonl").read_text().splitlines()]
+    assert journal[-1]["state"] == "injected"
+    out = harness_cli("heal", str(env.run_dir), check=True, timeout=180).stdout
+    assert "kek_mismatch" in out
+    assert original in conf.read_text()
+    env.reload_state()  # `heal` (another process) restarted barbican-2
+    steady_state(env, seeded)
