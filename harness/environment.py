@@ -68,11 +68,7 @@ class Environment:
         topology = load_topology(topology_path)
         if provider:
             topology = topology.model_copy(update={"provider": provider})
-        if topology.provider != "local":
-            raise HarnessError(f"{topology_path}: provider '{topology.provider}' is not available yet; "
-                               "use provider: local")
-        from harness.providers.local import LocalProvider
-
+        provider_class = _provider_class(topology.provider)
         run_id = run_id or new_run_id(topology)
         run_dir = runs_dir() / run_id
         secrets = EnvSecrets().register()
@@ -82,7 +78,7 @@ class Environment:
             "topology": topology.model_dump(), "provider": topology.provider, "status": "starting",
             "created": dt.datetime.now(dt.timezone.utc).isoformat(),
         })
-        env.provider = LocalProvider(ctx, on_change=env.save_state)
+        env.provider = provider_class(ctx, on_change=env.save_state)
         env.provider.check()  # missing packages are reported before anything is written or started
         run_dir.mkdir(parents=True, exist_ok=False)
         secrets.save(run_dir / SECRETS_FILE)
@@ -116,11 +112,8 @@ class Environment:
         secrets = EnvSecrets.load(run_dir / SECRETS_FILE)
         ctx = RunContext(state["run_id"], run_dir, topology, secrets, ports=dict(state.get("ports", {})))
         env = cls(ctx, state=state)
-        if state.get("provider") == "local":
-            from harness.providers.local import LocalProvider
-
-            env.provider = LocalProvider(ctx, on_change=env.save_state)
-            env.provider.adopt(state.get("processes", []), state.get("overrides", {}))
+        env.provider = _provider_class(state.get("provider", "local"))(ctx, on_change=env.save_state)
+        env.provider.adopt(state.get("processes", []), state.get("overrides", {}))
         return env
 
     def __enter__(self) -> "Environment":
@@ -365,6 +358,19 @@ class Environment:
             "pids": pids,
             "processes": self.processes(),
         }
+
+
+def _provider_class(name: str):
+    """Providers are imported on demand: the docker SDK is not needed for local runs."""
+    if name == "local":
+        from harness.providers.local import LocalProvider
+
+        return LocalProvider
+    if name == "docker":
+        from harness.providers.docker import DockerProvider
+
+        return DockerProvider
+    raise HarnessError(f"unknown provider '{name}'; providers: local, docker")
 
 
 def find_run_dir(run: str | Path | None) -> Path:

@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from harness.proxy.errors import ApiError
 from harness.proxy.server import LOOPBACK_HOSTS, run
 
 
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         run(args.host, args.port, args.seed, args.config)
     except OSError as exc:
         logging.getLogger("harness.proxy").error("cannot serve on %s:%d: %s", args.host, args.port, exc)
+        return 1
+    except (ValueError, KeyError, ApiError) as exc:  # a bad --config file
+        logging.getLogger("harness.proxy").error("--config %s: %s", args.config, exc)
         return 1
     return 0
 

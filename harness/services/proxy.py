@@ -51,16 +51,26 @@ class _RequestsWithTimeout:
         return requests.delete(url, **kw)
 
 
+def api_address(api_url: str) -> tuple[str, int]:
+    """(host, port) of a Toxiproxy API URL, or an error saying what shape is expected."""
+    parts = urlsplit(api_url)
+    try:
+        port = parts.port or 8474
+    except ValueError:
+        port = None
+    if parts.scheme != "http" or not parts.hostname or parts.path.strip("/") or port is None:
+        raise HarnessError(f"Toxiproxy API URL {api_url!r}: expected http://HOST:PORT "
+                           "(toxiproxy-python speaks plain HTTP, without a path prefix)")
+    return parts.hostname, port
+
+
 def toxiproxy_client(api_url: str, timeout: float = API_TIMEOUT) -> Toxiproxy:
     """A toxiproxy-python client for the Toxiproxy API at `api_url` (http://host:port).
     Note: toxiproxy-python is process-global, so the last client made wins."""
-    parts = urlsplit(api_url)
-    if parts.scheme != "http" or not parts.hostname or parts.path.strip("/"):
-        raise HarnessError(f"Toxiproxy API URL {api_url!r}: expected http://HOST:PORT "
-                           "(toxiproxy-python speaks plain HTTP, without a path prefix)")
+    host, port = api_address(api_url)
     toxiproxy.api.requests = _RequestsWithTimeout(timeout)
     client = Toxiproxy()
-    client.update_api_consumer(parts.hostname, parts.port or 8474)
+    client.update_api_consumer(host, port)
     return client
 
 
@@ -111,7 +121,7 @@ class ExternalToxiproxy(Service):
     def __init__(self, ctx: RunContext, url: str):
         super().__init__(ctx)
         self.url = url.rstrip("/")
-        toxiproxy_client(self.url)  # checks the URL's shape now, not at first use
+        api_address(self.url)  # a malformed TOXIPROXY_URL fails here, not at first use
         self.seed: int | None = None
 
     @property
