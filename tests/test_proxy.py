@@ -283,9 +283,8 @@ def test_disable_refuses_and_enable_restores(client, echo):
     proxy.enable()
     assert client.get_proxy("down").listen == proxy.listen  # same port again
     assert echo_once(proxy) == b"hello, world"
-    with proxy.down():
-        with pytest.raises(ConnectionRefusedError):
-            socket.create_connection(addr(proxy), timeout=T).close()
+    with proxy.down(), pytest.raises(ConnectionRefusedError):
+        socket.create_connection(addr(proxy), timeout=T).close()
     assert echo_once(proxy) == b"hello, world"
 
 

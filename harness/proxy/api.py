@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from harness.proxy import errors
 from harness.proxy.httpd import Request, Response
@@ -64,7 +65,7 @@ def _proxy_fields(obj: Any, defaults: dict[str, Any], where: str = "") -> dict[s
 
 
 class Api:
-    def __init__(self, server: "ProxyServer"):
+    def __init__(self, server: ProxyServer):
         self.server = server
         P, T = r"(?P<proxy>[^/]+)", r"(?P<toxic>[^/]+)"
         routes: list[tuple[str, dict[str, Callable[..., Awaitable[Response]]]]] = [

@@ -17,7 +17,7 @@ class ApiError(Exception):
     def to_json(self) -> dict:
         return {"error": self.message, "status": self.status}
 
-    def joined(self, detail: str) -> "ApiError":
+    def joined(self, detail: str) -> ApiError:
         """`<this message>: <detail>`, as Toxiproxy's joinError builds them."""
         return ApiError(f"{self.message}: {detail}", self.status)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Awaitable, Callable
 from urllib.parse import unquote, urlsplit
 
 log = logging.getLogger("harness.proxy.api")
@@ -79,7 +79,7 @@ class HttpServer:
             while True:
                 try:
                     request, keep_alive = await self._read_request(reader)
-                except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                     return  # the client went away or went quiet
                 except BadRequest as exc:
                     await self._write(writer, Response(exc.status, f"{exc}\n".encode(), "text/plain; charset=utf-8"),
@@ -87,7 +87,7 @@ class HttpServer:
                     return
                 try:
                     response = await self.handler(request)
-                except Exception:  # noqa: BLE001 - one bad request must not stop the API
+                except Exception:  # one bad request must not stop the API
                     log.exception("%s %s failed", request.method, request.path)
                     response = Response(500, b'{"error":"internal error","status":500}\n')
                 log.debug("%s %s -> %d", request.method, request.path, response.status)

@@ -36,7 +36,7 @@ _ERROR = object()  # the source failed (reset, ...)
 
 
 class Link:
-    def __init__(self, conn: "Connection", direction: str,
+    def __init__(self, conn: Connection, direction: str,
                  source: asyncio.StreamReader, dest: asyncio.StreamWriter):
         self.conn = conn
         self.direction = direction
@@ -123,7 +123,7 @@ class Link:
 class Connection:
     """A client of a proxy and its upstream; implements what toxics may do to it."""
 
-    def __init__(self, proxy: "Proxy", number: int,
+    def __init__(self, proxy: Proxy, number: int,
                  client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
                  upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter]):
         self.proxy = proxy

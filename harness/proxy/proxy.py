@@ -124,7 +124,7 @@ class Proxy:
         try:
             upstream = await asyncio.wait_for(asyncio.open_connection(host or "127.0.0.1", port),
                                               UPSTREAM_CONNECT_TIMEOUT)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             log.warning("proxy %s: cannot connect to upstream %s: %s", self.name, self.upstream, exc)
             writer.close()
             return

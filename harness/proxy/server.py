@@ -14,6 +14,7 @@ import random
 import signal
 import threading
 from pathlib import Path
+from typing import Self
 
 from harness.proxy import errors
 from harness.proxy.api import Api
@@ -151,7 +152,7 @@ class ServerThread:
         assert self.server is not None
         return self.server.seed
 
-    def start(self, timeout: float = 10.0) -> "ServerThread":
+    def start(self, timeout: float = 10.0) -> Self:
         self._thread.start()
         if not self._ready.wait(timeout):
             raise RuntimeError(f"proxy server did not start within {timeout} s")
@@ -164,7 +165,7 @@ class ServerThread:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout)
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:

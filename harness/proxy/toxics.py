@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Protocol
+from itertools import pairwise
+from typing import Protocol
 
 from harness.proxy import errors
 
@@ -315,7 +317,7 @@ class Slicer(Stage):
         data = chunk.data
         cuts = self.cuts(len(data))
         delay = self.attrs["delay"] / 1_000_000
-        for a, b in zip(cuts, cuts[1:]):
+        for a, b in pairwise(cuts):
             await emit(Chunk(data[a:b], chunk.t))
             if not await self.sleep(delay):
                 if b < len(data):
