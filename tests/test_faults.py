@@ -350,3 +350,103 @@ def test_worker_down_leaves_orders_pending(env_of):
         time.sleep(0.5)
     # The queue kept the order: the restarted worker completes it.
     assert client.orders.get(ref).status == "ACTIVE"
+
+
+# -- network links through the fault proxy ---------------------------------------------------
+@pytest.mark.xdist_group("simple-crypto")
+def test_keystone_outage_cached_tokens_work_new_tokens_get_503(env_of):
+    env = env_of("simple-crypto")
+    seeded = seed(env)
+    assert payload_status(env, seeded[0].ref, "barbican-1").status_code == 200  # token now cached
+    fresh = env.fresh_project()  # its token has never been seen by Barbican
+    with FaultEngine(env).injected("keystone_outage"):
+        assert payload_status(env, seeded[0].ref, "barbican-1").status_code == 200
+        start = time.monotonic()
+        r = raw(env, "GET", env.node(1).url + "/v1/secrets", role=fresh)
+        assert r.status_code == 503
+        assert "The Keystone service is temporarily unavailable." in r.text
+        assert time.monotonic() - start >= 1.0  # keystonemiddleware retried first
+    steady_state(env, seeded)
+
+
+@pytest.mark.xdist_group("simple-crypto")
+def test_keystone_latency_slows_first_validation(env_of):
+    env = env_of("simple-crypto")
+    fresh = env.fresh_project()
+    with FaultEngine(env).injected("keystone_latency", {"ms": 1000}):
+        start = time.monotonic()
+        r = raw(env, "GET", env.node(1).url + "/v1/secrets", role=fresh)
+        took = time.monotonic() - start
+    assert r.status_code == 200
+    assert took >= 1.0
+
+
+@pytest.mark.xdist_group("simple-crypto")
+def test_db_outage_then_recovery(env_of):
+    env = env_of("simple-crypto")
+    seeded = seed(env)
+    before = log_of(env, "barbican-1")
+    with FaultEngine(env).injected("db_outage"):
+        r = store(env, "barbican-1")
+        assert r.status_code == 500 and r.json()["description"] == FAILURE_STORE
+        assert grew(env, "barbican-1", before, "DBConnectionError")
+    steady_state(env, seeded)
+
+
+@pytest.mark.xdist_group("simple-crypto")
+@pytest.mark.xfail(strict=True, reason=(
+    "Barbican bug: with the database unreachable, GET /v1/secrets/{id} fails inside "
+    "SecretsController._lookup (pecan routing, outside Barbican's exception handler): the "
+    "DBConnectionError escapes the WSGI app and the client gets no HTTP response at all "
+    "(connection closed; uWSGI logs 'HTTP/1.1 500, 0 headers') instead of a JSON 500"))
+def test_db_outage_secret_get_answers_a_json_500(env_of):
+    env = env_of("simple-crypto")
+    ref = env.barbican().secrets.create(payload=b"db" * 8).store()
+    with FaultEngine(env).injected("db_outage"):
+        try:
+            r = payload_status(env, ref, "barbican-1")
+            answered = r.status_code == 500 and "description" in r.json()
+        except Exception:  # noqa: BLE001 - the connection is closed without a response
+            answered = False
+    assert answered
+
+
+@pytest.mark.xdist_group("simple-crypto")
+def test_db_latency_slows_requests(env_of):
+    env = env_of("simple-crypto")
+    ref = env.barbican().secrets.create(payload=b"d" * 8).store()
+    with FaultEngine(env).injected("db_latency", {"ms": 200}):
+        start = time.monotonic()
+        assert payload_status(env, ref, "barbican-1").status_code == 200
+        took = time.monotonic() - start
+    assert took >= 0.2
+
+
+@pytest.mark.xdist_group("kmip")
+def test_kmip_outage(env_of):
+    env = env_of("kmip")
+    ref = env.barbican().secrets.create(payload=b"k" * 32, secret_type="symmetric", algorithm="aes",
+                                        bit_length=256, mode="cbc").store()
+    with FaultEngine(env).injected("kmip_outage"):
+        r = payload_status(env, ref, "barbican-1")
+        assert r.status_code == 500 and r.json()["description"] == FAILURE_GET
+    assert env.barbican().secrets.get(ref).payload == b"k" * 32
+
+
+@pytest.mark.xdist_group("async-orders")
+def test_queue_outage_orders_hang_or_stay_pending(env_of):
+    from keystoneauth1.exceptions import ConnectTimeout
+
+    env = env_of("async-orders")
+    client = env.barbican()
+    with FaultEngine(env).injected("queue_outage"):
+        url = env.node(1).url + "/v1/orders"
+        body = {"type": "key", "meta": {"name": "q", "algorithm": "aes", "bit_length": 256, "mode": "cbc",
+                                        "payload_content_type": "application/octet-stream"}}
+        # The POST blocks inside oslo.messaging's reconnect loop: only a timeout saves the caller.
+        with pytest.raises(ConnectTimeout):
+            env.session().post(url, json=body, timeout=5)
+    # The order row was committed before the cast: it sits PENDING (no worker got it).
+    orders = client.orders.list(limit=100)
+    pending = [o for o in orders if o.name == "q"]
+    assert pending and pending[0].status in ("PENDING", "ACTIVE")

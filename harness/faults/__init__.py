@@ -7,6 +7,7 @@ from harness.faults.base import Fault, FaultError
 from harness.faults.hsm import (HsmError, HsmKeyDeleted, HsmLatency, HsmSessionExhaustion, HsmTokenAbsent,
                                 HsmWrongPin)
 from harness.faults.kek import CryptoPluginRemoved, KekMismatch, KekRotationWithoutRewrap
+from harness.faults.network import DbLatency, DbOutage, KeystoneLatency, KeystoneOutage, KmipOutage, QueueOutage
 from harness.faults.process import NodeKill, NodePause, WorkerDown
 
 _CLASSES: list[type[Fault]] = [
@@ -14,6 +15,7 @@ _CLASSES: list[type[Fault]] = [
     HsmLatency, HsmError, HsmWrongPin, HsmTokenAbsent, HsmSessionExhaustion, HsmKeyDeleted,
     AclRemoval, SecretExpiry, ContainerMemberDeleted, ConsumerInUseDelete,
     NodeKill, NodePause, WorkerDown,
+    KeystoneOutage, KeystoneLatency, DbOutage, DbLatency, KmipOutage, QueueOutage,
 ]
 CATALOG: dict[str, type[Fault]] = {cls.name: cls for cls in _CLASSES}
 

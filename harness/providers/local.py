@@ -64,15 +64,28 @@ class LocalProvider:
             from harness.services.rabbitmq import RabbitMQ
 
             self.rabbit = RabbitMQ(ctx)
+        from harness.services.links import Links
+        from harness.services.proxy import proxy_for
+
+        self.proxy = proxy_for(ctx)
+        self.links = Links(ctx, self.proxy)
+        self.links.add("keystone", "keystone")
+        self.keystone.internal_url = self.keystone.url_on(self.links.port("keystone"))
+        if topo.database == "mariadb":
+            self.links.add("db", "mariadb")
+        if self.kmip:
+            self.links.add("kmip", "kmip")
+        if self.rabbit:
+            self.links.add("queue", "rabbitmq_amqp")
         self.config = BarbicanConfig(ctx, self.database, self.keystone, softhsm=self.softhsm,
-                                     kmip=self.kmip, rabbit=self.rabbit, shim=self.shim)
+                                     kmip=self.kmip, rabbit=self.rabbit, shim=self.shim, links=self.links)
         self.nodes = [BarbicanNode(ctx, self.config, i + 1) for i in range(topo.barbican.nodes)]
         self.workers = [BarbicanWorker(ctx, self.config)] if topo.async_orders else []
 
     # -- what exists ----------------------------------------------------------------------
     def services(self) -> list[Service]:
         extra = [s for s in (self.softhsm, self.kmip, self.rabbit) if s]
-        return [self.database, *extra, self.keystone, *self.nodes, *self.workers]
+        return [self.proxy, self.database, *extra, self.keystone, *self.nodes, *self.workers]
 
     def adopt(self, records: list[dict], overrides: dict[str, dict]) -> None:
         """Rebuild the live picture from a state file (a later CLI call, `heal`, faults)."""
@@ -149,7 +162,14 @@ class LocalProvider:
                 self.rabbit.prepare()
                 self._start(self.rabbit)
 
-        _parallel(database, self.softhsm and softhsm, self.kmip and kmip, self.rabbit and rabbit)
+        def proxy():
+            with progress.step("fault proxy (Toxiproxy API)"):
+                self.proxy.prepare()
+                self._start(self.proxy)
+
+        _parallel(proxy, database, self.softhsm and softhsm, self.kmip and kmip, self.rabbit and rabbit)
+        with progress.step("network links through the proxy"):
+            self.links.populate()
 
         # Configs need every port, so all are rendered before the second phase.
         self.keystone.render()

@@ -38,9 +38,13 @@ class BarbicanConfig:
     crypto plugins, as after a backend switch) and `debug` (bool).
     """
 
-    def __init__(self, ctx, database, keystone, softhsm=None, kmip=None, rabbit=None, shim=None):
+    def __init__(self, ctx, database, keystone, softhsm=None, kmip=None, rabbit=None, shim=None, links=None):
         self.ctx, self.database, self.keystone = ctx, database, keystone
         self.softhsm, self.kmip, self.rabbit, self.shim = softhsm, kmip, rabbit, shim
+        self.links = links  # Barbican reaches Keystone, the DB, KMIP and the queue through these
+
+    def _via(self, link: str) -> int | None:
+        return self.links.port(link) if self.links and link in self.links.upstreams else None
 
     def stores(self) -> list[StoreSection]:
         return [StoreSection(s.name, *BACKEND_PLUGINS[s.backend], s.global_default)
@@ -72,14 +76,24 @@ class BarbicanConfig:
             "barbican.conf.j2", home / ".barbican" / "barbican.conf",
             run_id=self.ctx.run_id, node=node, host_href=host_href,
             log_file=self.ctx.logs_dir / f"{node}-app.log", debug=o.get("debug", False),
-            db_url=self.database.url("barbican"), keystone_url=self.keystone.url,
+            db_url=self.database.url("barbican", port=self._via("db")),
+            keystone_url=self.keystone.url_on(self._via("keystone")),
             service_password=self.ctx.secrets.barbican_service_password,
             secure_rbac=topo.policy == "secure-rbac",
             multiple_stores=multiple, stores=stores, crypto_plugins=crypto,
             keks=o.get("keks", [self.ctx.secrets.kek]) if "simple_crypto" in topo.backends else [],
-            p11=p11, kmip=self.kmip.barbican_options() if self.kmip else None,
-            queue=topo.async_orders, transport_url=self.rabbit.transport_url() if self.rabbit else "",
+            p11=p11, kmip=self._kmip_options(),
+            queue=topo.async_orders,
+            transport_url=self.rabbit.transport_url(port=self._via("queue")) if self.rabbit else "",
         )
+
+    def _kmip_options(self) -> dict | None:
+        if not self.kmip:
+            return None
+        options = self.kmip.barbican_options()
+        if self._via("kmip"):
+            options["port"] = str(self._via("kmip"))
+        return options
 
     def manage(self, home: Path, *args: str, timeout: float = 120, check: bool = True) -> str:
         """barbican-manage as an operator runs it on this node (same config, same HSM env)."""

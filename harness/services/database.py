@@ -108,9 +108,9 @@ class MariaDB(Service):
                     cur.execute(f"GRANT ALL PRIVILEGES ON {db}.* TO '{DB_USER}'@'127.0.0.1'")
             conn.commit()
 
-    def url(self, database: str) -> str:
+    def url(self, database: str, port: int | None = None) -> str:
         return (f"mysql+pymysql://{DB_USER}:{self.ctx.secrets.db_password}@127.0.0.1:"
-                f"{self.ctx.ports['mariadb']}/{database}?charset=utf8mb4")
+                f"{port or self.ctx.ports['mariadb']}/{database}?charset=utf8mb4")
 
     def connect(self, database: str, timeout: float = 5.0) -> pymysql.connections.Connection:
         return pymysql.connect(host="127.0.0.1", port=self.ctx.ports["mariadb"], user=DB_USER,
@@ -129,7 +129,7 @@ class Sqlite(Service):
     def wait_healthy(self, timeout: float = 0) -> None:
         pass
 
-    def url(self, database: str) -> str:
+    def url(self, database: str, port: int | None = None) -> str:
         return f"sqlite:///{self.ctx.run_dir / 'sqlite' / (database + '.db')}"
 
 

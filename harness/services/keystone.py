@@ -31,6 +31,9 @@ class Keystone(Service):
         super().__init__(ctx)
         self.database = database
         ctx.ports.setdefault("keystone", free_port())
+        # Services (Barbican's keystonemiddleware) use the catalog's internal endpoint;
+        # the provider points it at the fault proxy's keystone link.
+        self.internal_url: str | None = None
 
     @property
     def dir(self) -> Path:
@@ -38,7 +41,11 @@ class Keystone(Service):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.ctx.ports['keystone']}/v3"
+        return self.url_on(None)
+
+    def url_on(self, port: int | None) -> str:
+        """Keystone's URL, or the same through another port (the fault proxy's link)."""
+        return f"http://127.0.0.1:{port or self.ctx.ports['keystone']}/v3"
 
     @property
     def conf(self) -> Path:
@@ -79,7 +86,8 @@ class Keystone(Service):
             "bootstrap", "--bootstrap-username", "admin", "--bootstrap-project-name", "admin",
             "--bootstrap-role-name", "admin", "--bootstrap-service-name", "keystone",
             "--bootstrap-region-id", REGION, "--bootstrap-public-url", self.url,
-            "--bootstrap-internal-url", self.url, "--bootstrap-admin-url", self.url,
+            "--bootstrap-internal-url", self.internal_url or self.url,
+            "--bootstrap-admin-url", self.internal_url or self.url,
         ], log_path=self.manage_log, timeout=120, what="keystone-manage bootstrap",
             # The password goes through the environment, never the command line.
             env=self._env() | {"OS_BOOTSTRAP_PASSWORD": self.ctx.secrets.admin_password})

@@ -215,10 +215,11 @@ class RabbitMQ(Service):
             except Exception:  # already broken; the socket is closed either way
                 conn.collect()
 
-    def transport_url(self) -> str:
-        """For Barbican's `[DEFAULT] transport_url` (oslo.messaging)."""
+    def transport_url(self, port: int | None = None) -> str:
+        """For Barbican's `[DEFAULT] transport_url` (oslo.messaging); `port` to go
+        through the fault proxy."""
         password = quote(self.ctx.secrets.rabbit_password, safe="")
-        return f"rabbit://{USER}:{password}@127.0.0.1:{self.ctx.ports['rabbitmq_amqp']}/"
+        return f"rabbit://{USER}:{password}@127.0.0.1:{port or self.ctx.ports['rabbitmq_amqp']}/"
 
 
 def _epmd_answers(port: int) -> bool:
