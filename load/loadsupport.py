@@ -41,6 +41,7 @@ class LoadConfig:
         self.consumer_probability = float(data.get("consumer_probability", 0.2))
         self.order_poll_timeout = float(data.get("order_poll_timeout_s", 20))
         self.delete_retry_s = float(data.get("delete_retry_s", 30))
+        self.keepalive = bool(data.get("keepalive", False))
         self.fixtures = data.get("fixtures", {"containers": [], "luks_keys": []})
         self.ledger_dir = data["ledger_dir"]
         self.series_dir = data["series_dir"]

@@ -117,7 +117,11 @@ def make_fixtures(env, ledger: Ledger, *, writer: str, reader_user_id: str,
             w.call("PUT", s.ref + "/acl", 200, json=acl)
             secrets[member] = s
             refs.append({"name": member, "secret_ref": s.ref})
-        r = w.call("POST", w.node().url + "/v1/containers", 201,
+        # Barbican accepts only refs that name the node serving the request.
+        node = w.node()
+        for r in refs:
+            r["secret_ref"] = node.url + "/v1/" + r["secret_ref"].partition("/v1/")[2]
+        r = w.call("POST", node.url + "/v1/containers", 201,
                    json={"type": "certificate", "name": ledger.new_name("tls"), "secret_refs": refs})
         ref = r.json()["container_ref"]
         w.call("PUT", ref + "/acl", 200, json=acl)

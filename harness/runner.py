@@ -1,0 +1,251 @@
+"""Running a scenario: environment, seed, timeline with continuous probing, heal, verify.
+
+Writes reports/runs/<id>/: timeline.json (every action and probe verdict on one clock),
+verdict.json (expected vs observed, time to a correct verdict, pass/fail), ledger.json
+(the integrity check), known.json (what the probes relied on), logs/ (masked copies).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets as _rand
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from harness import redact
+from harness.environment import Environment, runs_dir
+from harness.faults.engine import FaultEngine, sigterm_as_interrupt
+from harness.ledger import Ledger, LedgerChecker
+from harness.progress import Progress
+from harness.scenario import Scenario
+from harness.seeding import seed
+from harness.triage.diagnose import Diagnoser, Verdict
+
+SETTLE_TIMEOUT = 90.0
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    passed: bool
+    run_dir: str
+    failures: list[str] = field(default_factory=list)
+    observed: dict | None = None
+    time_to_verdict_s: float | None = None
+    after_heal: dict | None = None
+    ledger: dict | None = None
+    operations: list[dict] = field(default_factory=list)
+    rng_seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Writers(threading.Thread):
+    """Background writers through the ledger while the timeline runs ("under load")."""
+
+    def __init__(self, env, ledger: Ledger, writers: int, interval: float):
+        super().__init__(daemon=True)
+        self.env, self.ledger, self.count, self.interval = env, ledger, writers, interval
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(self.count)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def _loop(self, i: int) -> None:
+        nodes = [n.name for n in self.env.nodes]
+        k = 0
+        while not self.halt.wait(self.interval):
+            node = nodes[(i + k) % len(nodes)]
+            k += 1
+            self.ledger.store(self.env.barbican(node=node), self.env.writer_role, node,
+                              _rand.token_bytes(24), tags=["load"])
+
+
+def run_scenario(scenario: Scenario, env: Environment | None = None,
+                 progress: Progress | None = None) -> ScenarioResult:
+    progress = progress or Progress()
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = runs_dir() / f"scenario-{scenario.name}-{stamp}-{_rand.token_hex(2)}"
+    run_dir.mkdir(parents=True)
+    result = ScenarioResult(scenario.name, False, str(run_dir), rng_seed=scenario.rng_seed)
+    own_env = env is None
+    if own_env:
+        with progress.step(f"{scenario.name}: environment up"):
+            env = Environment.up(scenario.environment_path(), progress=progress)
+    timeline: list[dict] = []
+    try:
+        with sigterm_as_interrupt():
+            _run(scenario, env, run_dir, result, timeline, progress)
+    except Exception as exc:  # noqa: BLE001 - a harness failure fails the scenario, with its reason
+        result.failures.append(f"harness error: {type(exc).__name__}: {exc}")
+    finally:
+        (run_dir / "timeline.json").write_text(redact.mask(json.dumps(timeline, indent=2)))
+        result.passed = not result.failures
+        (run_dir / "verdict.json").write_text(redact.mask(json.dumps(result.to_dict(), indent=2)))
+        _copy_logs(env, run_dir)
+        if own_env:
+            env.down()
+    return result
+
+
+def _run(scenario: Scenario, env, run_dir: Path, result: ScenarioResult, timeline: list, progress) -> None:
+    ledger = Ledger(run_dir / "ledger")
+    with progress.step(f"{scenario.name}: seed"):
+        seeded = seed(env, ledger, scenario.seed.secrets, scenario.seed.tls_containers, scenario.seed.luks_keys)
+    seeded.known.save(run_dir / "known.json")
+    diag = Diagnoser(env, known=seeded.known, logs_dir=env.run_dir / "logs")
+    orders = env.ctx.topology.async_orders
+    baseline = diag.diagnose(orders=orders)
+    timeline.append({"t": 0.0, "kind": "baseline", "verdict": _brief(baseline)})
+    if baseline.category != "healthy":
+        result.failures.append(f"not healthy before the fault: {baseline.category} {baseline.evidence[:2]}")
+        return
+    engine = FaultEngine(env)
+    expect = scenario.expect
+    writers = _Writers(env, ledger, scenario.load.writers, scenario.load.interval)
+    if scenario.load.writers:
+        writers.start()
+    actions = sorted([(e.at, "do", i) for i, e in enumerate(scenario.timeline)]
+                     + [(e.heal_at, "heal", i) for i, e in enumerate(scenario.timeline) if e.heal_at is not None])
+    active: dict[int, str] = {}
+    injected_at: float | None = None
+    t0 = time.monotonic()
+    try:
+        with progress.step(f"{scenario.name}: timeline ({scenario.end:.0f} s)"):
+            while True:
+                now = time.monotonic() - t0
+                while actions and actions[0][0] <= now:
+                    _, kind, i = actions.pop(0)
+                    event = scenario.timeline[i]
+                    if kind == "do" and event.fault:
+                        diag.mark_logs()
+                        params = {k: seeded.resolve(v) for k, v in event.params.items()}
+                        active[i] = engine.inject(event.fault, params)
+                        injected_at = time.monotonic() - t0
+                        timeline.append({"t": round(injected_at, 2), "kind": "inject", "fault": event.fault,
+                                         "params": event.params, "fault_id": active[i]})
+                    elif kind == "do":
+                        out = _operation(env, event.operation)
+                        result.operations.append({"operation": event.operation, **out})
+                        timeline.append({"t": round(time.monotonic() - t0, 2), "kind": "operation",
+                                         "operation": event.operation, "result": out})
+                    elif i in active:
+                        engine.heal(active.pop(i))
+                        timeline.append({"t": round(time.monotonic() - t0, 2), "kind": "heal",
+                                         "fault": event.fault})
+                if now >= scenario.end:
+                    break
+                if active:
+                    v = diag.diagnose(orders=orders)
+                    t = round(time.monotonic() - t0, 2)
+                    timeline.append({"t": t, "kind": "probe", "verdict": _brief(v)})
+                    if expect.verdict and result.time_to_verdict_s is None and v.matches(
+                            expect.verdict.category, expect.verdict.blast_radius, expect.verdict.affected_nodes) \
+                            and (expect.verdict.incident is None or v.incident == expect.verdict.incident):
+                        result.time_to_verdict_s = round(t - injected_at, 2)
+                        result.observed = v.to_dict()
+                    elif result.observed is None or result.time_to_verdict_s is None:
+                        result.observed = v.to_dict()
+                time.sleep(scenario.probe_interval)
+    finally:
+        for i, fault_id in list(active.items()):
+            engine.heal(fault_id)
+            timeline.append({"t": round(time.monotonic() - t0, 2), "kind": "heal", "fault": scenario.timeline[i].fault})
+        writers.halt.set()
+    # Settle: after heal the environment must be healthy again (probes, not /healthcheck).
+    with progress.step(f"{scenario.name}: heal and verify"):
+        diag.mark_logs()
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        after = diag.diagnose(orders=orders)
+        while after.category != "healthy" and time.monotonic() < deadline:
+            time.sleep(1)
+            after = diag.diagnose(orders=orders)
+        result.after_heal = _brief(after)
+        timeline.append({"t": round(time.monotonic() - t0, 2), "kind": "after_heal", "verdict": result.after_heal})
+        if scenario.load.writers:
+            writers.join(timeout=30)
+        check = LedgerChecker(ledger, env).check()
+    result.ledger = check.summary()
+    (run_dir / "ledger.json").write_text(json.dumps(result.ledger, indent=2))
+    _judge(scenario, seeded, result, after, check)
+
+
+def _judge(scenario: Scenario, seeded, result: ScenarioResult, after: Verdict, check) -> None:
+    expect = scenario.expect
+    if expect.verdict:
+        if result.time_to_verdict_s is None:
+            got = result.observed or {}
+            result.failures.append(
+                f"verdict: expected {expect.verdict.category}/{expect.verdict.blast_radius} "
+                f"nodes {expect.verdict.affected_nodes}, observed {got.get('category')}/{got.get('blast_radius')} "
+                f"nodes {got.get('affected_nodes')}")
+        elif result.time_to_verdict_s > expect.within_s:
+            result.failures.append(f"verdict took {result.time_to_verdict_s} s (target {expect.within_s} s)")
+    if expect.healthy_after_heal and after.category != "healthy":
+        result.failures.append(f"after heal: {after.category} {after.evidence[:2]}")
+    lost_expected = sorted(seeded.resolve("@" + name) for name in expect.integrity.lost)
+    lost = sorted(check.lost + check.corrupted)
+    seeded_refs = {r for refs in seeded.refs.values() for r in refs}
+    lost_seeded = [r for r in lost if r in seeded_refs]
+    if lost_seeded != lost_expected:
+        result.failures.append(f"integrity: expected lost {lost_expected}, got {lost_seeded}")
+    others = [r for r in lost if r not in seeded_refs] + check.resurrected + check.unexpected
+    if others:
+        result.failures.append(f"integrity: acknowledged writes lost, resurrected or unexpected: {others[:5]}")
+    if expect.operation:
+        for op in result.operations:
+            for key, want in expect.operation.model_dump(exclude_none=True).items():
+                if op.get(key) != want:
+                    result.failures.append(f"operation {op['operation']}: {key} = {op.get(key)}, expected {want}")
+
+
+def _operation(env, name: str) -> dict:
+    from harness import operations
+
+    return getattr(operations, name)(env)
+
+
+def _brief(v: Verdict) -> dict:
+    return {"category": v.category, "incident": v.incident, "blast_radius": v.blast_radius,
+            "affected_nodes": v.affected_nodes, "evidence": v.evidence[:5]}
+
+
+def _copy_logs(env, run_dir: Path) -> None:
+    """Masked copies of the environment's logs (the environment may be reused or gone)."""
+    if env is None:
+        return
+    src = env.run_dir / "logs"
+    dst = run_dir / "logs"
+    dst.mkdir(exist_ok=True)
+    for path in src.glob("*.log"):
+        text = path.read_text(errors="replace")[-400_000:]
+        (dst / path.name).write_text(redact.mask(text))
+
+
+def run_many(scenarios: list[Scenario], progress: Progress | None = None) -> list[ScenarioResult]:
+    """The catalog: scenarios with the same topology share one environment."""
+    progress = progress or Progress()
+    results = []
+    by_env: dict[Path, list[Scenario]] = {}
+    for s in scenarios:
+        by_env.setdefault(s.environment_path(), []).append(s)
+    for path, group in by_env.items():
+        with progress.step(f"environment {path.name} up"):
+            env = Environment.up(path, progress=progress)
+        try:
+            for s in group:
+                results.append(run_scenario(s, env=env, progress=progress))
+        finally:
+            env.down()
+    return results
+
+
+__all__ = ["ScenarioResult", "run_scenario", "run_many"]

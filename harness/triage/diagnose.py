@@ -1,0 +1,386 @@
+"""The diagnosis: probes an operator could run, then a verdict.
+
+Probes, per node: reachability (with a short timeout), a canary store+get in an existing
+project (which has a project KEK), a canary in a fresh project (environments only: a
+project Barbican has never seen), reads of pre-existing sentinel secrets; then the
+service user reading consumed TLS containers, an expiry audit of consumed secrets, a
+Keystone token issue, an order probe, and the new lines of every service log.
+
+Canaries are the only writes, made in the project given, and deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets as _rand
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from harness.triage.signatures import REINIT, match
+
+HTTP_TIMEOUT = 8  # seconds: a frozen node must not stall the diagnosis
+SLOW_PAIR_S = 1.0  # a canary store+get slower than this is "degraded"
+
+
+@dataclass
+class Evidence:
+    source: str  # probe or log file
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.detail}"
+
+
+@dataclass
+class Verdict:
+    category: str
+    incident: str  # outage | data_loss | none
+    blast_radius: str  # existing_secrets_at_risk | new_operations_only | none
+    affected_nodes: list[str] = field(default_factory=list)
+    evidence: list[str] = field(default_factory=list)
+    probes: dict = field(default_factory=dict)
+    time: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat())
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def matches(self, category: str | None = None, blast_radius: str | None = None,
+                affected_nodes: list[str] | None = None) -> bool:
+        return ((category is None or self.category == category)
+                and (blast_radius is None or self.blast_radius == blast_radius)
+                and (affected_nodes is None or sorted(self.affected_nodes) == sorted(affected_nodes)))
+
+
+INCIDENT = {
+    "healthy": "none", "hsm_degraded": "none",
+    "kek_mismatch_or_key_loss": "data_loss", "consumed_secret_missing": "data_loss",
+}
+
+
+@dataclass
+class Known:
+    """What the diagnosis may rely on beyond the API: sentinels and consumed resources the
+    harness seeded (a scenario's seed manifest); empty for a cloud we know nothing about."""
+
+    sentinels: list[dict] = field(default_factory=list)  # {role, ref, sha256}
+    tls_containers: list[str] = field(default_factory=list)  # read by the service user via ACL
+    consumed_secrets: list[dict] = field(default_factory=list)  # {role, ref}
+
+    @classmethod
+    def load(cls, path: Path) -> "Known":
+        if not path.exists():
+            return cls()
+        return cls(**json.loads(path.read_text()))
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+
+class Diagnoser:
+    """Keeps log offsets between calls, so each diagnosis reads only what is new."""
+
+    def __init__(self, target, known: Known | None = None, role: str | None = None,
+                 logs_dir: Path | None = None, fresh_projects: bool = True):
+        self.target = target
+        self.known = known or Known()
+        self.role = role or target.writer_role
+        self.logs_dir = logs_dir
+        self.fresh_projects = fresh_projects and hasattr(target, "fresh_project")
+        self._fresh_role: str | None = None
+        self._offsets: dict[Path, int] = {}
+        if logs_dir:
+            self.mark_logs()
+
+    # -- logs -----------------------------------------------------------------------------
+    def mark_logs(self) -> None:
+        """From now on, only new log lines count as evidence."""
+        for path in self._log_files():
+            self._offsets[path] = path.stat().st_size
+
+    def _log_files(self) -> list[Path]:
+        if not self.logs_dir:
+            return []
+        return sorted(p for p in self.logs_dir.glob("*-app.log") if p.is_file())
+
+    def _new_log_lines(self) -> list[tuple[str, str]]:
+        out = []
+        for path in self._log_files():
+            start = self._offsets.get(path, 0)
+            with open(path, "rb") as f:
+                f.seek(start)
+                data = f.read()
+            self._offsets[path] = start + len(data)
+            node = path.name.removesuffix("-app.log")
+            out += [(node, line) for line in data.decode(errors="replace").splitlines()]
+        return out
+
+    # -- probes ---------------------------------------------------------------------------
+    def _req(self, role: str, method: str, url: str, **kw):
+        kw.setdefault("timeout", HTTP_TIMEOUT)
+        try:
+            return self.target.session(role).request(url, method, raise_exc=False, **kw)
+        except Exception as exc:  # noqa: BLE001 - connection refused, timeouts: the probe result
+            return exc
+
+    @staticmethod
+    def _status(r) -> str:
+        if isinstance(r, Exception):
+            return type(r).__name__
+        return str(r.status_code)
+
+    def _canary(self, node, role: str) -> dict:
+        url = node.url + "/v1/secrets"
+        start = time.monotonic()
+        payload = _rand.token_hex(8)
+        r = self._req(role, "POST", url, json={"name": "triage-canary", "payload": payload,
+                                                "payload_content_type": "text/plain"})
+        result = {"store": self._status(r)}
+        if not isinstance(r, Exception) and r.status_code == 201:
+            ref = node.url + "/v1/" + r.json()["secret_ref"].split("/v1/", 1)[1]
+            g = self._req(role, "GET", ref + "/payload", headers={"Accept": "text/plain"})
+            result["get"] = self._status(g)
+            result["match"] = (not isinstance(g, Exception)) and g.status_code == 200 and g.text == payload
+            self._req(role, "DELETE", ref)
+        if not isinstance(r, Exception) and r.status_code >= 400:
+            result["body"] = _describe(r)
+        result["seconds"] = round(time.monotonic() - start, 3)
+        return result
+
+    def _sentinels(self, node) -> dict:
+        out = {"ok": 0, "failed": []}
+        sentinels = self.known.sentinels or self._listed_sentinels(node)
+        for s in sentinels:
+            ref = node.url + "/v1/" + s["ref"].split("/v1/", 1)[1]
+            r = self._req(s["role"], "GET", ref + "/payload", headers={"Accept": "application/octet-stream"})
+            if not isinstance(r, Exception) and r.status_code == 200:
+                out["ok"] += 1
+            else:
+                out["failed"].append({"ref": s["ref"], "status": self._status(r),
+                                      "body": _describe(r)})
+        return out
+
+    def _listed_sentinels(self, node, limit: int = 5) -> list[dict]:
+        """Without a seed manifest: existing secrets of the project (read only)."""
+        r = self._req(self.role, "GET", node.url + "/v1/secrets", params={"limit": 50})
+        if isinstance(r, Exception) or r.status_code != 200:
+            return []
+        refs = [s["secret_ref"] for s in r.json().get("secrets", [])
+                if s.get("name") != "triage-canary" and s.get("status") == "ACTIVE"]
+        return [{"role": self.role, "ref": ref} for ref in refs[:limit]]
+
+    def _reachable(self, node) -> str:
+        try:
+            requests.get(node.url + "/", timeout=3)
+            return "yes"
+        except requests.Timeout:
+            return "timeout"
+        except requests.RequestException:
+            return "refused"
+
+    def _token(self) -> str:
+        try:
+            sess = self.target.session(self.role)
+            sess.invalidate()
+            sess.get_token()
+            return "ok"
+        except Exception as exc:  # noqa: BLE001
+            return type(exc).__name__
+
+    def _tls(self, node) -> list[dict]:
+        failed = []
+        for cref in self.known.tls_containers:
+            url = node.url + "/v1/" + cref.split("/v1/", 1)[1]
+            r = self._req("service", "GET", url)
+            if isinstance(r, Exception) or r.status_code != 200:
+                failed.append({"ref": cref, "status": self._status(r), "body": _describe(r)})
+                continue
+            members = {m["name"]: m["secret_ref"] for m in r.json().get("secret_refs", [])}
+            if "private_key" not in members or "certificate" not in members:
+                failed.append({"ref": cref, "status": "member_missing", "body": f"members: {sorted(members)}"})
+                continue
+            for name, sref in members.items():
+                url = node.url + "/v1/" + sref.split("/v1/", 1)[1] + "/payload"
+                p = self._req("service", "GET", url, headers={"Accept": "application/octet-stream"})
+                if isinstance(p, Exception) or p.status_code != 200:
+                    failed.append({"ref": sref, "status": self._status(p), "body": _describe(p), "member": name})
+        return failed
+
+    def _expiry(self, node) -> list[dict]:
+        """Consumed secrets that answer 404 (expired or deleted under their consumers)."""
+        out = []
+        for s in self.known.consumed_secrets:
+            url = node.url + "/v1/" + s["ref"].split("/v1/", 1)[1]
+            r = self._req(s["role"], "GET", url)
+            if not isinstance(r, Exception) and r.status_code == 404:
+                out.append({"ref": s["ref"], "status": "404"})
+        return out
+
+    def _order(self, node) -> str:
+        r = self._req(self.role, "POST", node.url + "/v1/orders", timeout=5,
+                      json={"type": "key", "meta": {"name": "triage-order", "algorithm": "aes", "bit_length": 256,
+                                                    "mode": "cbc",
+                                                    "payload_content_type": "application/octet-stream"}})
+        if isinstance(r, Exception):
+            return f"post:{type(r).__name__}"
+        if r.status_code != 202:
+            return f"post:{r.status_code}"
+        ref = node.url + "/v1/" + r.json()["order_ref"].split("/v1/", 1)[1]
+        deadline = time.monotonic() + 4
+        status = "PENDING"
+        while time.monotonic() < deadline:
+            g = self._req(self.role, "GET", ref)
+            if isinstance(g, Exception) or g.status_code != 200:
+                return f"get:{self._status(g)}"
+            status = g.json().get("status")
+            if status != "PENDING":
+                break
+            time.sleep(0.3)
+        return status
+
+    # -- the verdict ----------------------------------------------------------------------
+    def diagnose(self, orders: bool = False) -> Verdict:
+        nodes = list(self.target.nodes)
+        probes: dict = {"token": self._token(), "nodes": {}}
+        if self.fresh_projects and self._fresh_role is None:
+            try:
+                self._fresh_role = self.target.fresh_project()
+            except Exception:  # noqa: BLE001 - Keystone may be the thing that is down
+                self._fresh_role = None
+        probes["backends"] = list(getattr(self.target, "backends", []))
+
+        def probe(node) -> dict:
+            p: dict = {"reachable": self._reachable(node)}
+            if p["reachable"] == "yes":
+                p["canary"] = self._canary(node, self.role)
+                # A 503 means Keystone is the problem: a second canary would only wait again.
+                if self._fresh_role and p["canary"].get("store") != "503":
+                    p["fresh_canary"] = self._canary(node, self._fresh_role)
+                p["sentinels"] = self._sentinels(node)
+                p["tls"] = self._tls(node)
+                p["expiry"] = self._expiry(node)
+            return p
+
+        # Nodes are probed side by side: a slow or frozen node must not delay the others.
+        with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+            for node, p in zip(nodes, pool.map(probe, nodes)):
+                probes["nodes"][node.name] = p
+        if orders and nodes and probes["nodes"][nodes[0].name]["reachable"] == "yes":
+            probes["order"] = self._order(nodes[0])
+        lines = self._new_log_lines()
+        return classify(probes, lines)
+
+
+def _describe(r) -> str:
+    if isinstance(r, Exception):
+        return str(r)[:200]
+    try:
+        return r.json().get("description") or r.text[:200]
+    except ValueError:
+        return r.text[:200]
+
+
+def _ok(canary: dict | None) -> bool:
+    return bool(canary) and canary.get("store") == "201" and canary.get("match") is True
+
+
+def classify(probes: dict, log_lines: list[tuple[str, str]]) -> Verdict:
+    """Probes + new log lines → category, incident type, blast radius, nodes, evidence."""
+    nodes = probes["nodes"]
+    evidence: list[str] = []
+    by_category: dict[str, list[tuple[str, str]]] = {}
+    reinit: list[tuple[str, str]] = []
+    for node, line in log_lines:
+        sig = match(line)
+        if sig:
+            by_category.setdefault(sig.category, []).append((node, line.strip()[-240:]))
+        elif REINIT.search(line):
+            reinit.append((node, line.strip()[-240:]))
+
+    def verdict(category: str, radius: str, affected: list[str]) -> Verdict:
+        for node, line in by_category.get(category, [])[:3]:
+            evidence.append(f"log {node}: {line}")
+        return Verdict(category, INCIDENT.get(category, "outage"), radius, sorted(affected), evidence, probes)
+
+    # 1. Nodes that do not answer at all.
+    down = [n for n, p in nodes.items() if p["reachable"] != "yes"]
+    up = [n for n in nodes if n not in down]
+    for n in down:
+        evidence.append(f"probe {n}: {nodes[n]['reachable']} on GET /")
+
+    # 2. Sentinels (existing secrets) and canaries (new operations) per reachable node.
+    sentinel_fail = {n: nodes[n]["sentinels"]["failed"] for n in up if nodes[n]["sentinels"]["failed"]}
+    canary_fail = {n: nodes[n]["canary"] for n in up if not _ok(nodes[n]["canary"])}
+    fresh_ok = {n: _ok(nodes[n].get("fresh_canary")) for n in up if "fresh_canary" in nodes[n]}
+    for n, fails in sentinel_fail.items():
+        evidence.append(f"probe {n}: {len(fails)} existing secret(s) unreadable, e.g. "
+                        f"{fails[0]['status']} {fails[0]['body'][:120]}")
+    for n, c in canary_fail.items():
+        evidence.append(f"probe {n}: canary store {c.get('store')} get {c.get('get', '-')} {c.get('body', '')[:120]}")
+
+    if probes["token"] != "ok":
+        evidence.append(f"probe keystone: token issue failed ({probes['token']})")
+        return verdict("auth_outage", "new_operations_only", list(nodes))
+    auth_503 = [n for n, c in canary_fail.items() if c.get("store") == "503"]
+    if auth_503 and (by_category.get("auth_outage") or len(auth_503) == len(canary_fail)):
+        return verdict("auth_outage", "new_operations_only", auth_503)
+
+    broken = sorted(set(sentinel_fail) | set(canary_fail))
+    if broken:
+        if by_category.get("kek_mismatch_or_key_loss"):
+            return verdict("kek_mismatch_or_key_loss", "existing_secrets_at_risk", broken)
+        if by_category.get("hsm_unreachable"):
+            return verdict("hsm_unreachable", "new_operations_only", broken)
+        if by_category.get("backend_outage"):
+            return verdict("backend_outage", "new_operations_only", broken)
+        # No logs (an existing cloud): a fresh project working where existing ones fail is
+        # the per-project KEK signature of lost or mismatched key material.
+        if sentinel_fail and fresh_ok and all(fresh_ok.get(n) for n in sentinel_fail):
+            evidence.append("probe: fresh projects work where existing projects fail (per-project KEK)")
+            return verdict("kek_mismatch_or_key_loss", "existing_secrets_at_risk", broken)
+        if any(f["status"] == "404" for fails in sentinel_fail.values() for f in fails):
+            return verdict("consumed_secret_missing", "existing_secrets_at_risk", broken)
+        return verdict("backend_outage", "new_operations_only", broken)
+
+    if down:
+        return verdict("node_down", "new_operations_only", down)
+
+    # 3. Consumers: the service user's TLS containers, consumed secrets.
+    tls = {n: nodes[n]["tls"] for n in up if nodes[n]["tls"]}
+    if tls:
+        first = next(iter(tls.values()))[0]
+        evidence.append(f"probe service user: {first['status']} on {first['ref']} ({first['body'][:120]})")
+        statuses = {f["status"] for fails in tls.values() for f in fails}
+        if statuses & {"403"}:
+            return verdict("acl_permission", "new_operations_only", sorted(tls))
+        return verdict("consumed_secret_missing", "existing_secrets_at_risk", sorted(tls))
+    expired = {n: nodes[n]["expiry"] for n in up if nodes[n]["expiry"]}
+    if expired:
+        evidence.append(f"probe expiry audit: consumed secret answers 404: {next(iter(expired.values()))[0]['ref']}")
+        return verdict("expiration", "existing_secrets_at_risk", sorted(expired))
+
+    # 4. Orders, then slowness.
+    order = probes.get("order")
+    if order and order != "ACTIVE":
+        evidence.append(f"probe order: {order} after 4 s")
+        return verdict("orders_stalled", "new_operations_only", [])
+    slow = [n for n in up if nodes[n]["canary"].get("seconds", 0) > SLOW_PAIR_S]
+    if slow or reinit:
+        for n in slow:
+            evidence.append(f"probe {n}: canary store+get took {nodes[n]['canary']['seconds']} s")
+        for node, line in reinit[:3]:
+            evidence.append(f"log {node}: {line}")
+        # Slow crypto with an HSM behind it, or an HSM that re-initialised and recovered.
+        hsm = "pkcs11" in probes.get("backends", []) or reinit
+        return verdict("hsm_degraded" if hsm else "backend_degraded", "none",
+                       sorted(set(slow) | {n for n, _ in reinit}))
+    return verdict("healthy", "none", [])
+
+
+def diagnose(target, **kw) -> Verdict:
+    return Diagnoser(target, **kw).diagnose()
