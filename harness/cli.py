@@ -221,6 +221,106 @@ def heal(run_id: Optional[str] = typer.Argument(None)) -> None:
     fault_heal(None, True, run_id)
 
 
+scenario_app = typer.Typer(help="Scenario files.", no_args_is_help=True)
+app.add_typer(scenario_app, name="scenario")
+
+
+def _scenario_files(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for p in paths:
+        files += sorted(p.glob("*.yaml")) if p.is_dir() else [p]
+    return files
+
+
+@scenario_app.command("validate")
+def scenario_validate(files: list[Path]) -> None:
+    """Check scenario files (schema, faults, parameters, environment) without starting anything."""
+    from harness.scenario import load_scenario
+
+    bad = 0
+    for f in _scenario_files(files):
+        try:
+            load_scenario(f)
+            out.print(f"[green]ok[/green] {f}")
+        except HarnessError as exc:
+            bad += 1
+            console.print(f"[red]invalid[/red] {exc}", highlight=False)
+    raise typer.Exit(2 if bad else 0)
+
+
+@app.command()
+def run(paths: list[Path] = typer.Argument(..., help="Scenario files or directories"),
+        json_out: bool = typer.Option(False, "--json")) -> None:
+    """Run scenarios: environment, seed, fault timeline with probing, heal, verify."""
+    from harness.runner import run_many
+    from harness.scenario import load_scenario
+
+    try:
+        scenarios = [load_scenario(f) for f in _scenario_files(paths)]  # all checked before any starts
+    except HarnessError as exc:
+        _fail(exc)
+    from harness.progress import RichProgress
+
+    with RichProgress(console) as progress:
+        results = run_many(scenarios, progress)
+    if json_out:
+        out.print_json(json.dumps([{"name": r.name, "passed": r.passed, "failures": r.failures,
+                                    "verdict": r.observed and {k: r.observed[k] for k in
+                                                               ("category", "incident", "blast_radius",
+                                                                "affected_nodes", "evidence")},
+                                    "time_to_verdict_s": r.time_to_verdict_s, "after_heal": r.after_heal,
+                                    "ledger": r.ledger, "run_dir": r.run_dir, "rng_seed": r.rng_seed}
+                                   for r in results]))
+    else:
+        table = Table(title="scenarios")
+        for col in ("scenario", "result", "verdict", "to verdict (s)", "ledger", "why"):
+            table.add_column(col)
+        for r in results:
+            obs = r.observed or {}
+            ledger = r.ledger or {}
+            table.add_row(r.name, "[green]PASS[/green]" if r.passed else "[red]FAIL[/red]",
+                          f"{obs.get('category', '-')} / {obs.get('blast_radius', '-')}",
+                          str(r.time_to_verdict_s), f"{ledger.get('verified', 0)}/{ledger.get('acknowledged', 0)} ok",
+                          "; ".join(r.failures)[:200])
+        out.print(table)
+    raise typer.Exit(0 if all(r.passed for r in results) else 1)
+
+
+@app.command()
+def diagnose(run_id: Optional[str] = typer.Option(None, "--run", help="An environment of this harness"),
+             cloud: Optional[str] = typer.Option(None, "--cloud", help="An existing cloud (clouds.yaml)"),
+             targets: Optional[Path] = typer.Option(None, "--targets", help="Targets file for --cloud"),
+             json_out: bool = typer.Option(False, "--json")) -> None:
+    """Is it an outage or a data-loss incident? Probes any live Barbican; writes only
+    canary secrets (in the writer's project) and deletes them."""
+    from harness.triage.diagnose import Diagnoser, Known
+
+    try:
+        if cloud:
+            from harness.targets import CloudTarget
+
+            target, logs, known = CloudTarget.load(cloud, targets), None, Known()
+        else:
+            from harness.environment import Environment
+
+            target = Environment.attach(run_id)
+            logs = target.run_dir / "logs"
+            known = Known.load(target.run_dir / "known.json")
+        d = Diagnoser(target, known=known, logs_dir=logs)
+        if logs:
+            d._offsets = {}  # the whole log counts for a one-off diagnosis
+        verdict = d.diagnose()
+    except HarnessError as exc:
+        _fail(exc)
+    if json_out:
+        out.print_json(json.dumps({k: v for k, v in verdict.to_dict().items() if k != "probes"}))
+        return
+    out.print(f"[bold]{verdict.category}[/bold]: {verdict.incident}, blast radius {verdict.blast_radius}"
+              + (f", nodes {', '.join(verdict.affected_nodes)}" if verdict.affected_nodes else ""))
+    for line in verdict.evidence:
+        out.print(f"  - {line}", markup=False)
+
+
 def main() -> None:
     try:
         app()

@@ -35,6 +35,7 @@ Caches live in ~/.cache/barbican-harness/images (XDG_CACHE_HOME is honoured).
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import fcntl
 import hashlib
@@ -66,7 +67,6 @@ SUITE = "bookworm"
 # with venv, CA certificates, and /etc/services & co. for the network libraries.
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "netbase")
 LABEL_IMAGE = f"{PREFIX}.image"
-LABEL_CONTENT = f"{PREFIX}.content"
 BUILD_TIMEOUT = 3600
 
 Log = Callable[[str], None]
@@ -359,19 +359,54 @@ def dockerfile_packages(text: str) -> dict[str, list[str]]:
     return found
 
 
+#: Where containers enter harness code: the WSGI apps, the fault proxy and the shim.
+CONTAINER_ENTRY_MODULES = ("harness.wsgi.barbican_api", "harness.wsgi.keystone_api",
+                           "harness.proxy.__main__", "harness.shim")
+
+
+def _module_file(module: str) -> Path | None:
+    path = REPO.joinpath(*module.split("."))
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    if path.with_suffix(".py").is_file():
+        return path.with_suffix(".py")
+    return None
+
+
+def container_modules() -> list[Path]:
+    """The harness files containers run: the entry modules and every harness module they
+    import (found with ast, so the set follows the code). Only these go into the image,
+    so editing any other part of the harness does not rebuild it."""
+    seen: set[Path] = set()
+    todo = list(CONTAINER_ENTRY_MODULES)
+    while todo:
+        module = todo.pop()
+        path = _module_file(module)
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        parts = module.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages
+        package = parts if path.name == "__init__.py" else parts[:-1]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if a.name.split(".")[0] == "harness"]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    anchor = package[:len(package) - node.level + 1]
+                    base = ".".join(anchor + ([node.module] if node.module else []))
+                else:
+                    base = node.module or ""
+                if base.split(".")[0] == "harness":
+                    todo.append(base)
+                    todo += [f"{base}.{a.name}" for a in node.names]  # names may be submodules
+    return sorted(seen)
+
+
 def _source_files() -> Iterator[tuple[str, Path]]:
-    """The harness package as it is in the working tree (untracked files too), without
-    compiled artefacts: the shim is compiled in the image."""
-    for name in ("pyproject.toml", "setup.py", "README.md"):
-        yield f"src/{name}", REPO / name
-    pkg = REPO / "harness"
-    for path in sorted(pkg.rglob("*")):
-        rel = path.relative_to(REPO)
-        if not path.is_file() or any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
-            continue
-        if path.suffix in (".pyc", ".pyo", ".so", ".o"):
-            continue
-        yield f"src/{rel.as_posix()}", path
+    yield "p11shim.c", REPO / "harness" / "shim" / "p11shim.c"
+    for path in container_modules():
+        yield path.relative_to(REPO).as_posix(), path
 
 
 @dataclass
@@ -490,12 +525,11 @@ def choose_base(client, air_gapped: bool, log: Log, progress: Progress) -> BaseC
 
 def _build_one(client, name: str, ctx: Context, base: BaseChoice, tag: str, log: Log) -> str:
     buildargs = {"BASE_IMAGE": base.tag}
-    labels = {LABEL_IMAGE: name, LABEL_CONTENT: tag.rsplit(":", 1)[1], f"{PREFIX}.base": base.tag}
     with tempfile.TemporaryFile(dir=CACHE) as f:
         ctx.write_tar(f)
         f.seek(0)
         stream = client.api.build(
-            fileobj=f, custom_context=True, tag=tag, buildargs=buildargs, labels=labels,
+            fileobj=f, custom_context=True, tag=tag, buildargs=buildargs,
             pull=False, rm=True, forcerm=True, decode=True, timeout=BUILD_TIMEOUT,
             # Air-gapped: everything is in the context, and this proves it.
             network_mode="none" if base.air_gapped else None)

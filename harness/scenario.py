@@ -13,8 +13,8 @@
                 affected_nodes: [barbican-2]}
       integrity: {lost: []}
 
-Fault parameters may name seeded resources: "@tls_container[0]", "@luks_key[0]",
-"@secret[3]" are replaced by their hrefs at run time.
+Fault parameters may name seeded resources: "@tls_container[0]", "@tls_key[0]" (the
+container's private key), "@luks_key[0]", "@secret[3]" are replaced by their hrefs.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from harness.errors import TopologyError
 from harness.topology import load_topology, load_yaml_model
 
-REF = re.compile(r"^@(secret|tls_container|luks_key)\[(\d+)\]$")
+REF = re.compile(r"^@(secret|tls_container|tls_key|luks_key)\[(\d+)\]$")
 CATEGORIES = ("healthy", "kek_mismatch_or_key_loss", "hsm_unreachable", "hsm_degraded", "backend_degraded",
               "acl_permission", "expiration", "auth_outage", "backend_outage", "orders_stalled",
               "node_down", "consumed_secret_missing")
@@ -127,7 +127,7 @@ def load_scenario(path: str | Path) -> Scenario:
     except TopologyError as exc:
         raise TopologyError(f"{path}: field 'environment': {exc}") from None
     counts = {"secret": scenario.seed.secrets, "tls_container": scenario.seed.tls_containers,
-              "luks_key": scenario.seed.luks_keys}
+              "tls_key": scenario.seed.tls_containers, "luks_key": scenario.seed.luks_keys}
     for i, event in enumerate(scenario.timeline):
         where = f"{path}: field 'timeline.{i}"
         if event.fault:

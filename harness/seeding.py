@@ -24,7 +24,8 @@ _TYPES = [
 
 @dataclass
 class SeedResult:
-    refs: dict[str, list[str]] = field(default_factory=lambda: {"secret": [], "tls_container": [], "luks_key": []})
+    refs: dict[str, list[str]] = field(
+        default_factory=lambda: {"secret": [], "tls_container": [], "tls_key": [], "luks_key": []})
     known: Known = field(default_factory=Known)
 
     def resolve(self, value):
@@ -69,6 +70,7 @@ def seed(env, ledger: Ledger, secrets: int, tls_containers: int, luks_keys: int)
         sess.post(cref + "/consumers", json={"name": "lb-listener", "URL": f"https://lb.example/{uuid.uuid4()}"},
                   raise_exc=False, timeout=15)
         out.refs["tls_container"].append(cref)
+        out.refs["tls_key"].append(key)
         out.known.tls_containers.append(cref)
     for i in range(luks_keys):
         role, node = writers[i % 2], nodes[i % len(nodes)]

@@ -194,12 +194,12 @@ def test_list_filters_and_paging(http, res, uname):
 
 @pytest.mark.parametrize("path,message", [
     ("/v1/containers/not-a-uuid", "Not Found. Provided container id is invalid."),
-    (f"/v1/containers/{uuid.uuid4()}", "Secrets container not found."),
-])
+    ("/v1/containers/{random}", "Secrets container not found."),
+], ids=["malformed-id", "unknown-id"])
 @labels(FEATURE, "not found", NORMAL)
 def test_unknown_container_is_404(http, path, message):
     """GET of a malformed or unknown container id is 404 with a message saying which."""
-    http.get(path).error(404, message)
+    http.get(path.format(random=uuid.uuid4())).error(404, message)
 
 
 @pytest.mark.parametrize("operation", ["get", "delete", "add-secret"])

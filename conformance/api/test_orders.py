@@ -243,8 +243,9 @@ def test_order_of_another_project_is_404(http, res):
 
 
 @pytest.mark.parametrize("path,message", [("/v1/orders/not-a-uuid", "Order not found."),
-                                          (f"/v1/orders/{uuid.uuid4()}", "Order not found.")])
+                                          ("/v1/orders/{random}", "Order not found.")],
+                         ids=["malformed-id", "unknown-id"])
 @labels(FEATURE, "not found", NORMAL)
 def test_unknown_order_is_404(http, path, message):
     """An unknown or malformed order id is 404 'Order not found.'"""
-    http.get(path).error(404, message)
+    http.get(path.format(random=uuid.uuid4())).error(404, message)

@@ -103,7 +103,7 @@ class Ctx:
         self._shared: dict = {}
         self._cleanup: list[tuple[str, list[str], str, dict]] = []  # (method, roles, url, kwargs)
         self._ids: dict = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._warm: set[str] = set()
 
     # -- HTTP -------------------------------------------------------------------------------
@@ -167,6 +167,7 @@ class Ctx:
                 if not url:
                     continue
                 method, kwargs = "DELETE", {}
+            kwargs = {"headers": {"Accept": "*/*"}, **kwargs}
             for role in roles:
                 resp = self.req(role, method, url, **kwargs)
                 if resp.status_code < 300 or resp.status_code == 404:
@@ -350,7 +351,7 @@ def empty_body(resp):
 def still_there(ctx: Ctx, url: str, role: str | None = None):
     """after(allowed): gone (404) when the delete was allowed, intact (200) when denied."""
     def after(allowed: bool):
-        resp = ctx.req(role or ctx.owner, "GET", url)
+        resp = ctx.req(role or ctx.owner, "GET", url, headers={"Accept": "*/*"})
         want = 404 if allowed else 200
         assert resp.status_code == want, (
             f"after the {'allowed' if allowed else 'denied'} call, GET {url} by "
@@ -385,6 +386,19 @@ def op(id, feature, story, method, path, rule, status, **kw):
 @op("secret:list", "secrets", "list secrets", "GET", "/v1/secrets", "secrets:get", 200, severity="critical")
 def _(ctx, actor):
     return Result(ctx.req(actor.role, "GET", "/v1/secrets?limit=1"), has_keys("secrets", "total"))
+
+
+@op("secret:list-acl-only", "secrets", "list secrets shared with the caller (acl_only)", "GET",
+    "/v1/secrets?acl_only=true", "secrets:get", 200,
+    doc="the same rule as listing: a user who may read a secret through its ACL may still be "
+        "unable to list what is shared with it")
+def _(ctx, actor):
+    ctx.shared_secret(acl=True)  # something is shared with the service user
+
+    def check(resp):
+        body = _json(resp)
+        assert "secrets" in body and "total" in body, resp.text[:200]
+    return Result(ctx.req(actor.role, "GET", "/v1/secrets?acl_only=true&limit=1"), check)
 
 
 @op("secret:create", "secrets", "create secret", "POST", "/v1/secrets", "secrets:post", 201, severity="critical")
@@ -697,7 +711,10 @@ def _(ctx, actor):
 @op("order:get", "orders", "get order", "GET", "/v1/orders/{id}", "order:get", 200, entity="order")
 def _(ctx, actor):
     o = ctx.shared_order()
-    return Result(ctx.req(actor.role, "GET", o["ref"]), ref_is(o["ref"]))
+
+    def check(resp):
+        assert _json(resp).get("order_ref") == o["ref"], resp.text[:200]
+    return Result(ctx.req(actor.role, "GET", o["ref"]), check)
 
 
 @op("order:delete", "orders", "delete order", "DELETE", "/v1/orders/{id}", "order:delete", 204, entity="order")
@@ -795,7 +812,17 @@ def _(ctx, actor):
     resp = ctx.req(actor.role, "POST", url, headers={"Accept": "*/*"})
     if resp.status_code == 204:
         ctx.on_close("DELETE", url, [actor.role])
-    return Result(resp, empty_body)
+
+    def after(allowed):
+        if resp.status_code != 204:
+            return
+        # the actor's project now has a preferred store; read it back, then unset it at once
+        # so that no later case sees it
+        got = ctx.req(actor.role, "GET", "/v1/secret-stores/preferred")
+        ctx.req(actor.role, "DELETE", url, headers={"Accept": "*/*"})
+        assert got.status_code == 200 and got.json()["secret_store_ref"].endswith(ctx.store_id()), \
+            f"preferred store after setting it: {got.status_code} {got.text[:200]}"
+    return Result(resp, empty_body, after)
 
 
 @op("secret-store:unset-preferred", "secret stores", "unset the project's preferred store", "DELETE",
@@ -803,9 +830,9 @@ def _(ctx, actor):
     doc="the actor first sets a preferred store for its project when it may")
 def _(ctx, actor):
     url = f"/v1/secret-stores/{ctx.store_id()}/preferred"
-    ctx.req(actor.role, "POST", url, headers={"Accept": "*/*"})
+    was_set = ctx.req(actor.role, "POST", url, headers={"Accept": "*/*"}).status_code == 204
     resp = ctx.req(actor.role, "DELETE", url, headers={"Accept": "*/*"})
-    if resp.status_code != 204:
+    if was_set and resp.status_code != 204:
         ctx.on_close("DELETE", url, [actor.role])
     return Result(resp, empty_body)
 
@@ -818,10 +845,11 @@ def _(ctx, actor):
 
 
 @op("transport-key:get", "transport keys", "get a transport key", "GET", "/v1/transport_keys/{id}",
-    "transport_key:get", 200)
+    "transport_key:get", 200, doc="sent with Accept */*: this route answers 406 to Accept application/json, "
+                                  "before the policy check")
 def _(ctx, actor):
     k = ctx.shared_transport_key()
-    return Result(ctx.req(actor.role, "GET", k["ref"]), has_keys("transport_key"))
+    return Result(ctx.req(actor.role, "GET", k["ref"], headers={"Accept": "*/*"}), has_keys("transport_key"))
 
 
 @op("transport-key:create", "transport keys", "create a transport key", "POST", "/v1/transport_keys",
@@ -834,12 +862,32 @@ def _(ctx, actor):
 
 
 @op("transport-key:delete", "transport keys", "delete a transport key", "DELETE", "/v1/transport_keys/{id}",
-    "transport_key:delete", 200, severity="critical",
-    doc="answers 200, not 204 (controller TODO: 'response should be 204 on success')")
+    "transport_key:delete", 204, severity="critical")
 def _(ctx, actor):
     k = ctx.new_transport_key()
-    return Result(ctx.req(actor.role, "DELETE", k["ref"], headers={"Accept": "*/*"}), None,
-                  still_there(ctx, k["ref"], ctx.setup["transport_key_admin"]))
+    resp = ctx.req(actor.role, "DELETE", k["ref"], headers={"Accept": "*/*"})
+
+    def after(allowed):
+        # GET of a deleted transport key answers 500 (TransportKeyController.on_get does not
+        # suppress NotFound), so look for it in the list instead.
+        listed = _transport_key_listed(ctx, k["ref"])
+        assert listed != allowed, f"transport key {'still listed' if listed else 'gone'} after the " \
+                                  f"{'allowed' if allowed else 'denied'} delete"
+    return Result(resp, empty_body, after)
+
+
+def _transport_key_listed(ctx, ref) -> bool:
+    role = ctx.setup["transport_key_admin"]
+    offset = 0
+    while True:
+        body = ctx.ok(ctx.req(role, "GET", f"/v1/transport_keys?plugin_name=rbac-conformance&limit=100"
+                                           f"&offset={offset}", headers={"Accept": "*/*"}), 200).json()
+        keys = body.get("transport_keys", [])
+        if ref in keys:
+            return True
+        offset += len(keys)
+        if not keys or offset >= body.get("total", 0):
+            return False
 
 
 # Registration order = report order: the ACL and consumer families after their resources.

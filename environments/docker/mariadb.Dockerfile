@@ -4,6 +4,7 @@
 # per environment (the password is a per-environment secret, never in the image).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
+LABEL barbican-harness.image=mariadb
 ARG RUNTIME_PACKAGES="mariadb-server"
 COPY apt-install.sh /usr/local/sbin/harness-apt-install
 COPY debs/runtime/ /tmp/debs/

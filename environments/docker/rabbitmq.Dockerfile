@@ -2,6 +2,7 @@
 # barbican-worker consumes them. Configuration is rendered per environment by the harness.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
+LABEL barbican-harness.image=rabbitmq
 ARG RUNTIME_PACKAGES="rabbitmq-server"
 COPY apt-install.sh /usr/local/sbin/harness-apt-install
 COPY debs/runtime/ /tmp/debs/

@@ -106,6 +106,10 @@ def _undelete_secret(env, secret_id: str, since: str) -> None:
         for table in _SECRET_CHILDREN:
             cur.execute(f"UPDATE {table} SET deleted = 0, deleted_at = NULL, status = 'ACTIVE' "
                         "WHERE secret_id = %s AND deleted_at >= %s", (secret_id, since))
+        # ACL users hang off the ACL rows, not off the secret.
+        cur.execute("UPDATE secret_acl_users u JOIN secret_acls a ON a.id = u.acl_id "
+                    "SET u.deleted = 0, u.deleted_at = NULL, u.status = 'ACTIVE' "
+                    "WHERE a.secret_id = %s AND u.deleted_at >= %s", (secret_id, since))
         conn.commit()
 
 

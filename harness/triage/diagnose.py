@@ -59,8 +59,9 @@ class Verdict:
 
 INCIDENT = {
     "healthy": "none", "hsm_degraded": "none",
-    "kek_mismatch_or_key_loss": "data_loss", "consumed_secret_missing": "data_loss",
+    "kek_mismatch_or_key_loss": "data_loss", "consumed_secret_missing": "data_loss", "backend_degraded": "none",
 }
+MAX_SENTINELS = 6  # per node and diagnosis: enough evidence, bounded time
 
 
 @dataclass
@@ -154,15 +155,20 @@ class Diagnoser:
 
     def _sentinels(self, node) -> dict:
         out = {"ok": 0, "failed": []}
-        sentinels = self.known.sentinels or self._listed_sentinels(node)
-        for s in sentinels:
+        sentinels = (self.known.sentinels or self._listed_sentinels(node))[:MAX_SENTINELS]
+
+        def read(s):
             ref = node.url + "/v1/" + s["ref"].split("/v1/", 1)[1]
-            r = self._req(s["role"], "GET", ref + "/payload", headers={"Accept": "application/octet-stream"})
-            if not isinstance(r, Exception) and r.status_code == 200:
-                out["ok"] += 1
-            else:
-                out["failed"].append({"ref": s["ref"], "status": self._status(r),
-                                      "body": _describe(r)})
+            return s, self._req(s["role"], "GET", ref + "/payload", timeout=5,
+                                headers={"Accept": "application/octet-stream"})
+
+        # In parallel: when the backend hangs, one timeout costs what six would.
+        with ThreadPoolExecutor(max_workers=max(1, len(sentinels))) as pool:
+            for s, r in pool.map(read, sentinels):
+                if not isinstance(r, Exception) and r.status_code == 200:
+                    out["ok"] += 1
+                else:
+                    out["failed"].append({"ref": s["ref"], "status": self._status(r), "body": _describe(r)})
         return out
 
     def _listed_sentinels(self, node, limit: int = 5) -> list[dict]:
@@ -184,10 +190,13 @@ class Diagnoser:
             return "refused"
 
     def _token(self) -> str:
+        """A brand-new token, on a session of its own: the probes' sessions keep their
+        tokens, as long-running clients (Nova, Octavia) keep theirs."""
         try:
+            from keystoneauth1 import session as ks_session
+
             sess = self.target.session(self.role)
-            sess.invalidate()
-            sess.get_token()
+            ks_session.Session(auth=type(sess.auth)(**_auth_kwargs(sess.auth)), timeout=HTTP_TIMEOUT).get_token()
             return "ok"
         except Exception as exc:  # noqa: BLE001
             return type(exc).__name__
@@ -272,8 +281,39 @@ class Diagnoser:
                 probes["nodes"][node.name] = p
         if orders and nodes and probes["nodes"][nodes[0].name]["reachable"] == "yes":
             probes["order"] = self._order(nodes[0])
+        probes["missing"] = self._why_missing(probes)
         lines = self._new_log_lines()
         return classify(probes, lines)
+
+    def _why_missing(self, probes: dict) -> dict[str, str]:
+        """For secrets that answer 404: expired (row still there) or deleted? An operator
+        of a harness environment can ask the database; on a cloud this stays unknown."""
+        refs = {f["ref"] for p in probes["nodes"].values() for key in ("sentinels", "tls")
+                for f in (p.get(key, {}).get("failed", []) if key == "sentinels" else p.get(key, []))
+                if f.get("status") == "404"}
+        refs |= {f["ref"] for p in probes["nodes"].values() for f in p.get("expiry", [])}
+        database = getattr(getattr(self.target, "provider", None), "database", None)
+        if not refs or not hasattr(database, "connect"):
+            return {}
+        out = {}
+        try:
+            with database.connect("barbican") as conn, conn.cursor() as cur:
+                for ref in refs:
+                    cur.execute("SELECT deleted, expiration < UTC_TIMESTAMP() FROM secrets WHERE id = %s",
+                                (ref.rstrip("/").rsplit("/", 1)[1],))
+                    row = cur.fetchone()
+                    out[ref] = "absent" if row is None else "deleted" if row[0] else "expired" if row[1] else "present"
+        except Exception:  # noqa: BLE001 - the database may be what is down
+            return {}
+        return out
+
+
+def _auth_kwargs(auth) -> dict:
+    """The constructor arguments of a keystoneauth v3.Password plugin (for a copy)."""
+    pw = auth.auth_methods[0]
+    return {"auth_url": auth.auth_url, "username": pw.username, "password": pw.password,
+            "user_domain_name": pw.user_domain_name, "project_name": auth.project_name,
+            "project_domain_name": auth.project_domain_name}
 
 
 def _describe(r) -> str:
@@ -302,6 +342,14 @@ def classify(probes: dict, log_lines: list[tuple[str, str]]) -> Verdict:
         elif REINIT.search(line):
             reinit.append((node, line.strip()[-240:]))
 
+    def missing_verdict(affected: list[str]) -> Verdict:
+        why = probes.get("missing", {})
+        for ref, state in list(why.items())[:3]:
+            evidence.append(f"database: {ref} is {state}")
+        if "expired" in why.values():
+            return verdict("expiration", "existing_secrets_at_risk", affected)
+        return verdict("consumed_secret_missing", "existing_secrets_at_risk", affected)
+
     def verdict(category: str, radius: str, affected: list[str]) -> Verdict:
         for node, line in by_category.get(category, [])[:3]:
             evidence.append(f"log {node}: {line}")
@@ -326,9 +374,14 @@ def classify(probes: dict, log_lines: list[tuple[str, str]]) -> Verdict:
     if probes["token"] != "ok":
         evidence.append(f"probe keystone: token issue failed ({probes['token']})")
         return verdict("auth_outage", "new_operations_only", list(nodes))
-    auth_503 = [n for n, c in canary_fail.items() if c.get("store") == "503"]
-    if auth_503 and (by_category.get("auth_outage") or len(auth_503) == len(canary_fail)):
-        return verdict("auth_outage", "new_operations_only", auth_503)
+    # New tokens cannot be validated (Keystone unreachable from Barbican): the fresh
+    # project's canary gets 503 even where clients with cached tokens still work.
+    auth_503 = sorted(n for n in up for key in ("canary", "fresh_canary")
+                      if (nodes[n].get(key) or {}).get("store") == "503")
+    if auth_503:
+        for n in auth_503:
+            evidence.append(f"probe {n}: a new token gets 503 (Keystone unreachable for token validation)")
+        return verdict("auth_outage", "new_operations_only", sorted(set(auth_503)))
 
     broken = sorted(set(sentinel_fail) | set(canary_fail))
     if broken:
@@ -338,13 +391,13 @@ def classify(probes: dict, log_lines: list[tuple[str, str]]) -> Verdict:
             return verdict("hsm_unreachable", "new_operations_only", broken)
         if by_category.get("backend_outage"):
             return verdict("backend_outage", "new_operations_only", broken)
-        # No logs (an existing cloud): a fresh project working where existing ones fail is
-        # the per-project KEK signature of lost or mismatched key material.
+        if any(f["status"] == "404" for fails in sentinel_fail.values() for f in fails):
+            return missing_verdict(broken)
+        # No logs (an existing cloud): a fresh project working where existing ones get 500
+        # is the per-project KEK signature of lost or mismatched key material.
         if sentinel_fail and fresh_ok and all(fresh_ok.get(n) for n in sentinel_fail):
             evidence.append("probe: fresh projects work where existing projects fail (per-project KEK)")
             return verdict("kek_mismatch_or_key_loss", "existing_secrets_at_risk", broken)
-        if any(f["status"] == "404" for fails in sentinel_fail.values() for f in fails):
-            return verdict("consumed_secret_missing", "existing_secrets_at_risk", broken)
         return verdict("backend_outage", "new_operations_only", broken)
 
     if down:
@@ -358,11 +411,11 @@ def classify(probes: dict, log_lines: list[tuple[str, str]]) -> Verdict:
         statuses = {f["status"] for fails in tls.values() for f in fails}
         if statuses & {"403"}:
             return verdict("acl_permission", "new_operations_only", sorted(tls))
-        return verdict("consumed_secret_missing", "existing_secrets_at_risk", sorted(tls))
+        return missing_verdict(sorted(tls))
     expired = {n: nodes[n]["expiry"] for n in up if nodes[n]["expiry"]}
     if expired:
         evidence.append(f"probe expiry audit: consumed secret answers 404: {next(iter(expired.values()))[0]['ref']}")
-        return verdict("expiration", "existing_secrets_at_risk", sorted(expired))
+        return missing_verdict(sorted(expired))
 
     # 4. Orders, then slowness.
     order = probes.get("order")
