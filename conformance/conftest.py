@@ -190,6 +190,21 @@ class Resp:
         ctype = self.headers.get("Content-Type", "")
         return self.json if "json" in ctype else self.content
 
+    def payload_is(self, expected: bytes, what: str = "payload") -> "Resp":
+        """Assert 200 and that the body is exactly `expected`, without ever showing either (a
+        failure names lengths and SHA-256 prefixes only)."""
+        __tracebackhide__ = True
+        self.expect(200)
+        if self.content != expected:
+            import hashlib
+
+            def fp(b: bytes) -> str:
+                return f"{len(b)} bytes, sha256 {hashlib.sha256(b).hexdigest()[:12]}"
+
+            raise AssertionError(f"{what} differs: got {fp(self.content)}, expected {fp(expected)}; "
+                                 f"{self.method} {self.url} as {self.role}")
+        return self
+
     def error(self, status: int, contains: str | tuple | None = None, *, title: str | None = None) -> dict:
         """Assert Barbican's JSON error document {"code", "title", "description"}; `contains` is a
         substring of the description (a tuple: any of them, e.g. across jsonschema versions)."""

@@ -46,6 +46,7 @@ class LoadConfig:
         self.ledger_dir = data["ledger_dir"]
         self.series_dir = data["series_dir"]
         self.started_file = data.get("started_file")
+        self.run_time = float(data.get("run_time") or 0)
 
     @classmethod
     def from_env(cls) -> "LoadConfig":

@@ -151,14 +151,14 @@ def test_project_access_false_makes_secret_private(http, res):
                     "so no same-project non-owner can read a non-private secret")
     path = _make(res, "secret")
     data = _read(http, "secret", path, http.writer).ok(200)
-    assert _read(http, "secret", path, peer).ok(200) == data
+    _read(http, "secret", path, peer).payload_is(data)
     http.put(path + "/acl", json={"read": {"users": [http.user_id("other-member")], "project-access": False}}).ok(200)
     _read(http, "secret", path, peer).denied("Secret payload retrieval")
-    assert _read(http, "secret", path, http.writer).ok(200) == data
-    assert _read(http, "secret", path, http.role("project_admin")).ok(200) == data
-    assert _read(http, "secret", path, "other-member").ok(200) == data
+    _read(http, "secret", path, http.writer).payload_is(data)
+    _read(http, "secret", path, http.role("project_admin")).payload_is(data)
+    _read(http, "secret", path, "other-member").payload_is(data)
     http.patch(path + "/acl", json={"read": {"project-access": True}}).ok(200)
-    assert _read(http, "secret", path, peer).ok(200) == data
+    _read(http, "secret", path, peer).payload_is(data)
 
 
 @labels(FEATURE, "secrets shared with me (acl_only)", CRITICAL)

@@ -42,7 +42,7 @@ def test_query_string_cannot_grant_secret_access(http, res, caller, injection, e
     if endpoint == "payload":
         http.payload(ref, accept="text/plain", role=role).denied("Secret payload retrieval")
         http.payload(ref, accept="text/plain", role=role, params=params).denied("Secret payload retrieval")
-        assert http.payload(ref, accept="text/plain", params=params).ok(200) == b"cve-2022-3100"
+        http.payload(ref, accept="text/plain", params=params).payload_is(b"cve-2022-3100")
     else:
         http.get(ref, role=role).denied("Secret retrieval")
         http.get(ref, role=role, params=params).denied("Secret retrieval")

@@ -165,7 +165,7 @@ def test_metadata_on_metadata_only_secret_and_after_payload(http, res):
     http.put(ref + "/metadata", json={"metadata": {"stage": "empty"}}).ok(201)
     http.put(ref, data=b"late payload", headers={"Content-Type": "text/plain"}).expect(204)
     assert http.get(ref + "/metadata").ok(200) == {"metadata": {"stage": "empty"}}
-    assert http.payload(ref, accept="text/plain").ok(200) == b"late payload"
+    http.payload(ref, accept="text/plain").payload_is(b"late payload")
 
 
 @pytest.mark.parametrize("operation", ["get", "put", "post", "delete"])

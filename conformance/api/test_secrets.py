@@ -116,7 +116,7 @@ def test_create_and_read_back(http, res, uname, case):
     assert doc["content_types"] == {"default": stored}, resp.describe()
     for node in range(len(http.target.nodes)):
         payload = http.payload(ref_path(ref), accept=stored, node=node)
-        assert payload.ok(200) == data, f"payload differs through node {node + 1}"
+        payload.payload_is(data, f"payload read through node {node + 1}")
         assert payload.headers["Content-Type"].split(";")[0] == stored, payload.describe()
 
 
@@ -128,7 +128,7 @@ def test_payload_through_secret_resource_with_non_json_accept(http, res, uname, 
     body, data, stored = _body_for(case, uname(case))
     ref = res.secret(**body)
     resp = http.get(ref_path(ref), headers={"Accept": stored}, secret_body=True)
-    assert resp.ok(200) == data
+    resp.payload_is(data)
     assert resp.headers["Content-Type"].split(";")[0] == stored, resp.describe()
 
 
@@ -146,7 +146,7 @@ def test_accept_selects_metadata_or_payload(http, res, accept, is_metadata):
         assert isinstance(doc, dict) and doc["secret_ref"] == ref, resp.describe()
         assert "payload" not in doc, resp.describe()
     else:
-        assert resp.ok(200) == data.encode()
+        resp.payload_is(data.encode())
         assert resp.headers["Content-Type"].split(";")[0] == accept, resp.describe()
 
 
@@ -183,7 +183,7 @@ def test_payload_accept_negotiation(http, res, stored, accept, status):
                          payload_content_encoding="base64")
     resp = http.payload(ref_path(ref), accept=accept)
     if status == 200:
-        assert resp.ok(200) == data
+        resp.payload_is(data)
         assert resp.headers["Content-Type"].split(";")[0] == accept.split(";")[0], resp.describe()
     else:
         resp.error(406, "Secret payload retrieval issue seen - Wrong payload content-type.", title="Not Acceptable")
@@ -195,7 +195,7 @@ def test_payload_with_wildcard_accept_returns_the_stored_bytes(http, res):
     bytes, decoded as the stored content type."""
     data = b"wildcard " + uuid.uuid4().hex.encode()
     ref = res.secret(payload=data.decode(), payload_content_type="text/plain")
-    assert http.payload(ref_path(ref), accept="*/*").ok(200) == data
+    http.payload(ref_path(ref), accept="*/*").payload_is(data)
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -219,7 +219,7 @@ def test_text_payload_is_stripped(http, res):
     (api.strip_whitespace), payloads included: '  abc\\n' is stored as 'abc'."""
     core = uuid.uuid4().hex
     ref = res.secret(payload=f"  {core} \n", payload_content_type="text/plain")
-    assert http.payload(ref_path(ref), accept="text/plain").ok(200) == core.encode()
+    http.payload(ref_path(ref), accept="text/plain").payload_is(core.encode())
 
 
 @labels(FEATURE, "metadata-only secret", CRITICAL)
@@ -276,7 +276,7 @@ def test_two_step_upload(http, res, mode):
     assert put.content == b"", put.describe()
     doc = http.get(ref_path(ref)).ok(200)
     assert doc["content_types"] == {"default": stored}
-    assert http.payload(ref_path(ref), accept=stored).ok(200) == expected
+    http.payload(ref_path(ref), accept=stored).payload_is(expected)
     again = http.put(ref_path(ref), data=sent, headers=headers)
     again.error(409, "Secret already has data, cannot modify it.", title="Conflict")
 
@@ -332,7 +332,7 @@ def test_put_size_limit(http, res, caps, size, status):
     resp = http.put(ref_path(ref), data=data, headers={"Content-Type": "application/octet-stream"})
     if status == 204:
         resp.expect(204)
-        assert http.payload(ref_path(ref)).ok(200) == data
+        http.payload(ref_path(ref)).payload_is(data)
     else:
         resp.error(413, "Provided information too large to process", title="Request Entity Too Large")
 
@@ -464,7 +464,7 @@ def test_payload_size_limit(http, res, caps, case):
     if status == 201:
         ref = res.track("secret", resp.ok(201)["secret_ref"])
         expected = base64.b64decode(payload) if encoding else payload.encode("utf-8")
-        assert http.payload(ref_path(ref), accept=ctype).ok(200) == expected
+        http.payload(ref_path(ref), accept=ctype).payload_is(expected)
     else:
         if resp.status == 201:
             res.track("secret", resp.json["secret_ref"])
@@ -513,7 +513,7 @@ def test_expired_secret_is_404(http, res):
                      expiration=expires.strftime("%Y-%m-%dT%H:%M:%SZ"))
     doc = http.get(ref_path(ref)).ok(200)
     assert doc["expiration"] == expires.strftime("%Y-%m-%dT%H:%M:%S")
-    assert http.payload(ref_path(ref), accept="text/plain").ok(200) == b"short-lived"
+    http.payload(ref_path(ref), accept="text/plain").payload_is(b"short-lived")
     assert http.get("/v1/secrets", params={"name": name}).ok(200)["total"] == 1
     deadline = time.monotonic() + 20
     while http.get(ref_path(ref)).status == 200 and time.monotonic() < deadline:
@@ -584,4 +584,4 @@ def test_other_project_cannot_touch_secret(http, res, operation):
         http.delete(path, role=caller).denied("Secret deletion")
     assert http.get(path).ok(200)["secret_ref"] == ref
     if operation != "put":
-        assert http.payload(path, accept="text/plain").ok(200) == b"isolated"
+        http.payload(path, accept="text/plain").payload_is(b"isolated")

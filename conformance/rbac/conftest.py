@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rbac_operations import Ctx, load_expected  # noqa: E402
+from rbac_operations import Ctx, load_expected
 
 _FALLBACK = "barbican-rbac-fallback-target"
 

@@ -30,7 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from rbac_operations import ACTORS, EXPECTED_FILES, OPS  # noqa: E402
+from rbac_operations import ACTORS, EXPECTED_FILES, OPS
 
 OWNER = {"legacy": "creator", "secure-rbac": "member"}
 SETUP = {
@@ -45,10 +45,9 @@ KNOWN_BUGS: dict[tuple[str, str, str], tuple[str, str]] = {}
 
 
 def _enforcer(policy: str):
+    from barbican.common import policies
     from oslo_config import cfg
     from oslo_policy import policy as oslo_policy
-
-    from barbican.common import policies
 
     conf = cfg.ConfigOpts()
     conf([], project="barbican-rbac-derive")

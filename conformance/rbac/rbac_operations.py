@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import secrets as _rand
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -78,6 +79,7 @@ class Op:
     # With a single secret store: "after-policy" → an allowed call gets 404 (multiple
     # backends disabled) and a denied one 403; "before-policy" → 404 whoever calls.
     single_store: str | None = None
+    needs: tuple[str, ...] = ()  # keys of the expected file's "setup" roles this operation uses
     run: Callable = field(default=None, repr=False)   # run(ctx, actor) -> Result
     doc: str = ""
 
@@ -146,12 +148,6 @@ class Ctx:
             self._ids[key] = self.session(role).get_user_id()
         return self._ids[key]
 
-    def project_id(self, role: str) -> str:
-        key = ("project", role)
-        if key not in self._ids:
-            self._ids[key] = self.session(role).get_project_id()
-        return self._ids[key]
-
     def has_role(self, role: str) -> bool:
         return role in self.target.roles
 
@@ -162,11 +158,6 @@ class Ctx:
         """Delete everything created, newest first; returns what could not be removed."""
         left = []
         for method, roles, url, kwargs in reversed(self._cleanup):
-            if method == "__order_secret__":  # the secret a key order made
-                url = kwargs["resolve"]()
-                if not url:
-                    continue
-                method, kwargs = "DELETE", {}
             kwargs = {"headers": {"Accept": "*/*"}, **kwargs}
             for role in roles:
                 resp = self.req(role, method, url, **kwargs)
@@ -227,24 +218,24 @@ class Ctx:
         role = role or self.owner
         resp = self.ok(self.req(role, "POST", "/v1/orders", json=ORDER_BODY()), 202)
         ref = resp.json()["order_ref"]
-        self.on_close("DELETE", ref, self.cleanup_roles(role))
-        self._close_order_secret(ref, role)
+        self.track_order(ref, role)
         return {"ref": ref}
 
-    def _close_order_secret(self, order_ref: str, role: str):
-        """A key order makes a secret (at once without a worker, a moment later with one);
-        remove it at the end whatever it became."""
+    def track_order(self, order_ref: str, role: str, timeout: float = 30.0):
+        """Remove the order and the secret it makes at the end. The secret is there at once
+        without a worker, a moment later with one; wait for it now, as a later delete of
+        the order would leave no way to find it."""
         roles = self.cleanup_roles(role)
-
-        def _secret_ref():
-            for r in roles:
-                if r and self.has_role(r):
-                    resp = self.req(r, "GET", order_ref)
-                    if resp.status_code == 200:
-                        return resp.json().get("secret_ref")
-            return None
-
-        self._cleanup.append(("__order_secret__", roles, order_ref, {"resolve": _secret_ref}))
+        self.on_close("DELETE", order_ref, roles)
+        deadline = time.monotonic() + timeout
+        while True:
+            resp = self.req(role, "GET", order_ref)
+            body = resp.json() if resp.status_code == 200 else {}
+            if body.get("status") != "PENDING" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        if body.get("secret_ref"):
+            self.on_close("DELETE", body["secret_ref"], roles)
 
     def new_transport_key(self) -> dict:
         role = self.setup["transport_key_admin"]
@@ -698,17 +689,17 @@ def _(ctx, actor):
     return Result(ctx.req(actor.role, "GET", "/v1/orders?limit=1"), has_keys("orders", "total"))
 
 
-@op("order:create", "orders", "create a key order", "POST", "/v1/orders", "orders:post", 202, severity="critical")
+@op("order:create", "orders", "create a key order", "POST", "/v1/orders", "orders:post", 202, severity="critical",
+    needs=("project_admin",))
 def _(ctx, actor):
     resp = ctx.req(actor.role, "POST", "/v1/orders", json=ORDER_BODY())
     if resp.status_code == 202:
-        ref = resp.json()["order_ref"]
-        ctx.on_close("DELETE", ref, ctx.cleanup_roles(actor.role))
-        ctx._close_order_secret(ref, actor.role)
+        ctx.track_order(resp.json()["order_ref"], actor.role)
     return Result(resp, has_keys("order_ref"))
 
 
-@op("order:get", "orders", "get order", "GET", "/v1/orders/{id}", "order:get", 200, entity="order")
+@op("order:get", "orders", "get order", "GET", "/v1/orders/{id}", "order:get", 200, entity="order",
+    needs=("project_admin",))
 def _(ctx, actor):
     o = ctx.shared_order()
 
@@ -717,7 +708,8 @@ def _(ctx, actor):
     return Result(ctx.req(actor.role, "GET", o["ref"]), check)
 
 
-@op("order:delete", "orders", "delete order", "DELETE", "/v1/orders/{id}", "order:delete", 204, entity="order")
+@op("order:delete", "orders", "delete order", "DELETE", "/v1/orders/{id}", "order:delete", 204, entity="order",
+    needs=("project_admin",))
 def _(ctx, actor):
     o = ctx.new_order()
     return Result(ctx.req(actor.role, "DELETE", o["ref"], headers={"Accept": "*/*"}), empty_body,
@@ -744,7 +736,7 @@ def _(ctx, actor):
 
 
 @op("project-quota:get", "quotas", "get one project's quotas", "GET", "/v1/project-quotas/{project}",
-    "project_quotas:get", 200)
+    "project_quotas:get", 200, needs=("quota_admin",))
 def _(ctx, actor):
     p = ctx.shared_quota_project()
 
@@ -754,7 +746,7 @@ def _(ctx, actor):
 
 
 @op("project-quota:put", "quotas", "set a project's quotas", "PUT", "/v1/project-quotas/{project}",
-    "project_quotas:put", 204, severity="critical")
+    "project_quotas:put", 204, severity="critical", needs=("quota_admin",))
 def _(ctx, actor):
     p = ctx.new_quota_project(with_quotas=False)
     resp = ctx.req(actor.role, "PUT", f"/v1/project-quotas/{p}", json=QUOTA_BODY, headers={"Accept": "*/*"})
@@ -766,7 +758,7 @@ def _(ctx, actor):
 
 
 @op("project-quota:delete", "quotas", "delete a project's quotas", "DELETE", "/v1/project-quotas/{project}",
-    "project_quotas:delete", 204, severity="critical")
+    "project_quotas:delete", 204, severity="critical", needs=("quota_admin",))
 def _(ctx, actor):
     p = ctx.new_quota_project(with_quotas=True)
     resp = ctx.req(actor.role, "DELETE", f"/v1/project-quotas/{p}", headers={"Accept": "*/*"})
@@ -800,13 +792,14 @@ def _(ctx, actor):
 
 
 @op("secret-store:get", "secret stores", "get one secret store", "GET", "/v1/secret-stores/{id}",
-    "secretstore:get", 200, single_store="before-policy")
+    "secretstore:get", 200, single_store="before-policy", needs=("project_admin",))
 def _(ctx, actor):
     return Result(ctx.req(actor.role, "GET", f"/v1/secret-stores/{ctx.store_id()}"), has_keys("secret_store_ref"))
 
 
 @op("secret-store:set-preferred", "secret stores", "set the project's preferred store", "POST",
-    "/v1/secret-stores/{id}/preferred", "secretstore_preferred:post", 204, single_store="before-policy")
+    "/v1/secret-stores/{id}/preferred", "secretstore_preferred:post", 204, single_store="before-policy",
+    needs=("project_admin",))
 def _(ctx, actor):
     url = f"/v1/secret-stores/{ctx.store_id()}/preferred"
     resp = ctx.req(actor.role, "POST", url, headers={"Accept": "*/*"})
@@ -827,7 +820,7 @@ def _(ctx, actor):
 
 @op("secret-store:unset-preferred", "secret stores", "unset the project's preferred store", "DELETE",
     "/v1/secret-stores/{id}/preferred", "secretstore_preferred:delete", 204, single_store="before-policy",
-    doc="the actor first sets a preferred store for its project when it may")
+    doc="the actor first sets a preferred store for its project when it may", needs=("project_admin",))
 def _(ctx, actor):
     url = f"/v1/secret-stores/{ctx.store_id()}/preferred"
     was_set = ctx.req(actor.role, "POST", url, headers={"Accept": "*/*"}).status_code == 204
@@ -846,14 +839,14 @@ def _(ctx, actor):
 
 @op("transport-key:get", "transport keys", "get a transport key", "GET", "/v1/transport_keys/{id}",
     "transport_key:get", 200, doc="sent with Accept */*: this route answers 406 to Accept application/json, "
-                                  "before the policy check")
+                                  "before the policy check", needs=("transport_key_admin",))
 def _(ctx, actor):
     k = ctx.shared_transport_key()
     return Result(ctx.req(actor.role, "GET", k["ref"], headers={"Accept": "*/*"}), has_keys("transport_key"))
 
 
 @op("transport-key:create", "transport keys", "create a transport key", "POST", "/v1/transport_keys",
-    "transport_keys:post", 201, severity="critical")
+    "transport_keys:post", 201, severity="critical", needs=("transport_key_admin",))
 def _(ctx, actor):
     resp = ctx.req(actor.role, "POST", "/v1/transport_keys", json=TRANSPORT_KEY_BODY())
     if resp.status_code == 201:
@@ -862,7 +855,7 @@ def _(ctx, actor):
 
 
 @op("transport-key:delete", "transport keys", "delete a transport key", "DELETE", "/v1/transport_keys/{id}",
-    "transport_key:delete", 204, severity="critical")
+    "transport_key:delete", 204, severity="critical", needs=("transport_key_admin",))
 def _(ctx, actor):
     k = ctx.new_transport_key()
     resp = ctx.req(actor.role, "DELETE", k["ref"], headers={"Accept": "*/*"})

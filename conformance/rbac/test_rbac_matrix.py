@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import allure
 import pytest
-
 from rbac_operations import ACTORS, OPS
 
 SEVERITY = {
@@ -79,7 +78,7 @@ def test_rbac(rbac_ctx, op, actor, request):
 
     if xfail:
         request.node.add_marker(pytest.mark.xfail(strict=True, reason=xfail))
-    missing = [r for r in {actor.role, ctx.owner, *ctx.setup.values()} if not ctx.has_role(r)]
+    missing = sorted(r for r in {actor.role, ctx.owner, *(ctx.setup[k] for k in op.needs)} if not ctx.has_role(r))
     if missing:
         pytest.skip(f"the target has no credentials for {missing}")
 

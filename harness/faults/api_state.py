@@ -135,7 +135,9 @@ class ContainerMemberDeleted(Fault):
         refs = {name: s.secret_ref for name, s in container.secrets.items()}
         if self.params.member not in refs:
             raise FaultError(f"container has no member '{self.params.member}'; members: {sorted(refs)}")
-        return {"secret_ref": refs[self.params.member], "since": _now_naive()}
+        acl = env.session().get(refs[self.params.member] + "/acl", raise_exc=False)
+        return {"secret_ref": refs[self.params.member], "since": _now_naive(),
+                "acl": acl.json() if acl.status_code == 200 else None}
 
     def inject(self, env, undo: dict[str, Any]) -> None:
         r = env.session().delete(undo["secret_ref"], raise_exc=False)
@@ -144,6 +146,11 @@ class ContainerMemberDeleted(Fault):
 
     def heal(self, env, undo: dict[str, Any]) -> None:
         _undelete_secret(env, _uuid(undo["secret_ref"]), undo["since"])
+        read = (undo.get("acl") or {}).get("read")
+        if read and read.get("users"):
+            # Barbican hard-deletes a secret's ACL users; put back what the member had.
+            body = {"read": {"users": read["users"], "project-access": read.get("project-access", True)}}
+            env.session().put(undo["secret_ref"] + "/acl", json=body, raise_exc=False)
 
 
 class ConsumerDeleteParams(Params):

@@ -151,12 +151,13 @@ def run_load(env, users: int, spawn_rate: float, duration: float, workers: int =
         "roles": roles, "weights": weights, "seed": seed, "wait": list(wait), "timeout": request_timeout,
         "consumer_probability": consumer_probability, "fixtures": fx.to_dict(),
         "ledger_dir": str(ledger.directory), "series_dir": str(series_dir), "started_file": str(started_file),
+        "run_time": duration,
     })
 
     shim = getattr(env.provider, "shim", None)
     sampler = HsmSampler(shim.control) if shim is not None else None
     procs = LocustProcesses(out, env.ctx.environ(**{CONFIG_ENV: str(config_path)}), users=users,
-                            spawn_rate=spawn_rate, duration=duration, host=env.nodes[0].url, workers=workers,
+                            spawn_rate=spawn_rate, host=env.nodes[0].url, workers=workers,
                             stop_timeout=stop_timeout)
     timeline: TimelineRunner | None = None
     try:

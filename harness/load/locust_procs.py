@@ -21,7 +21,7 @@ class LocustError(HarnessError):
 
 
 class LocustProcesses:
-    def __init__(self, out_dir: Path, environ: dict, *, users: int, spawn_rate: float, duration: float,
+    def __init__(self, out_dir: Path, environ: dict, *, users: int, spawn_rate: float,
                  host: str, workers: int = 0, stop_timeout: float = 30, locustfile: Path = LOCUSTFILE):
         if not locustfile.is_file():
             raise LocustError(f"locustfile not found: {locustfile}")
@@ -31,7 +31,9 @@ class LocustProcesses:
         self.stop_timeout = stop_timeout
         self.master_port = free_port() if workers else None
         common = [sys.executable, "-m", "locust", "-f", str(locustfile), "--loglevel", "INFO"]
-        master = [*common, "--headless", "-u", str(users), "-r", f"{spawn_rate:g}", "-t", f"{max(1, round(duration))}s",
+        # No -t: the locustfile ends the run itself (see _end_after there) so that the
+        # merged statistics include the workers' last reports.
+        master = [*common, "--headless", "-u", str(users), "-r", f"{spawn_rate:g}",
                   "--stop-timeout", f"{stop_timeout:g}", "--csv", str(out_dir / "locust"), "--csv-full-history",
                   "--html", str(out_dir / "locust.html"), "--only-summary", "--exit-code-on-error", "0",
                   "--host", host, "--logfile", str(out_dir / "locust-master.log")]

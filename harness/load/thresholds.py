@@ -140,8 +140,10 @@ def evaluate(thresholds: list[Threshold], phase_stats: dict[str, dict[str, dict]
                 if th.metric == "error_ratio":
                     measured = s["error_ratio"]
                     passed = measured <= th.limit
-                    shown = (f"measured error ratio {measured:.4f} ({s['failures']}/{s['requests']} requests failed)"
-                             f" > limit {th.limit:g}")
+                    top = sorted(s.get("errors", {}).items(), key=lambda kv: -kv[1])[:3]
+                    errors = f"; errors: {', '.join(f'{k} x{v}' for k, v in top)}" if top else ""
+                    shown = (f"measured error ratio {measured:.4f} ({s['failures']}/{s['requests']} requests failed"
+                             f"{errors}) > limit {th.limit:g}")
                 else:
                     measured = s["p95_ms"]
                     passed = measured is not None and measured <= th.limit

@@ -189,15 +189,24 @@ class Diagnoser:
         except requests.RequestException:
             return "refused"
 
-    def _token(self) -> str:
+    def _token(self):
         """A brand-new token, on a session of its own: the probes' sessions keep their
-        tokens, as long-running clients (Nova, Octavia) keep theirs."""
+        tokens, as long-running clients (Nova, Octavia) keep theirs. Returns (status, session)."""
         try:
             from keystoneauth1 import session as ks_session
 
             sess = self.target.session(self.role)
-            ks_session.Session(auth=type(sess.auth)(**_auth_kwargs(sess.auth)), timeout=HTTP_TIMEOUT).get_token()
-            return "ok"
+            new = ks_session.Session(auth=type(sess.auth)(**_auth_kwargs(sess.auth)), timeout=HTTP_TIMEOUT)
+            new.get_token()
+            return "ok", new
+        except Exception as exc:  # noqa: BLE001
+            return type(exc).__name__, None
+
+    def _new_token_request(self, node, sess) -> str:
+        """A request with a token this node has never validated (a new client)."""
+        try:
+            r = sess.get(node.url + "/v1/secrets", params={"limit": 1}, raise_exc=False, timeout=HTTP_TIMEOUT)
+            return str(r.status_code)
         except Exception as exc:  # noqa: BLE001
             return type(exc).__name__
 
@@ -255,7 +264,8 @@ class Diagnoser:
     # -- the verdict ----------------------------------------------------------------------
     def diagnose(self, orders: bool = False) -> Verdict:
         nodes = list(self.target.nodes)
-        probes: dict = {"token": self._token(), "nodes": {}}
+        token_status, new_session = self._token()
+        probes: dict = {"token": token_status, "nodes": {}}
         if self.fresh_projects and self._fresh_role is None:
             try:
                 self._fresh_role = self.target.fresh_project()
@@ -266,6 +276,8 @@ class Diagnoser:
         def probe(node) -> dict:
             p: dict = {"reachable": self._reachable(node)}
             if p["reachable"] == "yes":
+                if new_session is not None:
+                    p["new_token"] = self._new_token_request(node, new_session)
                 p["canary"] = self._canary(node, self.role)
                 # A 503 means Keystone is the problem: a second canary would only wait again.
                 if self._fresh_role and p["canary"].get("store") != "503":
@@ -376,8 +388,9 @@ def classify(probes: dict, log_lines: list[tuple[str, str]]) -> Verdict:
         return verdict("auth_outage", "new_operations_only", list(nodes))
     # New tokens cannot be validated (Keystone unreachable from Barbican): the fresh
     # project's canary gets 503 even where clients with cached tokens still work.
-    auth_503 = sorted(n for n in up for key in ("canary", "fresh_canary")
-                      if (nodes[n].get(key) or {}).get("store") == "503")
+    auth_503 = sorted({n for n in up for key in ("canary", "fresh_canary")
+                       if (nodes[n].get(key) or {}).get("store") == "503"}
+                      | {n for n in up if nodes[n].get("new_token") == "503"})
     if auth_503:
         for n in auth_503:
             evidence.append(f"probe {n}: a new token gets 503 (Keystone unreachable for token validation)")
@@ -395,7 +408,8 @@ def classify(probes: dict, log_lines: list[tuple[str, str]]) -> Verdict:
             return missing_verdict(broken)
         # No logs (an existing cloud): a fresh project working where existing ones get 500
         # is the per-project KEK signature of lost or mismatched key material.
-        if sentinel_fail and fresh_ok and all(fresh_ok.get(n) for n in sentinel_fail):
+        http_500 = all(f["status"] == "500" for fails in sentinel_fail.values() for f in fails)
+        if sentinel_fail and http_500 and fresh_ok and all(fresh_ok.get(n) for n in sentinel_fail):
             evidence.append("probe: fresh projects work where existing projects fail (per-project KEK)")
             return verdict("kek_mismatch_or_key_loss", "existing_secrets_at_risk", broken)
         return verdict("backend_outage", "new_operations_only", broken)

@@ -1,0 +1,190 @@
+"""`barbican-harness load`: the command body, plus a stand-alone entry point with the same
+options (`python -m harness.load.cli ...`).
+
+    barbican-harness load (--run ID | --env PATH) [--scenario X.yaml] --users N
+        --spawn-rate R --duration T [--workers K] [--max-error-ratio X ...]
+        [--max-p95-ms NAME=MS ...] [--seed S]
+
+Exit code: 0 when every threshold holds, the ledger lost nothing and the run had no
+error; 1 otherwise (each breach is printed with the threshold and the measured value);
+2 for a usage error (HarnessError: bad duration, unknown fault, no environment ...).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from harness.errors import HarnessError
+from harness.load.thresholds import Threshold, parse_error_ratio, parse_p95
+from harness.redact import mask
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
+
+
+def parse_duration(text: str | float | int) -> float:
+    """60, '60', '60s', '2m', '1h30m', '1m30s' → seconds."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    m = _DURATION.match(str(text))
+    if not m or not any(m.groups()) or not str(text).strip():
+        raise HarnessError(f"--duration '{text}': expected seconds or e.g. 90s, 2m, 1h30m")
+    h, mi, s = (float(g) if g else 0.0 for g in m.groups())
+    value = h * 3600 + mi * 60 + s
+    if value <= 0:
+        raise HarnessError(f"--duration '{text}': must be more than 0 s")
+    return value
+
+
+def read_timeline(path: Path) -> tuple[list, float | None]:
+    """The `timeline:` of a scenario file as TimelineEvents (and its `duration:` if any).
+
+    Only faults: a timeline `operation` (KEK rotation ...) or a parameter naming a seeded
+    item ("@secret[0]") belongs to the scenario runner, which seeds those items."""
+    from harness.faults.engine import make_fault
+    from harness.timeline import TimelineEvent
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise HarnessError(f"--scenario {path}: cannot read it: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("timeline"), list):
+        raise HarnessError(f"--scenario {path}: expected a top-level 'timeline:' list of "
+                           "{at, fault, params, heal_at}")
+    events = []
+    for i, item in enumerate(data["timeline"]):
+        where = f"{path}: timeline[{i}]"
+        if not isinstance(item, dict):
+            raise HarnessError(f"{where}: expected a mapping {{at, fault, params, heal_at}}")
+        if "operation" in item:
+            raise HarnessError(f"{where}: operations ({item['operation']}) run only in scenarios "
+                               "(barbican-harness run); a load timeline takes faults")
+        unknown = set(item) - {"at", "fault", "params", "heal_at"}
+        if unknown:
+            raise HarnessError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: at, fault, params, heal_at")
+        if "fault" not in item or "at" not in item:
+            raise HarnessError(f"{where}: 'at' and 'fault' are required")
+        params = item.get("params") or {}
+        refs = [k for k, v in params.items() if isinstance(v, str) and v.startswith("@")]
+        if refs:
+            raise HarnessError(f"{where}: params {refs} name seeded items, which only the scenario runner makes")
+        make_fault(item["fault"], params)  # unknown fault or bad parameter: reported before anything starts
+        at = float(item["at"])
+        heal_at = float(item["heal_at"]) if item.get("heal_at") is not None else None
+        if heal_at is not None and heal_at <= at:
+            raise HarnessError(f"{where}: heal_at ({heal_at:g}) must come after at ({at:g})")
+        events.append(TimelineEvent(at, item["fault"], params, heal_at))
+    duration = data.get("duration")
+    return events, float(duration) if duration else None
+
+
+def build_thresholds(max_error_ratio: list[str], max_p95_ms: list[str]) -> list[Threshold]:
+    return [parse_error_ratio(t) for t in max_error_ratio or []] + [parse_p95(t) for t in max_p95_ms or []]
+
+
+def load_command(run_id: Optional[str], env_path: Optional[Path], scenario: Optional[Path], users: int,
+                 spawn_rate: float, duration: Optional[str], workers: int = 0,
+                 max_error_ratio: list[str] | None = None, max_p95_ms: list[str] | None = None, *,
+                 seed: Optional[int] = None, console=None, out=None) -> int:
+    """The body of `barbican-harness load`; returns the exit code (raises HarnessError on usage errors)."""
+    from rich.console import Console
+
+    from harness.environment import Environment
+    from harness.load.driver import run_load
+    from harness.progress import RichProgress
+    from harness.report import build_report
+
+    console = console or Console(stderr=True, soft_wrap=True)
+    out = out or Console(soft_wrap=True)
+    if bool(run_id) == bool(env_path):
+        raise HarnessError("load: name exactly one target: --run RUN_ID (an environment that is up) "
+                           "or --env PATH (a topology to bring up for this load)")
+    thresholds = build_thresholds(max_error_ratio or [], max_p95_ms or [])
+    events, scenario_duration = read_timeline(scenario) if scenario else ([], None)
+    if duration is None and scenario_duration is None:
+        raise HarnessError("load: --duration is required (or a scenario with a 'duration:')")
+    seconds = parse_duration(duration) if duration is not None else scenario_duration
+    with RichProgress(console) as progress:
+        env = Environment.attach(run_id) if run_id else Environment.up(env_path, progress=progress)
+        try:
+            result = run_load(env, users, spawn_rate, seconds, workers, events, thresholds, progress=progress,
+                              seed=seed)
+            with progress.step("report"):
+                report = build_report(env.run_dir)
+        finally:
+            if env_path:
+                with progress.step(f"environment down: {env.run_id}"):
+                    env.down()
+    return print_result(result, report, out)
+
+
+def print_result(result, report: Path, out) -> int:
+    from rich.table import Table
+
+    table = Table(title=f"load {result.out_dir.name}: thresholds")
+    for col in ("threshold", "result", "measured"):
+        table.add_column(col)
+    for v in result.verdicts:
+        shown = (f"{len(v.checks)} checks held" if v.passed else
+                 f"{len(v.breaches)} of {len(v.checks)} checks breached (below)")
+        table.add_row(v.threshold.label, "[green]PASS[/green]" if v.passed else "[red]BREACHED[/red]", shown)
+    if result.verdicts:
+        out.print(table)
+    for v in result.breached:
+        for c in v.breaches:
+            out.print(f"BREACH: {mask(c.message)}", markup=False, highlight=False)
+    led = result.ledger
+    if led is not None:
+        state = "nothing lost" if led.get("ok") else "DATA LOSS"
+        out.print(f"ledger: {state}: {led.get('verified', 0)}/{led.get('acknowledged', 0)} acknowledged creates "
+                  f"read back, lost {len(led.get('lost', []))}, corrupted {len(led.get('corrupted', []))}, "
+                  f"resurrected {len(led.get('resurrected', []))}, unexpected {len(led.get('unexpected', []))}",
+                  markup=False, highlight=False)
+    for e in result.errors:
+        out.print(f"run error: {mask(e)}", markup=False, highlight=False)
+    agg = result.phase_stats.get("all", {}).get("Aggregated", {})
+    out.print(f"requests: {agg.get('requests', 0)}, failures: {agg.get('failures', 0)}; "
+              f"results: {result.out_dir / 'result.json'}", markup=False, highlight=False)
+    out.print(f"report: {report}", markup=False, highlight=False)
+    return 0 if result.ok else 1
+
+
+def main() -> None:
+    """`python -m harness.load.cli`: the same options as `barbican-harness load`."""
+    import sys
+
+    import typer
+    from rich.console import Console
+
+    console = Console(stderr=True, soft_wrap=True)
+
+    def load(run_id: Optional[str] = typer.Option(None, "--run", help="Run id of an environment that is up"),
+             env_path: Optional[Path] = typer.Option(None, "--env", help="Topology to bring up (and down after)"),
+             scenario: Optional[Path] = typer.Option(None, "--scenario", help="YAML with a top-level timeline:"),
+             users: int = typer.Option(..., "--users", min=1),
+             spawn_rate: float = typer.Option(..., "--spawn-rate"),
+             duration: Optional[str] = typer.Option(None, "--duration", help="60, 90s, 2m ..."),
+             workers: int = typer.Option(0, "--workers", min=0, help="Locust workers (0: one process)"),
+             max_error_ratio: list[str] = typer.Option([], "--max-error-ratio", help="(inside:|outside:)(NAME=)RATIO"),
+             max_p95_ms: list[str] = typer.Option([], "--max-p95-ms", help="(inside:|outside:)NAME=MS"),
+             seed: Optional[int] = typer.Option(None, "--seed")) -> None:
+        try:
+            code = load_command(run_id, env_path, scenario, users, spawn_rate, duration, workers, max_error_ratio,
+                                max_p95_ms, seed=seed, console=console)
+        except HarnessError as exc:
+            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(2)
+        raise typer.Exit(code)
+
+    try:
+        typer.run(load)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Reports of a run directory (reports/runs/<run_id>/).
+
+    build_report(run_dir) -> run_dir/report.html      one self-contained page
+                              run_dir/allure-results/   environment.properties, categories.json,
+                                                        one result per threshold / ledger check
+                              run_dir/junit.xml         one testcase per load threshold
+    latest_report() -> the newest report.html
+
+Inputs: state.json (the environment), verdict.json if a scenario runner wrote one, and
+every load run under load/*/result.json (harness.load). The environment's secrets are
+registered with the redactor first and every file written goes through redact.mask.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.redact import mask
+
+REPORT = "report.html"
+
+
+def _resolve(run: str | Path) -> Path:
+    path = Path(run)
+    if (path / "state.json").is_file() or list(path.glob("load/*/result.json")):
+        return path.resolve()
+    from harness.environment import find_run_dir
+
+    return find_run_dir(run)
+
+
+def _register_secrets(run_dir: Path) -> None:
+    secrets = run_dir / "secrets.json"
+    if secrets.is_file():
+        from harness.context import EnvSecrets
+
+        try:
+            EnvSecrets.load(secrets)  # registers every password, KEK and PIN with the redactor
+        except (OSError, ValueError, TypeError):
+            pass
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def load_runs(run_dir: Path) -> list[dict]:
+    """Every load run's result.json, newest first, each with `_id` (its directory name)."""
+    out = []
+    for path in sorted(run_dir.glob("load/*/result.json"), reverse=True):
+        data = _read_json(path)
+        if isinstance(data, dict) and "params" in data:
+            data["_id"] = path.parent.name
+            data["out_dir"] = str(path.parent)
+            out.append(data)
+    return out
+
+
+def build_report(run_dir: str | Path) -> Path:
+    from harness.report import allure, page
+
+    run_dir = _resolve(run_dir)
+    _register_secrets(run_dir)
+    state = _read_json(run_dir / "state.json") or {}
+    verdict = _read_json(run_dir / "verdict.json") if (run_dir / "verdict.json").exists() else None
+    loads = load_runs(run_dir)
+    html = page.render(run_dir, state, verdict, loads)
+    out = run_dir / REPORT
+    tmp = out.with_suffix(".html.tmp")
+    tmp.write_text(mask(html))
+    tmp.replace(out)
+
+    results = run_dir / "allure-results"
+    results.mkdir(exist_ok=True)
+    facts = loads[0].get("environment", {}) if loads else _facts_from_state(state)
+    allure.write_environment(results, facts, [r["params"].get("seed") for r in loads])
+    (results / "categories.json").write_text(json.dumps(allure.categories(), indent=1))
+    run_id = state.get("run_id") or run_dir.name
+    allure.write_results(results, run_id, loads)
+    allure.write_junit(run_dir / "junit.xml", run_id, loads)
+    return out
+
+
+def _facts_from_state(state: dict) -> dict:
+    topo = state.get("topology") or {}
+    try:
+        from importlib.metadata import version
+
+        barbican_version = version("barbican")
+    except Exception:  # noqa: BLE001 - informative only
+        barbican_version = "unknown"
+    return {"run_id": state.get("run_id", ""), "topology": topo.get("name", ""), "provider": state.get("provider", ""),
+            "backends": [s.get("backend", "") for s in topo.get("stores", [])], "policy": topo.get("policy", ""),
+            "barbican_version": barbican_version, "nodes": state.get("nodes", [])}
+
+
+def latest_report(runs: str | Path | None = None) -> Path:
+    """The newest report.html under the runs directory."""
+    from harness.environment import runs_dir
+
+    base = Path(runs) if runs else runs_dir()
+    found = sorted(base.glob(f"*/{REPORT}"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise HarnessError(f"no {REPORT} under {base}: build one with `barbican-harness report RUN_ID` "
+                           f"(or run `barbican-harness load`)")
+    return found[-1]
+
+
+__all__ = ["build_report", "latest_report", "load_runs"]
