@@ -156,6 +156,9 @@ class Resp:
     content: bytes
     secret_body: bool = False  # the body may be a secret payload: never print it
 
+    def __repr__(self) -> str:  # pytest shows reprs in assertion messages: never the payload
+        return f"<Resp {self.method} {self.url} as {self.role}: {self.status}, {len(self.content)} bytes>"
+
     @property
     def text(self) -> str:
         return self.content.decode("utf-8", errors="replace")
@@ -178,7 +181,7 @@ class Resp:
     def describe(self) -> str:
         return f"{self._where()}: {self._body_for_message()}"
 
-    def expect(self, *statuses: int) -> "Resp":
+    def expect(self, *statuses: int) -> Resp:
         assert self.status in statuses, f"expected HTTP {'/'.join(map(str, statuses))}; {self.describe()}"
         return self
 
@@ -190,7 +193,7 @@ class Resp:
         ctype = self.headers.get("Content-Type", "")
         return self.json if "json" in ctype else self.content
 
-    def payload_is(self, expected: bytes, what: str = "payload") -> "Resp":
+    def payload_is(self, expected: bytes, what: str = "payload") -> Resp:
         """Assert 200 and that the body is exactly `expected`, without ever showing either (a
         failure names lengths and SHA-256 prefixes only)."""
         __tracebackhide__ = True
@@ -547,6 +550,18 @@ class Capabilities:
         if isinstance(outcome, str):
             return {"status": outcome}
         return dict(outcome)
+
+    def asymmetric_with_passphrase(self, backend: str | None = None) -> dict:
+        outcome = self.backend("asymmetric_with_passphrase", backend)
+        return {"status": outcome} if isinstance(outcome, str) else dict(outcome)
+
+    def secret_payload(self, case: str, backend: str | None = None) -> dict:
+        """How a POSTed payload case behaves on the backend: {'status': 201, 'read_back':
+        'exact' | 'pem-trailing-newline'} or {'status': 500, 'description': ...}."""
+        outcome = dict(self.backend("secret_payloads", backend).get(case) or {})
+        outcome.setdefault("status", 201)
+        outcome.setdefault("read_back", "exact")
+        return outcome
 
     def backend_reason(self, backend: str | None = None) -> str:
         return self.data["backends"][backend or self.default_backend]["reason"]

@@ -433,3 +433,5 @@ for _key, _cls in _CLASSES.items():
     _weight = int(CFG.weights.get(_key, 0))
     _cls.weight = max(_weight, 1)
     _cls.abstract = _weight <= 0
+# Locust collects every User class among the module's globals: no alias may stay behind.
+del _key, _cls, _weight

@@ -112,8 +112,8 @@ def test_other_project_user_reads_only_with_acl(http, res, entity):
     reader = "other-member"
     _read(http, entity, path, reader).denied()
     http.put(path + "/acl", json={"read": {"users": [http.user_id(reader)]}}).ok(200)
-    granted = _read(http, entity, path, reader).ok(200)
-    assert granted == _read(http, entity, path, http.writer).ok(200)
+    owner_view = _read(http, entity, path, http.writer)
+    _read(http, entity, path, reader).payload_is(owner_view.content, f"{entity} as read by {reader}")
     if entity == "secret":
         assert http.get(path, role=reader).ok(200)["secret_ref"].endswith(path)
     http.delete(path + "/acl").ok(200)
@@ -150,7 +150,7 @@ def test_project_access_false_makes_secret_private(http, res):
         pytest.skip("secure-rbac: project-a has a single member (the owner) and readers never decrypt, "
                     "so no same-project non-owner can read a non-private secret")
     path = _make(res, "secret")
-    data = _read(http, "secret", path, http.writer).ok(200)
+    data = _read(http, "secret", path, http.writer).expect(200).content
     _read(http, "secret", path, peer).payload_is(data)
     http.put(path + "/acl", json={"read": {"users": [http.user_id("other-member")], "project-access": False}}).ok(200)
     _read(http, "secret", path, peer).denied("Secret payload retrieval")

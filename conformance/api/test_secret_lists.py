@@ -17,7 +17,7 @@ FEATURE = "Secret lists"
 
 
 def _days(n: int) -> str:
-    return (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=n)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (dt.datetime.now(dt.UTC) + dt.timedelta(days=n)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # Dataset: one unique name, three creation seconds (g1 < g2 < g3), distinct attributes.
@@ -44,7 +44,8 @@ def dataset(shared_http):
             body = dict(attrs)
             if "expiration" in body:
                 body["expiration"] = _days(body["expiration"])
-            refs[key] = res.secret(name=name, payload=f"payload-{key}", payload_content_type="text/plain", **body)
+            # metadata-only: the filters are about metadata, and typed payloads differ by backend
+            refs[key] = res.secret(name=name, metadata_only=True, **body)
         docs = {k: shared_http.get(ref_path(r)).ok(200) for k, r in refs.items()}
         yield {"name": name, "refs": refs, "docs": docs, "by_ref": {r: k for k, r in refs.items()}}
     finally:

@@ -464,6 +464,14 @@ def _(ctx, actor):
                   text_is(s["payload"]))
 
 
+@op("secret-private:delete", "secrets", "delete a private secret (project-access false)", "DELETE",
+    "/v1/secrets/{id}", "secret:delete", 204, entity="secret", private=True, severity="blocker")
+def _(ctx, actor):
+    s = ctx.new_secret(acl=actor.in_acl, private=True)
+    return Result(ctx.req(actor.role, "DELETE", s["ref"], headers={"Accept": "*/*"}), empty_body,
+                  still_there(ctx, s["ref"]))
+
+
 # secret metadata ------------------------------------------------------------------------------
 @op("secret-metadata:get", "secret metadata", "list secret metadata", "GET", "/v1/secrets/{id}/metadata",
     "secret_meta:get", 200, entity="secret")

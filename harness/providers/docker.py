@@ -177,8 +177,8 @@ class Runtime:
         except docker.errors.NotFound:
             return None
 
-    def containers(self) -> list:
-        return self.client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={self.ctx.run_id}"})
+    def containers(self) -> list[dict]:
+        return _list_containers(self.client, {"label": f"{LABEL_RUN}={self.ctx.run_id}"})
 
     def run(self, service: str, image: str, argv: list[str], *, role: str, env: dict | None = None,
             ports: dict[int, int] | None = None, alias: str | None = None, volumes: dict | None = None,
@@ -253,17 +253,23 @@ class Runtime:
         return remove_labelled(self.client, self.ctx.run_id)
 
 
+def _list_containers(client, flt: dict) -> list[dict]:
+    """Containers as the list endpoint returns them (no per-container inspect, which
+    races with containers being removed meanwhile)."""
+    return client.api.containers(all=True, filters=flt)
+
+
 def remove_labelled(client, run_id: str) -> dict[str, int]:
     """Remove the containers (with their anonymous volumes), networks and volumes that
     carry `barbican-harness.run=<run_id>`. Idempotent."""
     import docker
 
     flt = {"label": f"{LABEL_RUN}={run_id}"}
-    containers = client.containers.list(all=True, filters=flt)
+    containers = _list_containers(client, flt)
 
-    def remove(c):
+    def remove(c: dict) -> None:
         try:
-            c.remove(force=True, v=True)
+            client.api.remove_container(c["Id"], force=True, v=True)
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as exc:
@@ -273,16 +279,20 @@ def remove_labelled(client, run_id: str) -> dict[str, int]:
     if containers:
         with ThreadPoolExecutor(max_workers=min(8, len(containers))) as pool:
             list(pool.map(remove, containers))
-    networks = client.networks.list(filters=flt)
+    # Containers being created in this very moment (by a process killed mid-call) show
+    # up late: look again once.
+    for c in _list_containers(client, flt):
+        remove(c)
+    networks = client.api.networks(filters=flt)
     for net in networks:
         try:
-            net.remove()
+            client.api.remove_network(net["Id"])
         except docker.errors.NotFound:
             pass
-    volumes = client.volumes.list(filters=flt)
+    volumes = client.api.volumes(filters=flt).get("Volumes") or []
     for vol in volumes:
         try:
-            vol.remove(force=True)
+            client.api.remove_volume(vol["Name"], force=True)
         except docker.errors.NotFound:
             pass
     return {"containers": len(containers), "networks": len(networks), "volumes": len(volumes)}
@@ -291,9 +301,9 @@ def remove_labelled(client, run_id: str) -> dict[str, int]:
 def labelled(client, run_id: str | None = None) -> dict[str, list[str]]:
     """Names of what carries the harness's run label (of one run, or of any run)."""
     flt = {"label": f"{LABEL_RUN}={run_id}" if run_id else LABEL_RUN}
-    return {"containers": [c.name for c in client.containers.list(all=True, filters=flt)],
-            "networks": [n.name for n in client.networks.list(filters=flt)],
-            "volumes": [v.name for v in client.volumes.list(filters=flt)]}
+    return {"containers": sorted(c["Names"][0].lstrip("/") for c in _list_containers(client, flt)),
+            "networks": sorted(n["Name"] for n in client.api.networks(filters=flt)),
+            "volumes": sorted(v["Name"] for v in client.api.volumes(filters=flt).get("Volumes") or [])}
 
 
 class ContainerProcess:
@@ -1196,7 +1206,8 @@ class DockerProvider:
 
     def __init__(self, ctx: RunContext, on_change: Callable[[], None] = lambda: None):
         self.ctx = ctx
-        self.on_change = on_change
+        self._on_change = on_change
+        self._state_lock = threading.RLock()
         topo = ctx.topology
         self.rt = Runtime(ctx)
         self.database = DockerSqlite(self.rt) if topo.database == "sqlite" else DockerMariaDB(self.rt)
@@ -1228,6 +1239,12 @@ class DockerProvider:
                       for i in range(topo.barbican.nodes)]
         self.workers = ([DockerBarbicanWorker(self.rt, self.config, self.softhsm, self.shim, self.rabbit)]
                         if topo.async_orders else [])
+
+    def on_change(self) -> None:
+        """Persist the state file; one writer at a time (services start in parallel
+        threads, and Environment.save_state writes through one fixed temporary name)."""
+        with self._state_lock:
+            self._on_change()
 
     # -- what exists ----------------------------------------------------------------------
     def services(self) -> list[ContainerService]:
@@ -1272,7 +1289,7 @@ class DockerProvider:
         creates a container only when it is gone; then it uses the same image)."""
         try:
             for c in self.rt.containers():
-                img = (c.attrs.get("Config") or {}).get("Image") or ""
+                img = c.get("Image") or ""
                 short = img.split("/", 1)[-1].split(":", 1)[0]
                 if short in images.IMAGES:
                     self.rt.images.setdefault(short, img)
