@@ -2,7 +2,7 @@
 """Is Locust the bottleneck? req/s of the store+get mix driven by Locust vs a plain
 concurrent client loop against the same Barbican: the raw ceiling on this machine.
 
-    .venv/bin/python bench/load_ceiling.py [--run RUN_ID] [--users 8] [--duration 20] [--json]
+    .venv/bin/python bench/load_ceiling.py [--run RUN_ID] [--users 8] [--duration 10] [--rounds 2] [--json]
 
 One simple-crypto environment (brought up and down here unless --run names one that is
 up). Both sides do exactly the same work with the same concurrency: POST a 32-byte
@@ -133,25 +133,42 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", help="use this environment (up) instead of bringing up simple-crypto")
     ap.add_argument("--users", type=int, default=8, help="concurrent users / threads (default 8)")
-    ap.add_argument("--duration", type=float, default=20, help="measured seconds per side (default 20)")
+    ap.add_argument("--duration", type=float, default=10, help="measured seconds per side and round (default 10)")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating plain/locust rounds (default 2)")
     ap.add_argument("--warmup", type=float, default=3, help="seconds excluded at the start of each side")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
     env = Environment.attach(args.run) if args.run else Environment.up(REPO / "environments" / "simple-crypto.yaml")
+    rounds: list[dict] = []
     try:
-        plain = plain_side(env, args.users, args.duration, args.warmup)
-        loc = locust_side(env, args.users, args.duration, args.warmup)
+        # Alternating rounds: the machine's other load drifts, and both sides see the same drift.
+        for _ in range(args.rounds):
+            plain = plain_side(env, args.users, args.duration, args.warmup)
+            loc = locust_side(env, args.users, args.duration, args.warmup)
+            rounds.append({"plain": plain, "locust": loc})
     finally:
         if not args.run:
             env.down()
+
+    def total(side: str) -> dict:
+        n = sum(r[side]["requests"] for r in rounds)
+        f = sum(r[side]["failures"] for r in rounds)
+        secs = sum(r[side]["seconds"] for r in rounds)
+        return {"requests": n, "failures": f, "seconds": secs, "rps": n / secs if secs else 0.0}
+
+    plain, loc = total("plain"), total("locust")
     ratio = loc["rps"] / plain["rps"] if plain["rps"] else 0.0
     figures = {"environment": env.ctx.topology.name, "users": args.users, "duration_s": args.duration,
+               "rounds": [{k: round(v["rps"], 1) for k, v in r.items()} for r in rounds],
                "locust": loc, "plain": plain, "ratio": round(ratio, 3), "goal": 0.9}
     if args.json:
         print(json.dumps(figures, indent=1))
     else:
-        print(f"store+get mix, {args.users} concurrent, {args.duration:g} s measured each, on {figures['environment']}")
+        print(f"store+get mix, {args.users} concurrent, {args.rounds} x {args.duration:g} s measured per side, "
+              f"on {figures['environment']}")
+        for i, r in enumerate(figures["rounds"], 1):
+            print(f"  round {i}: plain {r['plain']:.1f} req/s, locust {r['locust']:.1f} req/s")
         print(f"  plain threads : {plain['rps']:7.1f} req/s  ({plain['requests']} requests, {plain['failures']} failed)")
         print(f"  locust        : {loc['rps']:7.1f} req/s  ({loc['requests']} requests, {loc['failures']} failed)")
         print(f"  ratio locust/plain = {ratio:.2f}  (goal >= 0.9)")

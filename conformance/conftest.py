@@ -475,7 +475,9 @@ class Resources:
         # containers before secrets (a container keeps references), orders last is fine either way
         order = {"consumer": 0, "container": 1, "order": 2, "secret": 3, "transport_key": 4}
         seen = set()
-        for item in sorted(reversed(self.created), key=lambda c: order.get(c.kind, 9)):
+        newest_first = list(reversed(self.created))
+        newest_first.sort(key=lambda c: order.get(c.kind, 9))  # stable: newest first within a kind
+        for item in newest_first:
             if (item.kind, item.ref) in seen:
                 continue
             seen.add((item.kind, item.ref))

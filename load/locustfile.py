@@ -20,8 +20,8 @@ Users (weights from the configuration; 0 disables a class):
 Every secret created or deleted goes through the integrity ledger (one JSONL file per
 Locust process). A create is recorded as 'unknown' before it is sent and completed with
 'ok' / 'failed' (HTTP answer) / 'unknown' (no answer): a process killed mid-request leaves
-the honest 'unknown'. Requests go round-robin over every API node (each user starts at a
-seeded random node). Every request is counted per second in harness.load.series.
+the honest 'unknown'. Requests go round-robin over every API node (one rotation per Locust
+process, as behind a load balancer; reads that check a write go to another node). Every request is counted per second in harness.load.series.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ MICROVERSION_1_1 = {"OpenStack-API-Version": "key-manager 1.1"}
 # keep-alive.
 CONNECTION = {} if CFG.keepalive else {"Connection": "close"}
 _user_numbers = itertools.count()
+_round_robin = itertools.count(random.Random(CFG.seed).randrange(len(CFG.nodes)))
 
 
 # -- statistics and lifecycle ------------------------------------------------------------
@@ -180,19 +181,34 @@ class BarbicanUser(FastHttpUser):
         runner = self.environment.runner
         worker = getattr(runner, "worker_index", 0) if isinstance(runner, WorkerRunner) else 0
         self.rng = random.Random(f"{CFG.seed}:{worker}:{type(self).__name__}:{next(_user_numbers)}")
-        self._node_i = self.rng.randrange(len(CFG.nodes))
 
     def node(self) -> Node:
-        self._node_i = (self._node_i + 1) % len(CFG.nodes)
-        return CFG.nodes[self._node_i]
+        """The next API node, round-robin over every request of this process (what a
+        load balancer in front of the nodes does)."""
+        return CFG.nodes[next(_round_robin) % len(CFG.nodes)]
+
+    @staticmethod
+    def other(node: Node) -> Node:
+        """Another node than `node`: reads that must cross nodes."""
+        i = CFG.nodes.index(node)
+        return CFG.nodes[(i + 1) % len(CFG.nodes)]
 
     @property
     def role(self) -> str:
         return CFG.roles[self.role_key]
 
     def _hang_up(self) -> None:
-        if not CFG.keepalive:
-            self.client.client.clientpool.close()
+        """Close this user's idle connections (keeping its HTTP clients and their pools)."""
+        if CFG.keepalive:
+            return
+        pool = self.client.client.clientpool
+        try:
+            for http_client in pool.clients.values():
+                queue = http_client._connection_pool._socket_queue
+                while not queue.empty():
+                    queue.get(block=False).close()
+        except AttributeError:  # another geventhttpclient layout: drop the clients altogether
+            pool.close()
 
     def _post_token(self, url: str, body: dict):
         try:
@@ -251,8 +267,8 @@ class BarbicanUser(FastHttpUser):
             exception=Exception(error) if error else None, start_time=started)
 
     # -- ledger-aware operations --------------------------------------------------------------
-    def store(self, kind: str, payload: bytes, req_name: str, **fields) -> tuple[str, str | None]:
-        """POST a secret with a unique ledger name; returns (name, ref or None)."""
+    def store(self, kind: str, payload: bytes, req_name: str, **fields) -> tuple[str, str | None, Node]:
+        """POST a secret with a unique ledger name; returns (name, ref or None, node)."""
         name = LEDGER.new_name(kind)
         node = self.node()
         secret_type = fields.get("secret_type", "opaque")
@@ -271,7 +287,7 @@ class BarbicanUser(FastHttpUser):
         outcome = "ok" if ref else ("unknown" if r.ok else r.outcome)  # 201 without a ref: unknown
         LEDGER.created(name, payload, self.role, node.name, outcome, ref=ref, secret_type=secret_type,
                        error=r.error, tags=["load"])
-        return name, ref
+        return name, ref, node
 
     def delete(self, ref: str, name: str, req_name: str) -> None:
         """DELETE until the answer is definite: an unanswered delete (node killed mid-request)
@@ -357,10 +373,10 @@ class SecretCrud(BarbicanUser):
     @task
     def crud(self):
         payload = self.rng.randbytes(48)
-        name, ref = self.store("load", payload, "secret.create")
+        name, ref, node = self.store("load", payload, "secret.create")
         if ref is None:
             return
-        self.call("GET", on_node(ref, self.node()) + "/payload", "secret.get_payload", headers=OCTET,
+        self.call("GET", on_node(ref, self.other(node)) + "/payload", "secret.get_payload", headers=OCTET,
                   check=expect_sha(sha256(payload)))
         meta = {"metadata": {"purpose": "load", "tenant-tag": name[-6:]}}
         self.call("PUT", on_node(ref, self.node()) + "/metadata", "secret.put_metadata", expect=(201,), json=meta)
@@ -421,9 +437,9 @@ class StoreGet(BarbicanUser):
     @task
     def store_get(self):
         payload = self.rng.randbytes(32)
-        _, ref = self.store("ceiling", payload, "secret.create")
+        _, ref, node = self.store("ceiling", payload, "secret.create")
         if ref is not None:
-            self.call("GET", on_node(ref, self.node()) + "/payload", "secret.get_payload", headers=OCTET,
+            self.call("GET", on_node(ref, self.other(node)) + "/payload", "secret.get_payload", headers=OCTET,
                       check=expect_sha(sha256(payload)))
 
 

@@ -365,8 +365,8 @@ FUTURE = "2100-01-01T00:00:00Z"
 INVALID_BODIES = {
     "past-expiration": ({"expiration": "2000-01-01T00:00:00Z"}, "'expiration' is before current time"),
     "bad-expiration": ({"expiration": "not-a-date"}, "Invalid date for 'expiration'"),
-    "bad-secret-type": ({"secret_type": "bogus"}, "'bogus' is not one of ['symmetric', 'passphrase', 'private', "
-                                                  "'public', 'certificate', 'opaque']"),
+    "bad-secret-type": ({"secret_type": "bogus"}, ("'bogus' is not one of ['symmetric', 'passphrase', 'private', "
+                                                   "'public', 'certificate', 'opaque']")),
     "bit-length-zero": ({"bit_length": 0}, "0 is less than the minimum of 1"),
     "bit-length-string": ({"bit_length": "x"}, "'x' is not of type 'integer'"),
     "bit-length-too-big": ({"bit_length": 32768}, "32768 is greater than the maximum of 32767"),
@@ -378,8 +378,8 @@ INVALID_BODIES = {
     "content-type-without-payload": ({"payload_content_type": "text/plain"},
                                      "payload must be provided when payload_content_type is specified"),
     "unsupported-content-type": ({"payload": "abc", "payload_content_type": "text/foo"},
-                                 "payload_content_type is not one of ['text/plain', 'text/plain;charset=utf-8', "
-                                 "'text/plain; charset=utf-8', 'application/octet-stream', 'application/pkcs8']"),
+                                 ("payload_content_type is not one of ['text/plain', 'text/plain;charset=utf-8', "
+                                  "'text/plain; charset=utf-8', 'application/octet-stream', 'application/pkcs8']")),
     "unsupported-charset": ({"payload": "abc", "payload_content_type": "text/plain; charset=latin-1"},
                             "payload_content_type is not one of"),
     "aes-content-type": ({"payload": "YWJj", "payload_content_type": "application/aes",

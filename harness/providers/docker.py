@@ -84,20 +84,26 @@ def _name(run_id: str, service: str) -> str:
 
 
 def _bind_any(text: str) -> str:
-    """uWSGI/RabbitMQ templates bind 127.0.0.1 (right for the local provider); in a
-    container the service must listen on the container's interface to be reachable."""
-    text = re.sub(r"(?m)^(http11-socket\s*=\s*)127\.0\.0\.1:", r"\g<1>0.0.0.0:", text)
+    """The uWSGI and RabbitMQ templates bind 127.0.0.1 (right for the local provider); in
+    a container the service must listen on the container's interface to be reachable.
+    (Once the templates take a `bind` value, which the calls below already pass, this
+    finds nothing left to rewrite.)"""
+    text = re.sub(r"(?m)^([\w-]*socket\s*=\s*)127\.0\.0\.1:", r"\g<1>0.0.0.0:", text)
     return re.sub(r"(?m)^(listeners\.tcp\.default\s*=\s*)127\.0\.0\.1:\d+", rf"\g<1>{AMQP_PORT}", text)
 
 
-def _render_for_container(ctx: RunContext, template: str, dest: Path, **values) -> Path:
-    ctx.render(template, dest, **values)
+def _render_for_container(ctx: RunContext, template: str, dest: Path, *, must_contain: str, **values) -> Path:
+    ctx.render(template, dest, bind="0.0.0.0", **values)
     text = dest.read_text()
     patched = _bind_any(text)
     if patched != text:
         fd = os.open(dest, os.O_WRONLY | os.O_TRUNC)
         with os.fdopen(fd, "w") as f:
             f.write(patched)
+    if not re.search(must_contain, patched, re.M):
+        raise HarnessError(f"harness/templates/{template} no longer renders a line matching {must_contain!r} "
+                           "for a container (it must listen on 0.0.0.0, not only 127.0.0.1): "
+                           "harness/providers/docker.py _bind_any needs updating")
     return dest
 
 
@@ -680,6 +686,7 @@ class DockerKeystone(ContainerService):
                         db_url=DatabaseInside(self.database).url("keystone"),
                         fernet_dir=self.dir / "fernet-keys", credential_dir=self.dir / "credential-keys")
         _render_for_container(self.ctx, "uwsgi.ini.j2", self.dir / "uwsgi.ini", port=KEYSTONE_PORT,
+                              must_contain=rf"^[\w-]*socket\s*=\s*(0\.0\.0\.0)?:{KEYSTONE_PORT}\s*$",
                               module="harness.wsgi.keystone_api:application", processes=1, threads=8,
                               procname=f"keystone-{self.ctx.run_id}")
 
@@ -893,12 +900,35 @@ class DockerKmip(ContainerService):
         return ["pykmip-server", "-f", str(self.local._p("server.conf")),
                 "-l", str(self.ctx.logs_dir / "kmip-server.log")]
 
+    def _listening(self) -> bool | None:
+        """Whether the server listens, from the container's own /proc/net/tcp (its network
+        namespace), so that the probe does not hit a server that is not up yet (PyKMIP's
+        client logs every refused or reset connection as an error). None: cannot tell."""
+        rec = self.record()
+        if rec is None:
+            return None
+        want = f":{KMIP_PORT:04X}"
+        try:
+            for table in ("tcp", "tcp6"):
+                with open(f"/proc/{rec.pid}/net/{table}") as f:
+                    for line in f.readlines()[1:]:
+                        fields = line.split()
+                        if fields[1].endswith(want) and fields[3] == "0A":  # LISTEN
+                            return True
+        except OSError:
+            return None
+        return False
+
     def wait_healthy(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:
             if self._exited():
                 raise self.fail("pykmip-server exited")
+            if self._listening() is False:
+                last = "not listening yet"
+                time.sleep(0.2)
+                continue
             try:
                 self.local.probe(timeout=min(5.0, max(1.0, deadline - time.monotonic())))
                 return
@@ -951,6 +981,7 @@ class DockerRabbit(ContainerService):
         self.local.prepare()
         conf = self.local.dir / "rabbitmq.conf"
         _render_for_container(self.ctx, "rabbitmq-broker.conf.j2", conf,
+                              must_contain=rf"^listeners\.tcp\.default\s*=\s*(0\.0\.0\.0:)?{AMQP_PORT}\s*$",
                               amqp_port=AMQP_PORT, user="barbican", password=self.ctx.secrets.rabbit_password,
                               log_file=str(self.local.dir / "log" / "rabbit.log"))
 
@@ -1118,6 +1149,7 @@ class DockerBarbicanNode(ContainerService):
         self.config.render(self.home, self.name, self.url, self.overrides)
         spec = self.ctx.topology.barbican
         _render_for_container(self.ctx, "uwsgi.ini.j2", self.home / "uwsgi.ini", port=BARBICAN_PORT,
+                              must_contain=rf"^[\w-]*socket\s*=\s*(0\.0\.0\.0)?:{BARBICAN_PORT}\s*$",
                               module="harness.wsgi.barbican_api:application", processes=spec.processes,
                               threads=spec.threads, procname=f"{self.name}-{self.ctx.run_id}")
 

@@ -202,13 +202,15 @@ class Diagnoser:
         except Exception as exc:  # noqa: BLE001
             return type(exc).__name__, None
 
-    def _new_token_request(self, node, sess) -> str:
+    def _new_token_request(self, node, sess) -> tuple[str, float]:
         """A request with a token this node has never validated (a new client)."""
+        start = time.monotonic()
         try:
             r = sess.get(node.url + "/v1/secrets", params={"limit": 1}, raise_exc=False, timeout=HTTP_TIMEOUT)
-            return str(r.status_code)
+            status = str(r.status_code)
         except Exception as exc:  # noqa: BLE001
-            return type(exc).__name__
+            status = type(exc).__name__
+        return status, round(time.monotonic() - start, 3)
 
     def _tls(self, node) -> list[dict]:
         failed = []
@@ -277,7 +279,7 @@ class Diagnoser:
             p: dict = {"reachable": self._reachable(node)}
             if p["reachable"] == "yes":
                 if new_session is not None:
-                    p["new_token"] = self._new_token_request(node, new_session)
+                    p["new_token"], p["new_token_s"] = self._new_token_request(node, new_session)
                 p["canary"] = self._canary(node, self.role)
                 # A 503 means Keystone is the problem: a second canary would only wait again.
                 if self._fresh_role and p["canary"].get("store") != "503":
@@ -437,6 +439,12 @@ def classify(probes: dict, log_lines: list[tuple[str, str]]) -> Verdict:
         evidence.append(f"probe order: {order} after 4 s")
         return verdict("orders_stalled", "new_operations_only", [])
     slow = [n for n in up if nodes[n]["canary"].get("seconds", 0) > SLOW_PAIR_S]
+    slow_auth = [n for n in up if nodes[n].get("new_token_s", 0) > SLOW_PAIR_S]
+    if slow_auth and not slow and not reinit:
+        for n in slow_auth:
+            evidence.append(f"probe {n}: a new token took {nodes[n]['new_token_s']} s to be accepted "
+                            "(token validation against Keystone is slow)")
+        return verdict("backend_degraded", "none", slow_auth)
     if slow or reinit:
         for n in slow:
             evidence.append(f"probe {n}: canary store+get took {nodes[n]['canary']['seconds']} s")
