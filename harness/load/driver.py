@@ -156,7 +156,8 @@ def run_load(env, users: int, spawn_rate: float, duration: float, workers: int =
 
     shim = getattr(env.provider, "shim", None)
     sampler = HsmSampler(shim.control) if shim is not None else None
-    procs = LocustProcesses(out, env.ctx.environ(**{CONFIG_ENV: str(config_path)}), users=users,
+    # Node URLs are IP literals: resolve them in-line rather than through gevent's thread pool.
+    procs = LocustProcesses(out, env.ctx.environ(**{CONFIG_ENV: str(config_path), "GEVENT_RESOLVER": "block"}), users=users,
                             spawn_rate=spawn_rate, host=env.nodes[0].url, workers=workers,
                             stop_timeout=stop_timeout)
     timeline: TimelineRunner | None = None

@@ -573,7 +573,8 @@ class DockerMariaDB(ContainerService):
                 f"--port={DB_PORT}", "--bind-address=0.0.0.0", "--socket=/run/mysqld/mysqld.sock",
                 f"--init-file={self.dir / 'init.sql'}", f"--log-error={self.ctx.logs_dir / 'mariadb-error.log'}",
                 "--skip-name-resolve", "--innodb-buffer-pool-size=64M", "--max-connections=500",
-                "--character-set-server=utf8mb4", "--innodb-flush-log-at-trx-commit=2"]
+                "--character-set-server=utf8mb4", "--innodb-flush-log-at-trx-commit=2",
+                "--innodb-log-file-size=16M"]
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
         import pymysql
