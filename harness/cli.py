@@ -135,18 +135,27 @@ def campaign(profile: str = typer.Option("quick", help="quick or full")) -> None
 
     try:
         with RichProgress(console) as progress:
-            ok, out_dir, results = run_campaign(profile, progress)
+            result = run_campaign(profile, progress)
     except HarnessError as exc:
         _fail(exc)
-    table = Table(title=f"campaign ({profile})")
-    for col in ("environment", "result", "up (s)", "checks / error"):
+    table = Table(title=f"campaign ({profile}): incidents")
+    for col in ("incident", "expected", "observed", "outage or data loss", "evidence", "result"):
         table.add_column(col)
-    for r in results:
-        table.add_row(r.environment, "[green]PASS[/green]" if r.passed else "[red]FAIL[/red]",
-                      f"{r.up_seconds:.1f}", f"{len(r.checks)} round trips" if r.passed else r.error)
+    for i in result.incidents:
+        exp = i["expected"] or {}
+        table.add_row(i["incident"], f"{exp.get('category', '-')} / {exp.get('blast_radius', '-')}",
+                      f"{i['observed'].get('category')} / {i['observed'].get('blast_radius')}",
+                      str(i["outage_or_data_loss"]), (i["evidence"] or [""])[0][:80],
+                      "[green]PASS[/green]" if i["passed"] else "[red]FAIL[/red]")
     out.print(table)
-    out.print(f"results: {out_dir / 'campaign.json'}")
-    raise typer.Exit(0 if ok else 1)
+    for name, rt in result.round_trips.items():
+        out.print(f"{name}: round trips {rt}; conformance {result.conformance.get(name, {}).get('summary', '-')}")
+    if result.load:
+        out.print(f"load: {json.dumps(result.load)[:300]}")
+    for failure in result.failures:
+        out.print(f"[red]FAIL[/red] {failure}", markup=True, highlight=False)
+    out.print(f"results: {Path(result.run_dir) / 'campaign.json'}" + (f"\nreport: {result.report}" if result.report else ""))
+    raise typer.Exit(0 if result.passed else 1)
 
 
 fault_app = typer.Typer(help="Inject and heal faults on a running environment.", no_args_is_help=True)

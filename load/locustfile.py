@@ -33,13 +33,13 @@ import time
 import uuid
 
 import gevent
+from loadsupport import LoadConfig, Node, TokenCache, on_node
 from locust import FastHttpUser, between, events, task
 from locust.runners import WORKER_REPORT_INTERVAL, MasterRunner, WorkerRunner
 from locust.stats import CSV_STATS_INTERVAL_SEC
 
 from harness.ledger import Ledger, sha256
 from harness.load.series import SeriesRecorder, error_class
-from loadsupport import LoadConfig, Node, TokenCache, on_node
 
 CFG = LoadConfig.from_env()
 LEDGER = Ledger(CFG.ledger_dir)

@@ -307,19 +307,17 @@ def read_locust_stats(path: Path) -> list[dict]:
     """Locust's merged totals (the master's, in distributed mode)."""
     if not path.exists():
         return []
-    rows = []
+    def num(row: dict, key: str) -> float | None:
+        try:
+            return float(row.get(key) or 0)
+        except ValueError:
+            return None  # Locust writes "N/A" for percentiles it has no data for
+
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            def num(key):
-                try:
-                    return float(row.get(key) or 0)
-                except ValueError:
-                    return None
-            rows.append({"type": row.get("Type", ""), "name": row.get("Name", ""),
-                         "requests": int(num("Request Count") or 0), "failures": int(num("Failure Count") or 0),
-                         "median_ms": num("Median Response Time"), "avg_ms": num("Average Response Time"),
-                         "p95_ms": num("95%"), "rps": num("Requests/s")})
-    return rows
+        return [{"type": row.get("Type", ""), "name": row.get("Name", ""),
+                 "requests": int(num(row, "Request Count") or 0), "failures": int(num(row, "Failure Count") or 0),
+                 "median_ms": num(row, "Median Response Time"), "avg_ms": num(row, "Average Response Time"),
+                 "p95_ms": num(row, "95%"), "rps": num(row, "Requests/s")} for row in csv.DictReader(f)]
 
 
 def read_locust_failures(path: Path) -> list[dict]:

@@ -45,7 +45,7 @@ class HsmSampler(threading.Thread):
     def result(self) -> dict:
         if not self.samples:
             return {"functions": {}, "samples": [], "error": self.error}
-        t0, first = self.samples[0]
+        _, first = self.samples[0]
         _, last = self.samples[-1]
         functions = {}
         for fn, (calls, errors, injected, total_ns) in last.items():
