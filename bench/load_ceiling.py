@@ -28,6 +28,7 @@ import hashlib
 import http.client
 import json
 import os
+import resource
 import sys
 import threading
 import time
@@ -37,16 +38,51 @@ from urllib.parse import urlsplit
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import psutil  # noqa: E402
+
 from harness.environment import Environment  # noqa: E402
 from harness.ledger import Ledger  # noqa: E402
 from harness.load.driver import run_load  # noqa: E402
 from harness.load.series import Series  # noqa: E402
 
 
+def _cpu(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+class ChildCpu(threading.Thread):
+    """CPU seconds the Locust process spends in the measured window (its start-up excluded)."""
+
+    def __init__(self, started_file: Path, warmup: float, duration: float):
+        super().__init__(daemon=True)
+        self.started_file, self.warmup, self.duration = started_file, warmup, duration
+        self.cpu: float | None = None
+
+    def run(self) -> None:
+        deadline = time.time() + 120
+        while not self.started_file.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        try:
+            started = float(self.started_file.read_text())
+            child = next(p for p in psutil.Process().children(recursive=True) if "locust" in " ".join(p.cmdline()))
+            time.sleep(max(0.0, started + self.warmup - time.time()))
+            a = child.cpu_times()
+            time.sleep(max(0.0, started + self.warmup + self.duration - time.time()))
+            b = child.cpu_times()
+            self.cpu = (b.user + b.system) - (a.user + a.system)
+        except (OSError, ValueError, StopIteration, psutil.Error):
+            self.cpu = None
+
+
 def locust_side(env, users: int, duration: float, warmup: float) -> dict:
+    out_dir = Path(env.run_dir) / "load" / f"ceiling-locust-{time.strftime('%H%M%S')}-{os.getpid()}"
+    meter = ChildCpu(out_dir / "started", warmup, duration)
+    meter.start()
     result = run_load(env, users=users, spawn_rate=max(users, 1) * 10, duration=duration + warmup, seed=1,
                       weights={"octavia": 0, "luks": 0, "crud": 0, "orders": 0, "store_get": 1}, wait=(0, 0),
-                      fixtures=(0, 0), check_ledger=False)
+                      fixtures=(0, 0), check_ledger=False, out_dir=out_dir)
+    meter.join(timeout=10)
     series = Series.load(result.out_dir / "series")
     start = result.started_wall + warmup
     secs = [s for s in series.seconds if start <= s < start + duration]
@@ -55,6 +91,7 @@ def locust_side(env, users: int, duration: float, warmup: float) -> dict:
         cell = series.merged(name, secs)
         n, f = n + cell.n, f + cell.f
     return {"requests": n, "failures": f, "seconds": len(secs), "rps": n / max(len(secs), 1),
+            "cpu_ms_per_request": 1000 * meter.cpu / max(n, 1) if meter.cpu is not None else float("nan"),
             "out_dir": str(result.out_dir), "errors": result.errors}
 
 
@@ -122,11 +159,16 @@ def plain_side(env, users: int, duration: float, warmup: float) -> dict:
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(users)]
     for t in threads:
         t.start()
+    time.sleep(max(0.0, start - time.time()))
+    cpu0 = _cpu(resource.RUSAGE_SELF)
+    time.sleep(max(0.0, stop - time.time()))
+    cpu = _cpu(resource.RUSAGE_SELF) - cpu0
     for t in threads:
-        t.join(timeout=duration + warmup + 60)
+        t.join(timeout=60)
     n = sum(c[0] for c in counts.values())
     f = sum(c[1] for c in counts.values())
-    return {"requests": n, "failures": f, "seconds": duration, "rps": n / duration}
+    return {"requests": n, "failures": f, "seconds": duration, "rps": n / duration,
+            "cpu_ms_per_request": 1000 * cpu / max(n, 1)}
 
 
 def main() -> int:
@@ -155,7 +197,9 @@ def main() -> int:
         n = sum(r[side]["requests"] for r in rounds)
         f = sum(r[side]["failures"] for r in rounds)
         secs = sum(r[side]["seconds"] for r in rounds)
-        return {"requests": n, "failures": f, "seconds": secs, "rps": n / secs if secs else 0.0}
+        cpu = sum(r[side]["cpu_ms_per_request"] for r in rounds) / len(rounds)
+        return {"requests": n, "failures": f, "seconds": secs, "rps": n / secs if secs else 0.0,
+                "cpu_ms_per_request": round(cpu, 3)}
 
     plain, loc = total("plain"), total("locust")
     ratio = loc["rps"] / plain["rps"] if plain["rps"] else 0.0
@@ -169,8 +213,9 @@ def main() -> int:
               f"on {figures['environment']}")
         for i, r in enumerate(figures["rounds"], 1):
             print(f"  round {i}: plain {r['plain']:.1f} req/s, locust {r['locust']:.1f} req/s")
-        print(f"  plain threads : {plain['rps']:7.1f} req/s  ({plain['requests']} requests, {plain['failures']} failed)")
-        print(f"  locust        : {loc['rps']:7.1f} req/s  ({loc['requests']} requests, {loc['failures']} failed)")
+        for label, side in (("plain threads", plain), ("locust       ", loc)):
+            print(f"  {label} : {side['rps']:7.1f} req/s  ({side['requests']} requests, {side['failures']} failed; "
+                  f"client CPU {side['cpu_ms_per_request']:.2f} ms/request)")
         print(f"  ratio locust/plain = {ratio:.2f}  (goal >= 0.9)")
     return 0
 

@@ -16,14 +16,18 @@ Every conformance test takes the session-scoped ``target`` fixture:
 Helpers (fixtures)
 ------------------
 ``http``   raw HTTP as any seeded role (``http.get("/v1/secrets", role="reader")``) returning
-           ``Resp`` objects with status/body assertions (``resp.ok(200)``, ``resp.error(404, "...")``).
-``res``    creates secrets/containers/orders/consumers/ACLs with unique names and deletes them
-           at teardown, even when the test failed (orders as the project admin: the legacy policy
-           lets only a project admin delete orders).
+           ``Resp`` objects with status/body assertions (``resp.ok(200)``, ``resp.error(404, "...")``,
+           ``resp.denied()``, ``resp.payload_is(b"...")``). One connection per request (see
+           ``Http.request`` for what kept-alive connections did under uWSGI http11-socket).
+``res``    creates secrets/containers/orders (and tracks what orders generate) with unique names
+           and deletes them at teardown, even when the test failed — as the project admin where
+           there is one (the legacy policy lets only a project admin delete orders).
 ``caps``   per-backend / per-server capability data (conformance/capabilities.yaml), with reasons.
 ``uname``  a unique name factory.
+``shared_http`` / ``shared_caps``: session-scoped versions for module-scoped fixtures.
 
-Secret payloads are never printed: bodies of payload responses are left out of failure messages.
+Secret payloads are never printed: bodies of payload responses are left out of failure messages
+and ``Resp`` reprs, and ``payload_is`` reports lengths and hash prefixes only.
 """
 
 from __future__ import annotations
@@ -289,11 +293,12 @@ class Http:
             token = self.target.session(role).get_token()
         if token is not None:
             headers["X-Auth-Token"] = token
-        # One connection per request, closed after it. Measured with the harness's uWSGI
-        # (http11-socket, threads=4): every idle keep-alive connection holds one of the 4 cores
-        # until the 4 s socket timeout, so a client with sessions for 4+ roles stalls ~4 s on its
-        # next new connection; and a connection on which Barbican answered without reading the
-        # body (403/404/415 before load_body) is often reset on its next request.
+        # One connection per request, closed after it. Measured with the harness's former uWSGI
+        # config (http11-socket, threads=4; now one request per connection, commit b10edbc): each
+        # idle keep-alive connection held one of the 4 threads until the 4 s socket timeout, so a
+        # client with sessions for 4+ roles stalled ~4 s on its next connection, and a connection
+        # on which Barbican answered without reading the body (403/404/415 before load_body) was
+        # often reset on its next request. Kept so any target (a cloud too) behaves the same.
         headers.setdefault("Connection", "close")
         if json is not None:
             headers.setdefault("Content-Type", "application/json")

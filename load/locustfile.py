@@ -26,6 +26,13 @@ process, as behind a load balancer; reads that check a write go to another node)
 
 from __future__ import annotations
 
+# Locust first: importing it monkey-patches the process with gevent, before anything
+# else creates locks, sockets or threads.
+from locust import FastHttpUser, between, events, task
+from locust.runners import WORKER_REPORT_INTERVAL, MasterRunner, WorkerRunner
+from locust.stats import CSV_STATS_INTERVAL_SEC
+
+# isort: split
 import base64
 import itertools
 import random
@@ -34,9 +41,6 @@ import uuid
 
 import gevent
 from loadsupport import LoadConfig, Node, TokenCache, on_node
-from locust import FastHttpUser, between, events, task
-from locust.runners import WORKER_REPORT_INTERVAL, MasterRunner, WorkerRunner
-from locust.stats import CSV_STATS_INTERVAL_SEC
 
 from harness.ledger import Ledger, sha256
 from harness.load.series import SeriesRecorder, error_class

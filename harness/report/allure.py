@@ -30,14 +30,18 @@ _LOAD_PATTERNS: list[tuple[str, list[str], list[str]]] = [
      [r"CKR_[A-Z_]+", r"hsm_token_absent", r"hsm_error", r"hsm_session_exhaustion", r"hsm_wrong_pin",
       r"creation failure seen"]),
     ("hsm_degraded", ["failed", "broken"], [r"max-p95-ms.*inside fault windows \([^)]*hsm_latency"]),
+    ("backend_degraded", ["failed", "broken"],
+     [r"max-p95-ms.*inside fault windows \([^)]*(db_latency|keystone_latency|kmip_latency)"]),
     ("acl_permission", ["failed", "broken"], [r"HTTP 403", r"Forbidden", r"acl_removal", r"not allowed"]),
     ("expiration", ["failed", "broken"], [r"expir", r"secret_expiry"]),
-    ("auth_outage", ["failed", "broken"], [r"HTTP 401", r"keystone\.token", r"no_token", r"keystone_down",
-                                           r"keystone_slow"]),
-    ("orders_stalled", ["failed", "broken"], [r"orders_stalled", r"order_error", r"worker_down", r"queue_down"]),
+    ("consumed_secret_missing", ["failed", "broken"], [r"consumer_in_use_delete", r"container_member_deleted"]),
+    ("auth_outage", ["failed", "broken"], [r"HTTP 401", r"keystone\.token", r"no_token", r"keystone_outage",
+                                           r"keystone_latency"]),
+    ("orders_stalled", ["failed", "broken"], [r"orders_stalled", r"order_error", r"worker_down", r"queue_outage"]),
+    ("node_down", ["failed", "broken"], [r"node_kill", r"node_pause", r"ConnectionRefusedError"]),
     ("backend_outage", ["failed", "broken"],
-     [r"HTTP 5\d\d", r"ConnectionRefusedError", r"ConnectionResetError", r"TimeoutError", r"node_kill",
-      r"node_pause", r"db_down", r"db_slow", r"kmip_down", r"OperationalError"]),
+     [r"HTTP 5\d\d", r"ConnectionResetError", r"TimeoutError", r"db_outage", r"db_latency", r"kmip_outage",
+      r"OperationalError"]),
 ]
 
 

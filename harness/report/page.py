@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from html import escape
 from pathlib import Path
 
@@ -273,7 +274,9 @@ def thresholds_table(r: dict) -> str:
         return '<h3>Thresholds</h3><p class="muted">No threshold configured.</p>'
     rows, checks = [], []
     for v in vs:
-        rows.append([v["threshold"]["label"], _ok(v["passed"]), v["message"]])
+        lines = [re.sub(r"^threshold '[^']*' breached by ", "", c["message"]) for c in v["checks"] if not c["passed"]]
+        shown = "\n".join(lines[:8]) + (f"\n(and {len(lines) - 8} more)" if len(lines) > 8 else "")
+        rows.append([v["threshold"]["label"], _ok(v["passed"]), shown or v["message"]])
         for c in v["checks"]:
             measured = c["measured"]
             shown = "no requests" if measured is None else (
