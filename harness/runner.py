@@ -170,6 +170,13 @@ def _run(scenario: Scenario, env, run_dir: Path, result: ScenarioResult, timelin
             after = diag.diagnose(orders=orders)
         result.after_heal = _brief(after)
         timeline.append({"t": round(time.monotonic() - t0, 2), "kind": "after_heal", "verdict": result.after_heal})
+        if after.category != "healthy":
+            # Recorded above as the finding; restart the API nodes so that the next
+            # scenario sharing this environment starts from a healthy one.
+            for node in env.nodes:
+                env.provider.restart_node(node.name, None)
+            timeline.append({"t": round(time.monotonic() - t0, 2), "kind": "recovery",
+                             "action": "restarted every API node after an unhealthy settle"})
         if scenario.load.writers:
             writers.join(timeout=30)
         check = LedgerChecker(ledger, env).check()

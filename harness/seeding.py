@@ -48,8 +48,11 @@ def seed(env, ledger: Ledger, secrets: int, tls_containers: int, luks_keys: int)
         out.known.sentinels.append({"role": role, "ref": ref})
         return ref
 
+    # PyKMIP parses private/public keys and certificates: the KMIP store gets the types
+    # whose payloads are opaque bytes (the seeded PEM blobs are not real keys).
+    types = _TYPES[:3] if env.backends[0] == "kmip" else _TYPES
     for i in range(secrets):
-        secret_type, extra, make = _TYPES[i % len(_TYPES)]
+        secret_type, extra, make = types[i % len(types)]
         out.refs["secret"].append(store(writers[i % 2], nodes[i % len(nodes)], make(), tags=["secret"],
                                         secret_type=secret_type, **extra))
     service_user = env.session("service").get_user_id()

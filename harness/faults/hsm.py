@@ -63,6 +63,10 @@ class ErrorParams(Params):
     code: str = "CKR_DEVICE_ERROR"
     probability: float = Field(1.0, ge=0, le=1)
     count: int | None = Field(None, ge=1)
+    # What an operator does after an HSM outage. Needed with Barbican 23: concurrent
+    # requests re-initialising the library at once can leave a node with no PKCS#11
+    # session ("TypeError: an integer is required" on every request) until it restarts.
+    restart_nodes_on_heal: bool = False
 
 
 class HsmError(_ShimFault):
@@ -78,6 +82,12 @@ class HsmError(_ShimFault):
     def rules(self):
         p = self.params
         return [shim.Rule(fn=p.function, rv=p.code, probability=p.probability, count=p.count)]
+
+    def heal(self, env, undo: dict[str, Any]) -> None:
+        super().heal(env, undo)
+        if self.params.restart_nodes_on_heal:
+            for node in env.nodes:
+                env.provider.restart_node(node.name, None)
 
 
 class HsmTokenAbsent(_ShimFault):
