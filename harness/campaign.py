@@ -162,9 +162,9 @@ def _load(envs: dict, spec: dict, out_dir: Path, progress) -> dict:
     events = [TimelineEvent(e["at"], e["fault"], e.get("params", {}), e.get("heal_at")) for e in spec["timeline"]]
     with progress.step(f"load: {spec['users']} users for {spec['duration']} s on {spec['environment']}"):
         res = run_load(env, users=spec["users"], spawn_rate=spec["spawn_rate"], duration=spec["duration"],
-                       timeline_events=events, out_dir=out_dir / "load")
-    summary = res.to_dict() if hasattr(res, "to_dict") else dict(res)
-    return {"summary": summary, "failures": list(summary.get("breaches", []) or [])}
+                       timeline_events=events, out_dir=out_dir / "load", progress=progress)
+    summary = res.to_dict()
+    return {"summary": summary, "failures": list(summary.get("failures", []) or [])}
 
 
 def _report(out_dir: Path) -> str | None:

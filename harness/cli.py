@@ -330,6 +330,40 @@ def diagnose(run_id: Optional[str] = typer.Option(None, "--run", help="An enviro
         out.print(f"  - {line}", markup=False)
 
 
+@app.command()
+def load(run_id: Optional[str] = typer.Option(None, "--run", help="Run id of an environment that is up"),
+         env_path: Optional[Path] = typer.Option(None, "--env", help="Topology to bring up for this load (down after)"),
+         scenario: Optional[Path] = typer.Option(None, "--scenario", help="YAML with a top-level timeline: of faults"),
+         users: int = typer.Option(..., "--users", min=1),
+         spawn_rate: float = typer.Option(..., "--spawn-rate"),
+         duration: Optional[str] = typer.Option(None, "--duration", help="60, 90s, 2m (default: the scenario's)"),
+         workers: int = typer.Option(0, "--workers", min=0, help="Locust workers (0: one process)"),
+         max_error_ratio: list[str] = typer.Option([], "--max-error-ratio", help="(inside:|outside:)(NAME=)RATIO"),
+         max_p95_ms: list[str] = typer.Option([], "--max-p95-ms", help="(inside:|outside:)NAME=MS"),
+         seed: Optional[int] = typer.Option(None, "--seed")) -> None:
+    """Locust load with a fault timeline; thresholds inside/outside fault windows; ledger; report."""
+    from harness.load.cli import load_command
+
+    try:
+        code = load_command(run_id, env_path, scenario, users, spawn_rate, duration, workers,
+                            max_error_ratio, max_p95_ms, seed=seed, console=console, out=out)
+    except HarnessError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
+
+
+@app.command()
+def report(run_id: Optional[str] = typer.Argument(None, help="Run id or directory (default: newest environment up)"),
+           latest: bool = typer.Option(False, "--latest", help="Only print the newest report's path")) -> None:
+    """Rebuild a run's report.html (+ allure-results/, junit.xml) and print its path."""
+    from harness.report.cli import report_command
+
+    try:
+        report_command(run_id, latest, out=out)
+    except HarnessError as exc:
+        _fail(exc)
+
+
 def main() -> None:
     try:
         app()

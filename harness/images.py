@@ -629,10 +629,41 @@ def _save_state(state: dict) -> None:
 
 def list_images(client) -> list[dict]:
     out = []
-    for img in client.images.list(filters={"label": LABEL_IMAGE}):
-        out.append({"tags": img.tags, "id": img.short_id, "image": img.labels.get(LABEL_IMAGE),
-                    "size_mb": round(img.attrs.get("Size", 0) / 2**20)})
+    for img in client.api.images(filters={"label": LABEL_IMAGE}):
+        tags = [t for t in img.get("RepoTags") or [] if t != "<none>:<none>"]
+        out.append({"tags": tags, "id": img["Id"].split(":")[-1][:12],
+                    "image": (img.get("Labels") or {}).get(LABEL_IMAGE), "size_mb": round(img.get("Size", 0) / 2**20)})
     return out
+
+
+def prune(client) -> list[str]:
+    """Remove the harness's images other than those of the last build (and its base):
+    older versions and old build stages (the newest build stage stays: it is the layer
+    cache of the next python image build). Images a container still uses stay."""
+    import docker
+
+    state = _last_state()
+    keep = set(state.get("tags", {}).values()) | {state.get("base")}
+    found = client.api.images(filters={"label": LABEL_IMAGE})
+    stages = sorted((i for i in found if (i.get("Labels") or {}).get(LABEL_IMAGE, "").endswith("-build")),
+                    key=lambda i: i.get("Created", 0))
+    keep_ids = {stages[-1]["Id"]} if stages else set()
+    removed = []
+    for img in found:
+        if img["Id"] in keep_ids:
+            continue
+        tags = [t for t in img.get("RepoTags") or [] if t != "<none>:<none>"]
+        try:
+            if keep & set(tags):
+                for tag in set(tags) - keep:  # an old tag of an image still current: untag
+                    client.api.remove_image(tag)
+                    removed.append(tag)
+                continue
+            client.api.remove_image(img["Id"], force=False)
+            removed.append(", ".join(tags) or img["Id"].split(":")[-1][:12])
+        except docker.errors.APIError:
+            pass  # in use, or already gone with a parent
+    return removed
 
 
 # -- command line -------------------------------------------------------------------------
@@ -681,6 +712,17 @@ def _typer_app():
             raise typer.Exit(2)
         for img in list_images(client):
             print(f"{img['image']:<9} {' '.join(img['tags']) or '<untagged>'}  {img['id']}  {img['size_mb']} MB")
+
+    @app.command("prune")
+    def prune_cmd() -> None:
+        """Remove older versions of the harness's images and leftover build stages (the
+        next build of a changed wheelhouse then starts from the base again)."""
+        try:
+            removed = prune(docker_client())
+        except HarnessError as exc:
+            console.print(f"[red]error:[/red] {exc}", markup=True)
+            raise typer.Exit(2)
+        print("\n".join(f"removed {r}" for r in removed) or "nothing to remove")
 
     return app
 

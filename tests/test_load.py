@@ -24,8 +24,6 @@ import pytest
 
 from tests.conftest import REPO
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("load")]
-
 LOAD_CLI = [sys.executable, "-m", "harness.load.cli"]
 
 
@@ -39,6 +37,8 @@ def load_cli(*args: str, timeout: float) -> subprocess.CompletedProcess:
                           stdin=subprocess.DEVNULL)
 
 
+@pytest.mark.integration
+@pytest.mark.xdist_group("load")
 def test_hsm_latency_and_node_kill_windows_with_threshold_breach(env_of, tmp_path):
     env = env_of("pkcs11-softhsm")
     scenario = tmp_path / "load-faults.yaml"
@@ -104,6 +104,8 @@ def test_hsm_latency_and_node_kill_windows_with_threshold_breach(env_of, tmp_pat
     assert env.ctx.secrets.hsm_pin not in report and env.ctx.secrets.user_password not in report
 
 
+@pytest.mark.integration
+@pytest.mark.xdist_group("load")
 def test_distributed_master_and_two_workers_reach_the_report(env_of):
     from harness.load.driver import run_load
     from harness.report import build_report
@@ -133,3 +135,89 @@ def test_distributed_master_and_two_workers_reach_the_report(env_of):
     merged_table = section[section.index(f'id="locust-{result.out_dir.name}"'):]
     merged_table = merged_table[:merged_table.index("</table>")]
     assert f"<td>Aggregated</td><td class=\"num\">{merged['requests']:,}</td>" in merged_table
+
+
+# -- the pure parts: no service, no Locust ------------------------------------------------------
+def test_threshold_and_duration_syntax():
+    from harness.errors import HarnessError
+    from harness.load.cli import build_thresholds, parse_duration
+
+    assert [parse_duration(t) for t in ("60", "60s", "2m", "1m30s", "1h")] == [60, 60, 120, 90, 3600]
+    with pytest.raises(HarnessError, match="--duration 'soon'"):
+        parse_duration("soon")
+    ths = build_thresholds(["0.01", "outside:0.001", "inside:secret.create=0.5"],
+                           ["secret.create=500", "inside:*=2000"])
+    assert [(t.metric, t.limit, t.name, t.phase) for t in ths] == [
+        ("error_ratio", 0.01, "*", "all"), ("error_ratio", 0.001, "*", "outside"),
+        ("error_ratio", 0.5, "secret.create", "inside"), ("p95_ms", 500, "secret.create", "all"),
+        ("p95_ms", 2000, "*", "inside")]
+    with pytest.raises(HarnessError, match="--max-p95-ms 'fast'"):
+        build_thresholds([], ["fast"])
+
+
+def test_breach_names_threshold_and_measured_value_inside_and_outside():
+    from harness.load.thresholds import Threshold, evaluate
+
+    stats = {"inside": {"secret.create": {"requests": 40, "failures": 10, "error_ratio": 0.25, "p95_ms": 900.0,
+                                          "errors": {"ConnectionRefusedError": 10}},
+                        "Aggregated": {"requests": 40, "failures": 10, "error_ratio": 0.25, "p95_ms": 900.0}},
+             "outside": {"secret.create": {"requests": 100, "failures": 0, "error_ratio": 0.0, "p95_ms": 80.0},
+                         "Aggregated": {"requests": 100, "failures": 0, "error_ratio": 0.0, "p95_ms": 80.0}}}
+    ratio, p95 = evaluate([Threshold("error_ratio", 0.05), Threshold("p95_ms", 500, "secret.create", "outside")],
+                          stats, ["node_kill"])
+    assert not ratio.passed and p95.passed
+    assert [(c.name, c.phase, c.passed) for c in ratio.checks] == [
+        ("secret.create", "inside", False), ("Aggregated", "inside", False),
+        ("secret.create", "outside", True), ("Aggregated", "outside", True)]
+    assert ratio.breaches[0].message == (
+        "threshold 'max-error-ratio 0.05' breached by 'secret.create' inside fault windows (node_kill): "
+        "measured error ratio 0.2500 (10/40 requests failed; errors: ConnectionRefusedError x10) > limit 0.05")
+
+
+def test_series_merge_and_percentiles_match_locust(tmp_path):
+    from harness.load.series import (
+        AGGREGATED,
+        Series,
+        SeriesRecorder,
+        overlaps,
+        percentile,
+    )
+
+    a = SeriesRecorder(tmp_path)
+    for i in range(100):
+        a.add(1000.2, "secret.create", "POST", float(i + 1), failed=i < 5, error="HTTP 500", node="barbican-1")
+    a.flush()
+    (tmp_path / "series-other.jsonl").write_text(  # another process's file
+        '{"t": 1001, "name": "secret.create", "method": "POST", "n": 2, "f": 1, "rt_sum": 3000, '
+        '"hist": {"1000": 1, "2000": 1}, "errors": {"TimeoutError": 1}, "nodes": {"barbican-2": [2, 1]}}\n'
+        '{"t": 1001, "name": "secret.cre')  # a process killed mid-write leaves half a line
+    s = Series.load(tmp_path)
+    total = s.total()
+    assert (total.n, total.f) == (102, 6) and total.errors == {"HTTP 500": 5, "TimeoutError": 1}
+    assert s.cells[(1000, AGGREGATED)].percentile(0.95) == 96.0  # what locust.stats.calculate_response_time_percentile gives
+    assert percentile(s.cells[(1001, "secret.create")].hist, 2, 0.5) == 2000.0  # Locust: the upper one
+    assert total.nodes == {"barbican-1": [100, 5], "barbican-2": [2, 1]}
+    assert overlaps(1000, 1000.9, 1005) and not overlaps(1000, 1001.0, 1005) and not overlaps(1005, 1000, 1005)
+
+
+def test_scenario_timeline_checked_before_anything_starts(tmp_path):
+    from harness.errors import HarnessError
+    from harness.load.cli import read_timeline
+
+    good = tmp_path / "ok.yaml"
+    good.write_text("duration: 30\ntimeline:\n  - {at: 5, fault: node_kill, params: {node: '2'}, heal_at: 10}\n")
+    events, duration = read_timeline(good)
+    assert duration == 30 and [(e.at, e.fault, e.params, e.heal_at) for e in events] == [
+        (5.0, "node_kill", {"node": "2"}, 10.0)]
+    for body, why in (("timeline: []\nx: 1", None), ("steps: []", "top-level 'timeline:'"),
+                      ("timeline:\n  - {at: 1, fault: no_such_fault}", "no_such_fault"),
+                      ("timeline:\n  - {at: 1, fault: node_kill, params: {colour: red}}", "colour"),
+                      ("timeline:\n  - {at: 5, fault: node_kill, heal_at: 2}", "heal_at"),
+                      ("timeline:\n  - {at: 1, operation: rotate_simple_crypto_kek}", "operations")):
+        f = tmp_path / "bad.yaml"
+        f.write_text(body)
+        if why is None:
+            assert read_timeline(f) == ([], None)
+            continue
+        with pytest.raises(HarnessError, match=why):
+            read_timeline(f)

@@ -27,6 +27,8 @@ RUN python3 -m venv /opt/venv \
 COPY p11shim.c /src/p11shim.c
 RUN mkdir -p /out && gcc -shared -fPIC -O2 -std=gnu11 -fvisibility=hidden -Wall -Wextra \
         -Wl,-z,nodelete -o /out/_p11shim.so /src/p11shim.c -ldl -lpthread
+# Labelled so that `images prune` finds this stage's leftover image too.
+LABEL barbican-harness.image=python-build
 
 FROM ${BASE_IMAGE}
 LABEL barbican-harness.image=python

@@ -74,9 +74,20 @@ class LoadResult:
     def ok(self) -> bool:
         return not self.breached and self.ledger_ok and not self.errors
 
+    @property
+    def failures(self) -> list[str]:
+        """Everything that makes the run fail: threshold breaches, data loss, run errors."""
+        out = [c.message for v in self.breached for c in v.breaches]
+        if not self.ledger_ok:
+            led = self.ledger or {}
+            out.append("ledger: " + ", ".join(f"{k} {len(led.get(k, []))}" for k in
+                                              ("lost", "corrupted", "resurrected", "unexpected") if led.get(k)))
+        return out + list(self.errors)
+
     def to_dict(self) -> dict:
         return {
             "out_dir": str(self.out_dir), "params": self.params, "ok": self.ok,
+            "breaches": [c.message for v in self.breached for c in v.breaches], "failures": self.failures,
             "started_wall": self.started_wall, "ended_wall": self.ended_wall, "windows": self.windows,
             "verdicts": [v.to_dict() for v in self.verdicts], "ledger": self.ledger,
             "phase_stats": self.phase_stats, "window_stats": self.window_stats,

@@ -53,10 +53,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     load = report.get("throughput") or []
     if load:
         meta = report.get("throughput_method", {})
-        lines += ["## Throughput", "",
-                  f"{meta.get('seconds', '?')} s per operation and level; clients are threads with their own "
+        method = (f"{meta.get('seconds', '?')} s per operation and level; clients are threads with their own "
                   f"Keystone session, spread over {meta.get('nodes', '?')} API node(s). store = POST /v1/secrets "
-                  f"({meta.get('payload_bytes', '?')}-byte opaque secret), get = GET /v1/secrets/{{id}}/payload.", "",
+                  f"({meta.get('payload_bytes', '?')}-byte opaque secret), get = GET /v1/secrets/{{id}}/payload. "
+                  f"Everything (clients, Keystone, {meta.get('nodes', '?')} x {meta.get('processes_per_node', '?')} "
+                  f"uWSGI process(es) x {meta.get('threads_per_node', '?')} threads, MariaDB, the module) shares "
+                  f"this machine's {meta.get('cpus', '?')} CPUs (1-min load average before: "
+                  f"{meta.get('loadavg_1m_before', '?')}): compare modules on the same machine only.")
+        lines += ["## Throughput", "", method, "",
                   "| operation | clients | ok | errors | ops/s | p50 ms | p95 ms | max ms |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for x in load:
@@ -66,10 +70,10 @@ def render_markdown(report: dict[str, Any]) -> str:
 
     calls = report.get("hsm_calls_per_operation") or {}
     if calls:
-        lines += ["## HSM (PKCS#11) calls per API operation", "",
-                  "Counted by the fault shim over sequential batches through one node (counters reset "
+        method = ("Counted by the fault shim over sequential batches through one node (counters reset "
                   "before each batch). `store` reuses the project's cached KEK; "
-                  "`store_first_in_project` is the first secret of a new project (a project KEK is made).", "",
+                  "`store_first_in_project` is the first secret of a new project (a project KEK is made).")
+        lines += ["## HSM (PKCS#11) calls per API operation", "", method, "",
                   "| operation | n | calls per op | per function |", "|---|---:|---:|---|"]
         for op, c in calls.items():
             per = ", ".join(f"{fn} {v:g}" for fn, v in c["calls"].items()) or "none"
@@ -78,10 +82,10 @@ def render_markdown(report: dict[str, Any]) -> str:
 
     block = b.get("p11_crypto_plugin")
     if block:
-        lines += ["## The [p11_crypto_plugin] block that worked", "",
-                  "In the harness Barbican loaded the module through the PKCS#11 fault shim "
-                  f"(`{b.get('shim_library', '')}`), which forwards every call to it; "
-                  "`library_path` below is the module itself.", "", "```ini", "[p11_crypto_plugin]"]
+        how = ("In the harness Barbican loaded the module through the PKCS#11 fault shim "
+               f"(`{b.get('shim_library', '')}`), which forwards every call to it; "
+               "`library_path` below is the module itself.")
+        lines += ["## The [p11_crypto_plugin] block that worked", "", how, "", "```ini", "[p11_crypto_plugin]"]
         lines += [f"{k} = {v}" for k, v in block.items()]
         lines += ["```", ""]
     api = report.get("api_conformance")

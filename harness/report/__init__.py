@@ -22,9 +22,14 @@ from harness.redact import mask
 REPORT = "report.html"
 
 
+RESULT_GLOBS = ("result.json", "load/result.json", "load/*/result.json")
+
+
 def _resolve(run: str | Path) -> Path:
+    """A directory as given (an environment's run dir, a campaign dir, a load out dir),
+    else a run id."""
     path = Path(run)
-    if (path / "state.json").is_file() or list(path.glob("load/*/result.json")):
+    if path.is_dir():
         return path.resolve()
     from harness.environment import find_run_dir
 
@@ -50,12 +55,15 @@ def _read_json(path: Path):
 
 
 def load_runs(run_dir: Path) -> list[dict]:
-    """Every load run's result.json, newest first, each with `_id` (its directory name)."""
+    """Every load run's result.json under `run_dir` (itself, load/, load/*/), newest first,
+    each with `_id` (its directory name) and `_rel` (its directory relative to run_dir)."""
+    paths = {p.resolve() for pattern in RESULT_GLOBS for p in run_dir.glob(pattern)}
     out = []
-    for path in sorted(run_dir.glob("load/*/result.json"), reverse=True):
+    for path in sorted(paths, key=lambda p: p.stat().st_mtime, reverse=True):
         data = _read_json(path)
         if isinstance(data, dict) and "params" in data:
             data["_id"] = path.parent.name
+            data["_rel"] = path.parent.relative_to(run_dir.resolve()).as_posix()
             data["out_dir"] = str(path.parent)
             out.append(data)
     return out

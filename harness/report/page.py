@@ -190,7 +190,7 @@ def load_section(r: dict) -> str:
                         "result.json", "hsm_stats.json") if (Path(r["out_dir"]) / a).exists()]
     if arts:
         html.append('<p class="muted">Files: ' + ", ".join(
-            f'<a href="load/{escape(r["_id"])}/{a}">{a}</a>' for a in arts) + "</p>")
+            f'<a href="{escape(r.get("_rel", "load/" + r["_id"]))}/{a}">{a}</a>' for a in arts) + "</p>")
     return "".join(html)
 
 

@@ -61,7 +61,7 @@ INCIDENT = {
     "healthy": "none", "hsm_degraded": "none",
     "kek_mismatch_or_key_loss": "data_loss", "consumed_secret_missing": "data_loss", "backend_degraded": "none",
 }
-MAX_SENTINELS = 6  # per node and diagnosis: enough evidence, bounded time
+MAX_SENTINELS = 4  # per node and diagnosis: enough evidence, bounded time
 
 
 @dataclass
@@ -353,7 +353,7 @@ def classify(probes: dict, log_lines: list[tuple[str, str]]) -> Verdict:
         sig = match(line)
         if sig:
             by_category.setdefault(sig.category, []).append((node, line.strip()[-240:]))
-        elif REINIT.search(line):
+        if REINIT.search(line):  # the HSM failed and Barbican re-initialised (maybe recovered)
             reinit.append((node, line.strip()[-240:]))
 
     def missing_verdict(affected: list[str]) -> Verdict:
