@@ -41,7 +41,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import secrets as _rand
 import shutil
 import signal

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, topology
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from harness.faults import CATALOG
-from tests.conftest import REPO, harness_cli, topology
+from tests.conftest import REPO, harness_cli
 from tests.faults_support import payload_status, seed, steady_state
 
 ISSUE_CATALOG = {
