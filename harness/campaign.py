@@ -146,6 +146,17 @@ def run_campaign(profile: str, progress: Progress | None = None) -> CampaignResu
     result.failures += [f"load: {f}" for f in result.load.get("failures", [])]
     result.passed = not result.failures
     (out_dir / "campaign.json").write_text(redact.mask(json.dumps(asdict(result), indent=2)))
+    # The report opens with this table: one row per incident.
+    (out_dir / "verdict.json").write_text(redact.mask(json.dumps([{
+        "incident": i["incident"],
+        "expected": _short(i["expected"]),
+        "observed": _short(i["observed"]),
+        "outage or data loss": i["outage_or_data_loss"],
+        "evidence": "; ".join(i["evidence"])[:300],
+        "to verdict (s)": i["time_to_verdict_s"],
+        "ledger": "nothing lost" if i["ledger_ok"] else "LOSS",
+        "result": "PASS" if i["passed"] else "FAIL",
+    } for i in result.incidents], indent=2)))
     result.report = _report(out_dir)
     (out_dir / "campaign.json").write_text(redact.mask(json.dumps(asdict(result), indent=2)))
     return result
@@ -165,6 +176,13 @@ def _load(envs: dict, spec: dict, out_dir: Path, progress) -> dict:
                        timeline_events=events, out_dir=out_dir / "load", progress=progress)
     summary = res.to_dict()
     return {"summary": summary, "failures": list(summary.get("failures", []) or [])}
+
+
+def _short(v: dict | None) -> str:
+    if not v:
+        return "-"
+    nodes = v.get("affected_nodes")
+    return f"{v.get('category')} / {v.get('blast_radius')}" + (f" ({', '.join(nodes)})" if nodes else "")
 
 
 def _report(out_dir: Path) -> str | None:

@@ -364,6 +364,24 @@ def report(run_id: Optional[str] = typer.Argument(None, help="Run id or director
         _fail(exc)
 
 
+@app.command("qualify-hsm")
+def qualify_hsm(
+    module: Path = typer.Option(..., "--module", help="The PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so"),
+    token_label: str = typer.Option(..., "--token-label", help="Label of the token to qualify"),
+    pin_env: str = typer.Option(..., "--pin-env", help="Name of the environment variable holding the token's "
+                                                       "user PIN (the PIN is never printed)"),
+    options: Optional[Path] = typer.Option(None, "--options", help="p11_crypto_plugin options (barbican.conf, "
+                                                                   "ini or YAML); the rest: Barbican's defaults"),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON document"),
+) -> None:
+    """Qualify a PKCS#11 module for p11_crypto: backend checks, then Barbican on it (secret API,
+    HSM calls per operation, throughput, transient HSM errors); writes qualification.json/.md."""
+    from harness.qualify.hsm_command import qualify_hsm_command
+
+    raise typer.Exit(qualify_hsm_command(str(module), token_label, pin_env, str(options) if options else None,
+                                         json_out))
+
+
 def main() -> None:
     try:
         app()

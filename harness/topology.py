@@ -32,10 +32,19 @@ class StoreSpec(_Strict):
 
 
 class HsmSpec(_Strict):
-    """The PKCS#11 module behind pkcs11 stores. `softhsm` means a SoftHSM token per environment."""
+    """The PKCS#11 module behind pkcs11 stores. By default (`module: softhsm`, no `pin_env`) a
+    fresh SoftHSM token per environment. With `pin_env`, an existing token instead: `module` is
+    "softhsm" or the absolute path of any PKCS#11 library, the token is found by `token_label`,
+    and its user PIN is read from the environment variable `pin_env` at `up` (then kept only in
+    the run's 0600 secrets file). Nothing is initialised on that token; `mkek_label` and
+    `hmac_label` must not exist on it yet (barbican-manage hsm gen_mkek/gen_hmac refuse them)."""
 
     module: str = "softhsm"
     token_label: str = "barbican"
+    # Name of the environment variable holding an existing token's user PIN.
+    pin_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # SOFTHSM2_CONF of an existing SoftHSM token (with pin_env; default: the caller's SOFTHSM2_CONF).
+    softhsm_conf: str | None = None
     mkek_label: str = "barbican_mkek"
     hmac_label: str = "barbican_hmac"
     pkek_cache_ttl: int = Field(900, ge=0)
@@ -43,6 +52,18 @@ class HsmSpec(_Strict):
     shim: bool = True
     # Extra [p11_crypto_plugin] options; they override the SoftHSM-safe defaults.
     p11_options: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _existing_token(self) -> "HsmSpec":
+        if self.module != "softhsm":
+            if not Path(self.module).is_absolute():
+                raise ValueError("hsm.module: 'softhsm' or the absolute path of a PKCS#11 library")
+            if self.pin_env is None:
+                raise ValueError("hsm.module: a library path needs hsm.pin_env (an existing token's PIN); "
+                                 "environments make fresh tokens only with module: softhsm")
+        if self.softhsm_conf is not None and self.pin_env is None:
+            raise ValueError("hsm.softhsm_conf: only with hsm.pin_env (an existing SoftHSM token)")
+        return self
 
 
 class BarbicanSpec(_Strict):

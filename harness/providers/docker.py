@@ -680,6 +680,7 @@ class DockerKeystone(ContainerService):
 
     def render(self) -> None:
         self.synced_marker.unlink(missing_ok=True)
+        self.sync_failed_marker.unlink(missing_ok=True)
         write_key_repository(self.dir / "fernet-keys")
         write_key_repository(self.dir / "credential-keys")
         self.ctx.render("keystone.conf.j2", self.conf, run_id=self.ctx.run_id,
@@ -698,11 +699,17 @@ class DockerKeystone(ContainerService):
     def synced_marker(self) -> Path:
         return self.dir / ".db_synced"
 
+    @property
+    def sync_failed_marker(self) -> Path:
+        return self.dir / ".db_sync_failed"
+
     def argv(self) -> list[str]:
-        # The schema first (as the local provider: db_sync before uWSGI), in the container;
-        # the marker (same path on the host) tells `wait_started` that bootstrap may run.
-        return ["sh", "-c", 'keystone-manage --config-file "$OS_KEYSTONE_CONFIG_FILES" db_sync '
-                            f'&& touch {self.synced_marker} && exec uwsgi --ini {self.dir / "uwsgi.ini"}']
+        # db_sync runs while uWSGI loads the app (loading does not touch the database;
+        # each takes seconds of imports): the markers (same paths on the host) tell
+        # `wait_started` when bootstrap may run.
+        return ["sh", "-c", f'(keystone-manage --config-file "$OS_KEYSTONE_CONFIG_FILES" db_sync '
+                            f'&& touch {self.synced_marker} || touch {self.sync_failed_marker}) & '
+                            f'exec uwsgi --ini {self.dir / "uwsgi.ini"}']
 
     def bootstrap(self) -> None:
         self.rt.exec(self.name, [
@@ -720,6 +727,8 @@ class DockerKeystone(ContainerService):
         while time.monotonic() < deadline:
             if self.synced_marker.exists():
                 return
+            if self.sync_failed_marker.exists():
+                raise self.fail("keystone-manage db_sync failed (see logs/keystone.log)")
             if self._exited():
                 raise self.fail("keystone-manage db_sync failed")
             time.sleep(0.2)

@@ -1,11 +1,16 @@
 """SoftHSM: one private token directory per environment, initialised with fresh PINs.
 The MKEK and HMAC keys are made later with `barbican-manage hsm gen_mkek/gen_hmac`
-(see barbican.py), as an operator would."""
+(see barbican.py), as an operator would.
+
+With hsm.pin_env the environment uses an existing token instead (any PKCS#11 module, e.g.
+for `qualify-hsm`): nothing is initialised, the PIN comes from that environment variable."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from harness import redact
 from harness.procs import run_command
 from harness.services.base import Service, require_binary
 
@@ -40,18 +45,40 @@ def softhsm_library() -> str:
 class SoftHSM(Service):
     name = "softhsm"
 
-    def check(self) -> None:
-        module = self.ctx.topology.hsm.module
-        if module != "softhsm":
-            from harness.errors import HarnessError
+    @property
+    def existing_token(self) -> bool:
+        """An existing token (hsm.pin_env), not one made for this environment."""
+        return self.ctx.topology.hsm.pin_env is not None
 
-            raise HarnessError(f"hsm.module '{module}': environments make SoftHSM tokens only; "
-                               "qualify a vendor module with `barbican-harness qualify-hsm`")
-        self.util = require_binary("softhsm2-util", "softhsm2")
-        self.library = softhsm_library()
+    def check(self) -> None:
+        from harness.errors import HarnessError
+
+        hsm = self.ctx.topology.hsm
+        if not self.existing_token:
+            if hsm.module != "softhsm":
+                raise HarnessError(f"hsm.module '{hsm.module}': environments make SoftHSM tokens only; "
+                                   "for an existing token of another module set hsm.pin_env")
+            self.util = require_binary("softhsm2-util", "softhsm2")
+            self.library = softhsm_library()
+            return
+        self.library = softhsm_library() if hsm.module == "softhsm" else hsm.module
+        if not Path(self.library).is_file():
+            raise HarnessError(f"hsm.module: {self.library} does not exist")
+        if hsm.softhsm_conf and not Path(hsm.softhsm_conf).is_file():
+            raise HarnessError(f"hsm.softhsm_conf: {hsm.softhsm_conf} does not exist")
+        pin = os.environ.get(hsm.pin_env or "")
+        if not pin:
+            raise HarnessError(f"hsm.pin_env: the environment variable {hsm.pin_env} is not set "
+                               "(it must hold the token's user PIN)")
+        # check() runs before Environment.up saves the run's secrets: the token's PIN takes the
+        # generated one's place there (0600), so later processes (down, faults) log in with it.
+        self.ctx.secrets.hsm_pin = pin
+        redact.register(pin)
 
     def library_or_default(self) -> str:
         """The module path before check() ran (check() raises if it is missing)."""
+        if self.ctx.topology.hsm.module != "softhsm":
+            return self.ctx.topology.hsm.module
         try:
             return softhsm_library()
         except Exception:  # noqa: BLE001 - reported by check() with the package name
@@ -71,9 +98,14 @@ class SoftHSM(Service):
 
     def env(self) -> dict:
         """What every process that opens the token needs in its environment."""
+        if self.existing_token:
+            conf = self.ctx.topology.hsm.softhsm_conf
+            return {"SOFTHSM2_CONF": conf} if conf else {}
         return {"SOFTHSM2_CONF": str(self.conf)}
 
     def prepare(self) -> None:
+        if self.existing_token:
+            return  # the token exists: nothing to initialise
         self.tokens_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.ctx.render("softhsm2.conf.j2", self.conf, tokens_dir=self.tokens_dir)
         hsm = self.ctx.topology.hsm
