@@ -62,7 +62,7 @@ def group_rss(pgid: int) -> float:
     return total / 2**20
 
 
-def bench_one(topology: str) -> dict:
+def bench_one(topology: str, provider: str = "local") -> dict:
     sampler = RssSampler()
     sampler.start()
     progress = Progress()
@@ -79,7 +79,7 @@ def bench_one(topology: str) -> dict:
     envmod.Environment.__init__ = hooked
     start = time.monotonic()
     try:
-        env = Environment.up(REPO / "environments" / f"{topology}.yaml", progress=progress)
+        env = Environment.up(REPO / "environments" / f"{topology}.yaml", progress=progress, provider=provider)
     finally:
         envmod.Environment.__init__ = original
     up_s = time.monotonic() - start
@@ -94,7 +94,7 @@ def bench_one(topology: str) -> dict:
     finally:
         sampler.stop()
         env.down()
-    return {"topology": topology, "up_s": up_s, "steps": progress.timings, "rss": sampler.peak,
+    return {"topology": topology, "provider": provider, "up_s": up_s, "steps": progress.timings, "rss": sampler.peak,
             "pair_p50_ms": statistics.median(lat)}
 
 
@@ -102,13 +102,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--topologies", nargs="+", default=["simple-crypto", "pkcs11-softhsm"])
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--providers", nargs="+", default=["local"], choices=["local", "docker"],
+                    help="docker: run `barbican-harness images build` first, or the first up includes the build")
     args = ap.parse_args()
-    results = [bench_one(t) for _ in range(args.repeat) for t in args.topologies]
+    results = [bench_one(t, p) for _ in range(args.repeat) for t in args.topologies for p in args.providers]
     print(f"\n{'topology':<18} {'provider':<8} {'cold up (s)':>11} {'vs 15 s target':>15} {'store+get p50 (ms)':>19}")
     for r in results:
-        print(f"{r['topology']:<18} {'local':<8} {r['up_s']:>11.1f} {r['up_s'] / 15:>14.2f}x {r['pair_p50_ms']:>19.1f}")
+        print(f"{r['topology']:<18} {r['provider']:<8} {r['up_s']:>11.1f} {r['up_s'] / 15:>14.2f}x {r['pair_p50_ms']:>19.1f}")
     for r in results:
-        print(f"\n{r['topology']}: where the time went")
+        print(f"\n{r['topology']} ({r['provider']}): where the time went")
         for name, secs in r["steps"]:
             print(f"  {name:<50} {secs:6.1f} s")
         print(f"{r['topology']}: peak RSS per service (MiB)")

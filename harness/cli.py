@@ -233,6 +233,11 @@ def heal(run_id: Optional[str] = typer.Argument(None)) -> None:
 scenario_app = typer.Typer(help="Scenario files.", no_args_is_help=True)
 app.add_typer(scenario_app, name="scenario")
 
+# `barbican-harness images build [--air-gapped] | list | prune`: the Docker provider's images.
+from harness.images import app as images_app  # noqa: E402 - built lazily; needs no daemon to import
+
+app.add_typer(images_app, name="images")
+
 
 def _scenario_files(paths: list[Path]) -> list[Path]:
     files: list[Path] = []

@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import os
 import secrets as _rand
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,7 +143,8 @@ class Environment:
             self.state["keystone_url"] = self.provider.keystone.url
             self.state["overrides"] = {n.name: n.overrides for n in self.provider.nodes if n.overrides}
         self.state["ports"] = dict(self.ctx.ports)
-        tmp = self.run_dir / (STATE_FILE + ".tmp")
+        # One temporary file per writer: services start in parallel threads.
+        tmp = self.run_dir / f"{STATE_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
         tmp.write_text(json.dumps(self.state, indent=2))
         tmp.replace(self.run_dir / STATE_FILE)
 

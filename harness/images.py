@@ -7,7 +7,9 @@ Three images, tagged ``barbican-harness/<name>:<content hash>``:
   python    every Python role: Keystone, Barbican API nodes and worker, barbican-manage,
             the PyKMIP server, SoftHSM token set-up and the fault proxy (one pinned venv,
             as the local provider runs them all from one venv; SoftHSM and the PKCS#11
-            fault shim, compiled in the image from harness/shim/p11shim.c, add ~10 MB)
+            fault shim, compiled in the image from harness/shim/p11shim.c, add ~15 MB).
+            Of the harness it holds only the code containers run (container_modules()),
+            so editing the rest of the harness does not rebuild it.
   mariadb   Debian's mariadb-server with the system tables made at build time
   rabbitmq  Debian's rabbitmq-server (async orders only)
 
@@ -48,9 +50,9 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 from harness.errors import HarnessError, MissingDependency
 from harness.progress import Progress
@@ -354,7 +356,7 @@ def _dockerfile(name: str) -> Path:
 def dockerfile_packages(text: str) -> dict[str, list[str]]:
     """{"build": [...], "runtime": [...]} from `ARG BUILD_PACKAGES="..."` lines."""
     found = {}
-    for m in re.finditer(r'^ARG\s+(BUILD|RUNTIME)_PACKAGES="([^"]*)"', text, re.M):
+    for m in re.finditer(r'^ARG\s+(BUILD|RUNTIME)_PACKAGES="([^"]*)"', text, re.MULTILINE):
         found[m.group(1).lower()] = m.group(2).split()
     return found
 
@@ -715,8 +717,8 @@ def _typer_app():
 
     @app.command("prune")
     def prune_cmd() -> None:
-        """Remove older versions of the harness's images and leftover build stages (the
-        next build of a changed wheelhouse then starts from the base again)."""
+        """Remove older versions of the harness's images and old build stages (the newest
+        build stage stays: it is the layer cache of the next python image build)."""
         try:
             removed = prune(docker_client())
         except HarnessError as exc:

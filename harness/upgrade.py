@@ -60,6 +60,12 @@ VENVS = CACHE / "venvs"
 REPO = Path(harness.__file__).resolve().parent.parent
 INSTALL_TIMEOUT = float(os.environ.get("BARBICAN_HARNESS_VENV_TIMEOUT", "1200"))
 CONFORMANCE_TIMEOUT = float(os.environ.get("BARBICAN_HARNESS_UPGRADE_CONFORMANCE_TIMEOUT", "1800"))
+# With --barbican-run every conformance test belongs to one xdist group (one environment,
+# project-wide state such as quotas), so one worker is what `-n 2 --dist loadgroup` would
+# give; as long as conformance/conftest.py adds that group after xdist has read the groups
+# (its pytest_collection_modifyitems is not tryfirst), `-n 2` spreads the tests over two
+# workers and the quota tests race (measured: ~100 failures on a healthy 23.0.0).
+CONFORMANCE_WORKERS = os.environ.get("BARBICAN_HARNESS_UPGRADE_CONFORMANCE_WORKERS", "1")
 DEFAULT_ENV = REPO / "environments" / "simple-crypto.yaml"
 
 FROM_CONFIGS = ("harness", "default-kek")
@@ -67,6 +73,11 @@ BREAK_MODES = ("none", "kek-change")
 SIMPLE_CRYPTO_CLASS = "barbican.plugin.crypto.simple_crypto.SimpleCryptoPlugin"
 # What each release needs besides Barbican to run under the harness.
 EXTRA_REQUIREMENTS = ("pyuwsgi", "PyMySQL", "pykmip")
+
+
+class FromBroken(HarnessError):
+    """FROM itself cannot do what the gate needs (e.g. p11_crypto on SoftHSM before 20.0.0):
+    the upgrade cannot be judged (verdict ERROR)."""
 
 
 # -- releases -------------------------------------------------------------------------------
@@ -615,7 +626,7 @@ def run_conformance(env, timeout: float = CONFORMANCE_TIMEOUT) -> dict:
     junit = env.run_dir / "upgrade-conformance.xml"
     log_path = env.ctx.logs_dir / "upgrade-conformance.log"
     argv = [sys.executable, "-m", "pytest", "conformance/api", "--barbican-run", env.run_id, "-q",
-            "-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+            "-n", CONFORMANCE_WORKERS, "--dist", "loadgroup", "-p", "no:cacheprovider", f"--junitxml={junit}"]
     start = time.monotonic()
     environ = {**os.environ, "BARBICAN_HARNESS_REPORTS": str(reports_dir())}
     with open(log_path, "w") as log:
@@ -778,6 +789,11 @@ def run_gate(from_version: str, to_version: str, env_path: str | Path | None = N
     try:
         _gate_body(env, report, steps, old, new, old_default, new_default, from_overrides,
                    break_mode, conformance, echo, Ledger, LedgerChecker, fernet_key, redact)
+    except FromBroken as exc:
+        report.error = str(exc)
+        report.failures.append(str(exc))
+        _finish(report, env, t0)
+        return report
     except HarnessError as exc:
         report.failures.append(f"harness: {exc}")
     except Exception as exc:  # noqa: BLE001 - the verdict is FAIL with the reason; the env goes down
@@ -798,7 +814,11 @@ def _gate_body(env, report, steps, old, new, old_default, new_default, from_over
     ledger = Ledger(env.run_dir / "ledger", prefix=f"upgrade-{_rand.token_hex(3)}")
 
     with steps.step("seed secrets of every type on every store (ledger)"):
-        seeded = seed_every_store(env, ledger)
+        try:
+            seeded = seed_every_store(env, ledger)
+        except Exception as exc:
+            raise FromBroken(f"FROM {old.version} cannot store secrets on every store of {topo.name}: "
+                             f"{str(exc)[:300]}; last server error: {last_server_error(env)}") from None
         report.seeded = {
             "count": len(seeded.store),
             "per_store": {s.name: sum(1 for v in seeded.store.values() if v == s.name) for s in topo.stores},
@@ -809,10 +829,8 @@ def _gate_body(env, report, steps, old, new, old_default, new_default, from_over
         baseline = LedgerChecker(ledger, env).check()
         report.from_verification = baseline.summary()
         if not baseline.ok or baseline.unreadable:
-            st["ok_override"] = False
-            report.failures.append(f"FROM {old.version} itself does not read back its secrets: "
-                                   f"lost {baseline.lost}, corrupted {baseline.corrupted}")
-            return
+            raise FromBroken(f"FROM {old.version} itself does not read back its secrets: lost {baseline.lost}, "
+                             f"corrupted {baseline.corrupted}; last server error: {last_server_error(env)}")
 
     # What the database says each secret is wrapped by (for the secrets at risk).
     plugins = secret_plugins(env)
@@ -940,6 +958,20 @@ def _gate_body(env, report, steps, old, new, old_default, new_default, from_over
                     f"{c.get('failed_tests', [])[:10]}")
 
 
+def last_server_error(env) -> str:
+    """The last ERROR line of the Barbican nodes' logs (the cause behind a 500)."""
+    last = ("", "")
+    for log in sorted(env.ctx.logs_dir.glob("barbican-*-app.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            if " ERROR " in line and ("Exception" in line or "Error" in line) and ": " in line:
+                stamp = line[:23]
+                if stamp >= last[0]:
+                    last = (stamp, line)
+    if not last[1]:
+        return "none logged"
+    return re.sub(r"\[[^\]]*\] ", "", last[1])[:300]
+
+
 def _count(values) -> dict[str, int]:
     out: dict[str, int] = {}
     for v in values:
@@ -1006,8 +1038,12 @@ def upgrade_gate_command(from_version: str, to_version: str, env_path: str | Pat
                          from_config: str = "harness", break_mode: str = "none", json_out: bool = False) -> int:
     """The body of `barbican-harness upgrade-gate`: prints the summary (or the JSON report)
     and returns the exit code (0 PASS, 1 FAIL, 2 ERROR)."""
+    import logging
+
     from rich.console import Console
 
+    # python-barbicanclient logs every 5xx answer; the gate reports them itself.
+    logging.getLogger("barbicanclient").setLevel(logging.CRITICAL)
     err = Console(stderr=True, soft_wrap=True, highlight=False)
     report = run_gate(from_version, to_version, env_path, from_config=from_config, break_mode=break_mode,
                       echo=lambda msg: err.print(msg, markup=False))

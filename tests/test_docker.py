@@ -108,8 +108,12 @@ def test_only_container_code_goes_into_the_python_image():
 
 def test_debian_mirror_comes_from_apt_sources(monkeypatch):
     monkeypatch.delenv("BARBICAN_HARNESS_DEBIAN_MIRROR", raising=False)
-    mirror = images.debian_mirror()
-    assert mirror.startswith(("http://", "https://")) and "security" not in mirror
+    if any(images.SUITE in suites for _, suites in images._sources_entries()):
+        mirror = images.debian_mirror()
+        assert mirror.startswith(("http://", "https://")) and "security" not in mirror
+    else:  # e.g. an Ubuntu host: the error says how to name a mirror
+        with pytest.raises(HarnessError, match="BARBICAN_HARNESS_DEBIAN_MIRROR"):
+            images.debian_mirror()
     monkeypatch.setenv("BARBICAN_HARNESS_DEBIAN_MIRROR", "http://mirror.example/debian")
     assert images.debian_mirror() == "http://mirror.example/debian"
 
@@ -141,7 +145,7 @@ def _store_through(env, node: str, timeout: float = 60) -> str:
     while True:
         try:
             return env.barbican(node=node).secrets.create(payload="p", payload_content_type="text/plain").store()
-        except Exception:  # noqa: BLE001 - until healed
+        except Exception:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from harness.faults.api_state import AclRemoval, ConsumerInUseDelete, ContainerMemberDeleted, SecretExpiry
 from harness.faults.base import Fault, FaultError
+from harness.faults.docker_net import Partition
 from harness.faults.hsm import (HsmError, HsmKeyDeleted, HsmLatency, HsmSessionExhaustion, HsmTokenAbsent,
                                 HsmWrongPin)
 from harness.faults.kek import CryptoPluginRemoved, KekMismatch, KekRotationWithoutRewrap
@@ -14,7 +15,7 @@ _CLASSES: list[type[Fault]] = [
     KekMismatch, KekRotationWithoutRewrap, CryptoPluginRemoved,
     HsmLatency, HsmError, HsmWrongPin, HsmTokenAbsent, HsmSessionExhaustion, HsmKeyDeleted,
     AclRemoval, SecretExpiry, ContainerMemberDeleted, ConsumerInUseDelete,
-    NodeKill, NodePause, WorkerDown,
+    NodeKill, NodePause, WorkerDown, Partition,
     KeystoneOutage, KeystoneLatency, DbOutage, DbLatency, KmipOutage, QueueOutage,
 ]
 CATALOG: dict[str, type[Fault]] = {cls.name: cls for cls in _CLASSES}

@@ -13,7 +13,13 @@ class NodeParams(Params):
     node: str = "1"
 
 
-def _signal_group(service, sig: int) -> None:
+def _signal_group(service, sig: int, provider=None) -> None:
+    # Providers that are not made of local process groups say what a signal means for
+    # them (Docker: SIGKILL = container kill, SIGSTOP/SIGCONT = pause/unpause).
+    send = getattr(provider, "signal_service", None)
+    if send is not None:
+        send(service, sig)
+        return
     for proc in service.processes:
         if proc.record:
             try:
@@ -33,7 +39,7 @@ class NodeKill(Fault):
         return {"node": node_name(env, self.params.node)}
 
     def inject(self, env, undo: dict[str, Any]) -> None:
-        _signal_group(env.provider.node(undo["node"]), signal.SIGKILL)
+        _signal_group(env.provider.node(undo["node"]), signal.SIGKILL, env.provider)
 
     def heal(self, env, undo: dict[str, Any]) -> None:
         env.provider.restart_node(undo["node"], None)
@@ -50,10 +56,10 @@ class NodePause(Fault):
         return {"node": node_name(env, self.params.node)}
 
     def inject(self, env, undo: dict[str, Any]) -> None:
-        _signal_group(env.provider.node(undo["node"]), signal.SIGSTOP)
+        _signal_group(env.provider.node(undo["node"]), signal.SIGSTOP, env.provider)
 
     def heal(self, env, undo: dict[str, Any]) -> None:
-        _signal_group(env.provider.node(undo["node"]), signal.SIGCONT)
+        _signal_group(env.provider.node(undo["node"]), signal.SIGCONT, env.provider)
 
 
 class WorkerDown(Fault):
@@ -65,7 +71,7 @@ class WorkerDown(Fault):
 
     def inject(self, env, undo: dict[str, Any]) -> None:
         for worker in env.provider.workers:
-            _signal_group(worker, signal.SIGKILL)
+            _signal_group(worker, signal.SIGKILL, env.provider)
 
     def heal(self, env, undo: dict[str, Any]) -> None:
         for worker in env.provider.workers:

@@ -35,9 +35,9 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import psutil
 import requests
@@ -100,7 +100,7 @@ def _render_for_container(ctx: RunContext, template: str, dest: Path, *, must_co
         fd = os.open(dest, os.O_WRONLY | os.O_TRUNC)
         with os.fdopen(fd, "w") as f:
             f.write(patched)
-    if not re.search(must_contain, patched, re.M):
+    if not re.search(must_contain, patched, re.MULTILINE):
         raise HarnessError(f"harness/templates/{template} no longer renders a line matching {must_contain!r} "
                            "for a container (it must listen on 0.0.0.0, not only 127.0.0.1): "
                            "harness/providers/docker.py _bind_any needs updating")
@@ -316,7 +316,7 @@ class ContainerProcess:
     """A container seen as a process (what faults and `status` look at): `record` is its
     main process on this host, when the daemon runs on this machine."""
 
-    def __init__(self, service: "ContainerService"):
+    def __init__(self, service: ContainerService):
         self.service = service
         self.popen = None
 
@@ -435,7 +435,7 @@ class ContainerService:
                             env=self.env(), ports=self.published(), alias=self.alias, volumes=self.volumes(),
                             stop_signal=self.stop_signal)
                 return
-            except Exception as exc:  # noqa: BLE001 - retried only for a taken host port
+            except Exception as exc:
                 if "port is already allocated" not in str(exc) and "address already in use" not in str(exc) \
                         or attempt == 4:
                     raise
@@ -707,9 +707,10 @@ class DockerKeystone(ContainerService):
         # db_sync runs while uWSGI loads the app (loading does not touch the database;
         # each takes seconds of imports): the markers (same paths on the host) tell
         # `wait_started` when bootstrap may run.
-        return ["sh", "-c", f'(keystone-manage --config-file "$OS_KEYSTONE_CONFIG_FILES" db_sync '
-                            f'&& touch {self.synced_marker} || touch {self.sync_failed_marker}) & '
-                            f'exec uwsgi --ini {self.dir / "uwsgi.ini"}']
+        script = (f'(keystone-manage --config-file "$OS_KEYSTONE_CONFIG_FILES" db_sync '
+                  f'&& touch {self.synced_marker} || touch {self.sync_failed_marker}) & '
+                  f'exec uwsgi --ini {self.dir / "uwsgi.ini"}')
+        return ["sh", "-c", script]
 
     def bootstrap(self) -> None:
         self.rt.exec(self.name, [
@@ -953,7 +954,7 @@ class DockerKmip(ContainerService):
 
 
 class KmipInside:
-    def __init__(self, kmip: DockerKmip, links: "DockerLinks | None"):
+    def __init__(self, kmip: DockerKmip, links: DockerLinks | None):
         self.kmip, self.links = kmip, links
 
     def barbican_options(self) -> dict[str, str]:
