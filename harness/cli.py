@@ -387,6 +387,22 @@ def qualify_hsm(
                                          json_out))
 
 
+@app.command("upgrade-gate")
+def upgrade_gate(
+        from_version: str = typer.Option(..., "--from", help="Barbican release the environment starts on, e.g. 14.0.0"),
+        to_version: str = typer.Option(..., "--to", help="Barbican release it is upgraded to, e.g. 23.0.0"),
+        env_path: Optional[Path] = typer.Option(None, "--env", help="Topology file (default environments/simple-crypto.yaml)"),
+        from_config: str = typer.Option("harness", "--from-config",
+                                        help="harness (explicit KEK) or default-kek (no kek line on FROM: the 2025.2 trap)"),
+        break_mode: str = typer.Option("none", "--break", help="none or kek-change (TO gets another KEK)"),
+        json_out: bool = typer.Option(False, "--json", help="Print the JSON report")) -> None:
+    """Upgrade gate: secrets seeded on FROM must read back byte-identical on TO, then conformance/api on TO.
+    Exit 0 PASS, 1 FAIL, 2 ERROR (the gate could not run); report in the run dir (upgrade-gate.json/.txt)."""
+    from harness.upgrade import upgrade_gate_command
+
+    raise typer.Exit(upgrade_gate_command(from_version, to_version, env_path, from_config, break_mode, json_out))
+
+
 def main() -> None:
     try:
         app()
