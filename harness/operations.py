@@ -6,10 +6,47 @@ from __future__ import annotations
 import json
 import re
 
+from cryptography.fernet import Fernet, InvalidToken
+
 from harness import redact
 from harness.context import fernet_key
 from harness.environment import SECRETS_FILE
-from harness.errors import HarnessError
+from harness.errors import HarnessError, ServiceStartError
+
+SIMPLE_CRYPTO_PLUGIN = "barbican.plugin.crypto.simple_crypto.SimpleCryptoPlugin"
+
+
+def unreadable_simple_crypto_pkeks(env, kek: str) -> list[str]:
+    """Barbican project ids whose simple_crypto project KEK `kek` cannot unwrap.
+
+    The preflight an operator wants before a rotation: such a project was lost before the
+    rotation (e.g. its pKEK was made by a node running with another KEK), so rewrap_pkek
+    can only report an error for it, and that error is not the rotation's doing."""
+    master = Fernet(kek.encode())
+    with env.provider.database.connect("barbican") as conn, conn.cursor() as cur:
+        cur.execute("SELECT project_id, plugin_meta FROM kek_data WHERE plugin_name = %s AND deleted = 0",
+                    (SIMPLE_CRYPTO_PLUGIN,))
+        rows = cur.fetchall()
+    bad = set()
+    for project_id, wrapped in rows:
+        try:
+            master.decrypt(wrapped.encode() if isinstance(wrapped, str) else (wrapped or b""))
+        except InvalidToken:
+            bad.add(project_id)
+    return sorted(bad)
+
+
+def _projects_with_errors(output: str) -> set[str]:
+    """Projects whose block of rewrap_pkek output holds "Error occurred!" (it prints one
+    "Retrieving KEKs for Project <id>" line per project, then one line per failure)."""
+    failed, current = set(), None
+    for line in output.splitlines():
+        m = re.match(r"Retrieving KEKs for Project (\S+)", line)
+        if m:
+            current = m.group(1)
+        elif line.startswith("Error occurred") and current:
+            failed.add(current)
+    return failed
 
 
 def rotate_simple_crypto_kek(env) -> dict:
@@ -17,20 +54,31 @@ def rotate_simple_crypto_kek(env) -> dict:
     1. the new KEK first, the old one kept after it, every node restarted;
     2. `barbican-manage simple_crypto rewrap_pkek` re-wraps every project KEK;
     3. the old KEK removed, every node restarted.
-    `rewrap_pkek` exits 0 even when it skipped a project, so its output is checked too."""
+
+    `rewrap_pkek` exits 0 even when it skipped a project, so success is judged from the
+    data: afterwards every project KEK the old KEK could unwrap must unwrap with the new
+    one. Projects already unreadable before (a preflight with the old KEK) are reported,
+    not blamed on the rotation."""
     old, new = env.ctx.secrets.kek, fernet_key()
     redact.register(new)
+    lost_before = unreadable_simple_crypto_pkeks(env, old)
     for node in env.nodes:
         env.provider.restart_node(node.name, {"keks": [new, old]})
     output = env.provider.nodes[0].manage("simple_crypto", "rewrap_pkek")
-    if "Error occurred" in output or "Traceback" in output:
-        raise HarnessError("barbican-manage simple_crypto rewrap_pkek reported errors (it exits 0 anyway); "
+    failed_now = _projects_with_errors(output) - set(lost_before)
+    not_rewrapped = sorted(set(unreadable_simple_crypto_pkeks(env, new)) - set(lost_before))
+    if failed_now or not_rewrapped:
+        raise HarnessError(f"barbican-manage simple_crypto rewrap_pkek left {len(not_rewrapped)} project KEK(s) "
+                           f"unreadable with the new KEK and reported errors for {len(failed_now)} project(s) "
+                           f"that were readable before (it exits 0 anyway): "
+                           f"{', '.join(sorted(set(not_rewrapped) | failed_now)[:5])}; "
                            "see logs/barbican-manage.log")
     env.ctx.secrets.kek = new
     env.ctx.secrets.save(env.run_dir / SECRETS_FILE)
     for node in env.nodes:
         env.provider.restart_node(node.name, {})
-    return {"rewrapped_projects": len(re.findall(r"(?m)^Retrieving KEKs for Project ", output))}
+    return {"rewrapped_projects": len(re.findall(r"(?m)^Retrieving KEKs for Project ", output)),
+            "unreadable_before_rotation": len(lost_before)}
 
 
 def rotate_mkek_with_rewrap(env, label: str | None = None) -> dict:
@@ -40,22 +88,24 @@ def rotate_mkek_with_rewrap(env, label: str | None = None) -> dict:
     Barbican 23's rewrap_pkek is broken (TypeError on the IV with key_wrap_generate_iv =
     False, and a wrong unwrap_key call) yet exits 0. So success is judged from the data:
     every project KEK's metadata must name the new MKEK afterwards."""
-    import subprocess
-
     label = label or f"barbican_mkek_{fernet_key()[:6].lower().replace('-', 'x').replace('_', 'x')}"
     first = env.provider.nodes[0]
     first.manage("hsm", "gen_mkek", "--label", label)
     for node in env.nodes:
         env.provider.restart_node(node.name, {**env.provider.node(node.name).overrides, "p11": {"mkek_label": label}})
-    proc = subprocess.run([env.ctx.bin("barbican-manage"), "hsm", "rewrap_pkek"],
-                          env=env.provider.config.env(first.home), capture_output=True, text=True, timeout=180)
-    output = redact.mask(proc.stdout + proc.stderr)
-    (env.run_dir / "logs" / "barbican-manage.log").open("a").write(f"$ barbican-manage hsm rewrap_pkek\n{output}\n"
-                                                                   f"[exit {proc.returncode}]\n")
+    # Run on the node as the operator would (local process or `docker exec`); the output,
+    # stderr included, is in logs/barbican-manage.log either way.
+    try:
+        output, exit_ok = first.manage("hsm", "rewrap_pkek", timeout=180), True
+    except ServiceStartError as exc:
+        output, exit_ok = str(exc), False
     with env.provider.database.connect("barbican") as conn, conn.cursor() as cur:
         cur.execute("SELECT plugin_meta FROM kek_data WHERE plugin_name LIKE %s AND deleted = 0", ("%P11%",))
         labels = [json.loads(row[0]).get("mkek_label") for row in cur.fetchall() if row[0]]
+    log = env.ctx.logs_dir / "barbican-manage.log"
+    logged = log.read_text(errors="replace") if log.exists() else output
+    tail = logged[logged.rfind("$ barbican-manage hsm rewrap_pkek"):]
     stale = sum(1 for lbl in labels if lbl != label)
-    return {"label": label, "rewrap_exit": proc.returncode, "rewrap_reported_success": proc.returncode == 0,
-            "errors_in_output": "Error occurred" in output or "Traceback" in output or "TypeError" in output,
+    return {"label": label, "rewrap_reported_success": exit_ok,
+            "errors_in_output": any(s in tail for s in ("Error occurred", "Traceback", "TypeError")),
             "project_keks": len(labels), "still_on_old_mkek": stale, "pkeks_rewrapped": stale == 0 and bool(labels)}

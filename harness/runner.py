@@ -65,8 +65,16 @@ class _Writers(threading.Thread):
         while not self.halt.wait(self.interval):
             node = nodes[(i + k) % len(nodes)]
             k += 1
-            self.ledger.store(self.env.barbican(node=node), self.env.writer_role, node,
-                              _rand.token_bytes(24), tags=["load"])
+            payload = _rand.token_bytes(24)
+            try:
+                # The client's version discovery is itself a request and fails under the
+                # very faults we inject; no POST was sent, so nothing can have been stored.
+                client = self.env.barbican(node=node)
+            except Exception as exc:  # noqa: BLE001 - recorded as a failed write, the thread goes on
+                self.ledger.created(self.ledger.new_name(), payload, self.env.writer_role, node,
+                                    "failed", error=f"client: {type(exc).__name__}", tags=["load"])
+                continue
+            self.ledger.store(client, self.env.writer_role, node, payload, tags=["load"])
 
 
 def run_scenario(scenario: Scenario, env: Environment | None = None,

@@ -77,10 +77,20 @@ def test_documented_kek_rotation_loses_nothing(env_of):
 
     env = env_of("simple-crypto")
     seeded = seed(env)
+    # A project lost before the rotation (its pKEK made by a node with another KEK, as
+    # `diagnose` during a KEK mismatch can leave behind): rewrap_pkek errors on it, and
+    # the rotation must report it, not fail on it (CI saw exactly that error).
+    with FaultEngine(env).injected("kek_mismatch", {"node": "2"}):
+        lost = env.fresh_project()
+        assert store(env, "barbican-2", role=lost).status_code == 201
     old = env.ctx.secrets.kek
     report = rotate_simple_crypto_kek(env)
     assert env.ctx.secrets.kek != old
     assert report["rewrapped_projects"] >= 2
+    assert report["unreadable_before_rotation"] >= 1
+    manage_log = (env.run_dir / "logs" / "barbican-manage.log").read_text()
+    assert "Error occurred" in manage_log.split("simple_crypto rewrap_pkek")[-1]
+    purge_project(env, lost)
     for node in env.nodes:
         conf = (env.run_dir / "barbican" / node.name / ".barbican" / "barbican.conf").read_text()
         assert old not in conf and env.ctx.secrets.kek in conf
@@ -213,8 +223,12 @@ def test_hsm_latency_slows_but_does_not_fail(env_of):
     baseline = min(pair(env) for _ in range(3))
     with FaultEngine(env).injected("hsm_latency", {"functions": ["C_Encrypt", "C_Decrypt"], "ms": 300}):
         slow = pair(env)
-    # store = one C_Encrypt, get = one C_Decrypt: at least 2 × 300 ms more.
-    assert slow >= baseline + 0.6
+    # store = one C_Encrypt, get = one C_Decrypt, each delayed 300 ms in the request path:
+    # the pair cannot finish in under 0.6 s. Against the baseline allow the non-HSM part of
+    # a request its run-to-run noise on a busy 2-core machine (seen: 0.058 s vs a 0.080 s
+    # best-of-3 baseline).
+    assert slow >= 0.6
+    assert slow - baseline >= 0.5
     steady_state(env, seeded)
 
 
