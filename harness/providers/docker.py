@@ -10,7 +10,7 @@ what carries it, so it works after the harness was SIGKILLed half-way through `u
 
 Images come from harness.images (built without a registry on first use, then reused).
 
-Same start order and readiness rules as the local provider (harness/providers/local.py),
+Same start order as the local provider (harness/providers/sequence.py), same readiness rules
 and the same config rendering: the Jinja templates and BarbicanConfig, given views of
 the services as Barbican *inside the network* reaches them (``mariadb:3306``,
 ``http://keystone:5000/v3``, ``kmip:5696``, or the proxy's links). Only what differs
@@ -48,6 +48,7 @@ from harness.errors import HarnessError, ServiceStartError
 from harness.ports import free_port
 from harness.procs import RUN_MARKER, ProcessRecord, log_tail
 from harness.progress import Progress
+from harness.providers.sequence import StartSequence
 from harness.services.barbican import BarbicanConfig
 from harness.services.keystone import REGION, write_key_repository
 
@@ -105,18 +106,6 @@ def _render_for_container(ctx: RunContext, template: str, dest: Path, *, must_co
                            "for a container (it must listen on 0.0.0.0, not only 127.0.0.1): "
                            "harness/providers/docker.py _bind_any needs updating")
     return dest
-
-
-def _parallel(*jobs: Callable[[], None]) -> None:
-    jobs = [j for j in jobs if j]
-    if len(jobs) == 1:
-        jobs[0]()
-        return
-    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        futures = [pool.submit(j) for j in jobs]
-        errors = [f.exception() for f in futures if f.exception()]
-    if errors:
-        raise errors[0]
 
 
 # =========================================================================================
@@ -1244,8 +1233,9 @@ class DockerBarbicanWorker(DockerBarbicanNode):
 # The provider
 # =========================================================================================
 
-class DockerProvider:
+class DockerProvider(StartSequence):
     name = "docker"
+    unit = " container"
 
     def __init__(self, ctx: RunContext, on_change: Callable[[], None] = lambda: None):
         self.ctx = ctx
@@ -1339,85 +1329,27 @@ class DockerProvider:
         except Exception:  # noqa: BLE001 - nothing running: nothing to adopt
             pass
 
-    # -- lifecycle ------------------------------------------------------------------------
-    def _start(self, service: ContainerService, timeout: float = 90.0) -> None:
-        service.start()
-        self.on_change()
-        service.wait_healthy(timeout)
-
-    def up(self, progress: Progress, seed_identity: Callable[[], None]) -> None:
-        ctx = self.ctx
+    # -- lifecycle (the order: StartSequence.up) -------------------------------------------
+    def _before_services(self, progress: Progress) -> None:
         with progress.step("container images (built only when missing)"):
             self.rt.images.update(images.ensure(self.rt.client, self.image_names(), progress=progress))
         self.rt.ensure_network()
         self.on_change()
 
-        def database():
-            with progress.step(f"database container ({ctx.topology.database})"):
-                self.database.prepare()
-                self._start(self.database)
-
-        def softhsm():
-            with progress.step("SoftHSM token (volume)"):
-                self.softhsm.prepare()
-                if self.shim:
-                    self.shim.prepare()
-
-        def kmip():
-            with progress.step("KMIP server container"):
-                self.kmip.prepare()
-                self._start(self.kmip)
-
-        def rabbit():
-            with progress.step("RabbitMQ container"):
-                self.rabbit.prepare()
-                self._start(self.rabbit, 120)
-
-        def proxy():
-            with progress.step("fault proxy container (Toxiproxy API)"):
-                self._start(self.proxy)
-
-        _parallel(proxy, database, self.softhsm and softhsm, self.kmip and kmip, self.rabbit and rabbit)
-        with progress.step("network links through the proxy"):
-            self.links.populate()
-
-        self.keystone.render()
-        for node in self.nodes:
-            node.render()
-        for worker in self.workers:
-            worker.render()
-
-        def keystone():
-            with progress.step("Keystone container (db_sync, bootstrap, uWSGI)"):
-                self.keystone.start()
-                self.on_change()
-                self.keystone.wait_started(180)
-                self.keystone.bootstrap()
-                self.keystone.wait_healthy(90)
-            with progress.step("Keystone users, roles and catalog"):
-                seed_identity()
-
-        def barbican():
-            first = self.nodes[0]
-            steps = ["barbican-manage db upgrade"]
-            if self.softhsm:
-                steps += ["barbican-manage hsm gen_mkek", "barbican-manage hsm gen_hmac"]
-            with progress.step("Barbican schema" + (", MKEK and HMAC key" if self.softhsm else "")):
-                self.rt.one_shot("barbican-manage", self.rt.images["python"],
-                                 ["sh", "-c", " && ".join(steps)], env=first.env(), volumes=first.volumes(),
-                                 what=" && ".join(steps), timeout=300)
-            with progress.step(f"Barbican API node containers ({len(self.nodes)}, uWSGI)"):
-                for node in self.nodes:
-                    node.start()
-                self.on_change()
-                for node in self.nodes:
-                    node.wait_healthy(90)
-
-        _parallel(keystone, barbican)
-        for worker in self.workers:
-            with progress.step(f"{worker.name} container"):
-                self._start(worker)
+    def _start_keystone(self) -> None:
+        # The container runs db_sync before uWSGI; bootstrap needs it started.
+        self.keystone.start()
         self.on_change()
+        self.keystone.wait_started(180)
+        self.keystone.bootstrap()
+        self.keystone.wait_healthy(90)
+
+    def _barbican_manage(self, commands: list[list[str]]) -> None:
+        # One throwaway container for all of them: each container start costs seconds.
+        first = self.nodes[0]
+        script = " && ".join("barbican-manage " + " ".join(c) for c in commands)
+        self.rt.one_shot("barbican-manage", self.rt.images["python"], ["sh", "-c", script],
+                         env=first.env(), volumes=first.volumes(), what=script, timeout=300)
 
     def restart_node(self, name: str, overrides: dict | None = None, timeout: float = 90.0) -> None:
         """Restart one API node's container, with changed config (a fault) or back to the

@@ -1,44 +1,25 @@
 """Local provider: every service is a process of this machine, bound to 127.0.0.1 on
 free ports, with its files under the run directory.
 
-Start order (independent steps in parallel threads, since most time is spent waiting on
-one-shot Python commands):
-  1. database | SoftHSM token | KMIP server | RabbitMQ
-  2. keystone db_sync, then uWSGI start | bootstrap, then seeding (users, roles, catalog)
-     | barbican db upgrade (+ gen_mkek/gen_hmac), then the API nodes
-  3. barbican-worker (needs the queue and the schema)
+Start order: harness/providers/sequence.py (shared with the Docker provider).
 Every process is recorded in the state file the moment it starts, so `down` can stop it
 even if this process dies half-way.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from harness.context import RunContext
 from harness.procs import ProcessRecord, stop_record
-from harness.progress import Progress
+from harness.providers.sequence import StartSequence
 from harness.services.barbican import BarbicanConfig, BarbicanNode, BarbicanWorker
 from harness.services.base import Service
 from harness.services.database import database_for
 from harness.services.keystone import Keystone
 
 
-def _parallel(*jobs: Callable[[], None]) -> None:
-    """Run jobs in threads; re-raise the first failure after all have finished."""
-    jobs = [j for j in jobs if j]
-    if len(jobs) == 1:
-        jobs[0]()
-        return
-    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        futures = [pool.submit(j) for j in jobs]
-        errors = [f.exception() for f in futures if f.exception()]
-    if errors:
-        raise errors[0]
-
-
-class LocalProvider:
+class LocalProvider(StartSequence):
     name = "local"
 
     def __init__(self, ctx: RunContext, on_change: Callable[[], None] = lambda: None):
@@ -132,83 +113,18 @@ class LocalProvider:
         if self.shim:
             self.shim.check()
 
-    # -- lifecycle ------------------------------------------------------------------------
-    def _start(self, service: Service, timeout: float = 90.0) -> None:
-        service.start()
+    # -- lifecycle (the order: StartSequence.up) -------------------------------------------
+    def _start_keystone(self) -> None:
+        # uWSGI loads the app (~3 s of imports) while bootstrap writes the admin user.
+        self.keystone.db_sync()
+        self.keystone.start()
         self.on_change()
-        service.wait_healthy(timeout)
+        self.keystone.bootstrap()
+        self.keystone.wait_healthy(90)
 
-    def up(self, progress: Progress, seed_identity: Callable[[], None]) -> None:
-        ctx = self.ctx
-
-        def database():
-            with progress.step(f"database ({ctx.topology.database})"):
-                self.database.prepare()
-                self._start(self.database)
-
-        def softhsm():
-            with progress.step("SoftHSM token"):
-                self.softhsm.prepare()
-                if self.shim:
-                    self.shim.prepare()
-
-        def kmip():
-            with progress.step("KMIP server"):
-                self.kmip.prepare()
-                self._start(self.kmip)
-
-        def rabbit():
-            with progress.step("RabbitMQ"):
-                self.rabbit.prepare()
-                self._start(self.rabbit)
-
-        def proxy():
-            with progress.step("fault proxy (Toxiproxy API)"):
-                self.proxy.prepare()
-                self._start(self.proxy)
-
-        _parallel(proxy, database, self.softhsm and softhsm, self.kmip and kmip, self.rabbit and rabbit)
-        with progress.step("network links through the proxy"):
-            self.links.populate()
-
-        # Configs need every port, so all are rendered before the second phase.
-        self.keystone.render()
-        for node in self.nodes:
-            node.render()
-        for worker in self.workers:
-            worker.render()
-
-        def keystone():
-            # uWSGI loads the app (~3 s of imports) while bootstrap writes the admin user.
-            with progress.step("Keystone (db_sync, bootstrap, uWSGI)"):
-                self.keystone.db_sync()
-                self.keystone.start()
-                self.on_change()
-                self.keystone.bootstrap()
-                self.keystone.wait_healthy(90)
-            with progress.step("Keystone users, roles and catalog"):
-                seed_identity()
-
-        def barbican():
-            # Barbican nodes need Keystone only when a request comes, so they start now.
-            first = self.nodes[0]
-            with progress.step("Barbican database schema"):
-                first.manage("db", "upgrade")
-            if self.softhsm:
-                with progress.step("MKEK and HMAC key (barbican-manage hsm)"):
-                    first.manage("hsm", "gen_mkek")
-                    first.manage("hsm", "gen_hmac")
-            with progress.step(f"Barbican API nodes ({len(self.nodes)}, uWSGI)"):
-                for node in self.nodes:
-                    node.start()
-                self.on_change()
-                for node in self.nodes:
-                    node.wait_healthy(90)
-
-        _parallel(keystone, barbican)
-        for worker in self.workers:
-            with progress.step(worker.name):
-                self._start(worker)
+    def _barbican_manage(self, commands: list[list[str]]) -> None:
+        for command in commands:
+            self.nodes[0].manage(*command)
 
     def restart_node(self, name: str, overrides: dict | None = None, timeout: float = 90.0) -> None:
         """Restart one API node, with changed config (a fault) or back to the original ({})."""
