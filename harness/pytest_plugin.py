@@ -6,6 +6,7 @@ Options:
   --barbican-cloud NAME    an existing cloud from clouds.yaml
   --barbican-targets FILE  users per role for that cloud (see harness.targets)
   --soak                   also run the long tests marked `soak`
+  --scenario-providers P   providers the scenario catalog runs on (default local,docker)
 
 Sharing rule under pytest-xdist: environments are never shared between workers. Each
 worker brings up at most one environment per topology file, on first use, and tears it
@@ -31,6 +32,8 @@ def pytest_addoption(parser):
     group.addoption("--barbican-cloud", default=None, help="Existing cloud (clouds.yaml name)")
     group.addoption("--barbican-targets", default=None, help="Targets file naming a cloud per role")
     group.addoption("--soak", action="store_true", default=False, help="Run long soak tests too")
+    group.addoption("--scenario-providers", default="local,docker",
+                    help="Providers to run the scenario catalog on (comma-separated: local, docker)")
 
 
 def pytest_configure(config):
@@ -49,20 +52,22 @@ def pytest_collection_modifyitems(config, items):
 
 
 class EnvironmentPool:
-    """At most one environment per topology file for this process (this xdist worker)."""
+    """At most one environment per (topology file, provider) for this process (this xdist
+    worker). provider=None means the one the topology file names (local by default)."""
 
     def __init__(self):
-        self._envs: dict[Path, object] = {}
+        self._envs: dict[tuple[Path, str | None], object] = {}
 
-    def get(self, topology: str | Path):
+    def get(self, topology: str | Path, provider: str | None = None):
         from harness.environment import Environment
 
-        key = Path(topology).resolve()
+        key = (Path(topology).resolve(), provider)
         if key not in self._envs:
             try:
-                self._envs[key] = Environment.up(key)
+                self._envs[key] = Environment.up(key[0], provider=provider)
             except HarnessError as exc:
-                pytest.fail(f"environment {topology} did not come up: {exc}", pytrace=False)
+                where = f" on the {provider} provider" if provider else ""
+                pytest.fail(f"environment {topology}{where} did not come up: {exc}", pytrace=False)
         return self._envs[key]
 
     def close(self):
@@ -75,6 +80,24 @@ class EnvironmentPool:
         self._envs.clear()
         if errors:
             raise errors[0]
+
+
+def require_docker():
+    """A Docker SDK client, or the test is skipped; under CI=true it fails instead, since
+    CI machines are meant to have a daemon and a skip there would hide a whole provider."""
+    from harness import images
+
+    try:
+        return images.docker_client()
+    except HarnessError as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but the Docker tests cannot run: {exc}", pytrace=False)
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    return require_docker()
 
 
 @pytest.fixture(scope="session")

@@ -26,20 +26,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("docker")]
 NEEDED_IMAGES = ("python", "mariadb")
 
 
-def _no_daemon(reason: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true but the Docker tests cannot run: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def docker_client():
-    try:
-        return images.docker_client()
-    except HarnessError as exc:
-        _no_daemon(str(exc))
-
-
 @pytest.fixture(scope="session")
 def built_images(docker_client):
     """Build (or find) the images; the result says how long it took and what was built."""
@@ -60,11 +46,7 @@ def _nothing_left(client, run_id) -> None:
 @pytest.fixture(scope="module")
 def simple_env(built_images):
     from harness.environment import Environment
-    from harness.faults import CATALOG, register
-    from harness.faults.docker_net import Partition
 
-    if "partition" not in CATALOG:
-        register(Partition)
     env = Environment.up(topology("simple-crypto"), provider="docker")
     yield env
     env.down()
