@@ -27,6 +27,7 @@ from harness.progress import Progress
 REPO = Path(__file__).resolve().parent.parent
 ENVIRONMENTS = REPO / "environments"
 SCENARIOS = REPO / "scenarios"
+CONFORMANCE_TIMEOUT = 1800
 
 PROFILES = {
     "quick": {
@@ -35,7 +36,9 @@ PROFILES = {
         "conformance": ["conformance/api", "-k", "version or (secret and (type or round or two_step))"],
         "load": {"environment": "pkcs11-softhsm", "users": 8, "spawn_rate": 8, "duration": 30,
                  "timeline": [{"at": 10, "fault": "hsm_latency",
-                               "params": {"functions": ["C_Encrypt", "C_Decrypt"], "ms": 300}, "heal_at": 20}]},
+                               "params": {"functions": ["C_Encrypt", "C_Decrypt"], "ms": 300}, "heal_at": 20}],
+                 # Outside the window the environment is healthy: errors there are a finding.
+                 "max_error_ratio": ["outside:0.01"]},
     },
     "full": {
         "environments": ["simple-crypto", "pkcs11-softhsm", "multi-store", "kmip", "async-orders",
@@ -45,7 +48,8 @@ PROFILES = {
         "load": {"environment": "pkcs11-softhsm", "users": 16, "spawn_rate": 8, "duration": 120,
                  "timeline": [{"at": 30, "fault": "hsm_latency",
                                "params": {"functions": ["C_Encrypt", "C_Decrypt"], "ms": 300}, "heal_at": 50},
-                              {"at": 70, "fault": "node_kill", "params": {"node": "1"}, "heal_at": 85}]},
+                              {"at": 70, "fault": "node_kill", "params": {"node": "1"}, "heal_at": 85}],
+                 "max_error_ratio": ["outside:0.01"]},
     },
 }
 
@@ -63,9 +67,10 @@ class CampaignResult:
     failures: list[str] = field(default_factory=list)
 
 
-def round_trips(env: Environment) -> list[str]:
-    """Store through each node, read back through every node, byte for byte."""
-    done = []
+def round_trips(env: Environment) -> tuple[list[str], list[str]]:
+    """Store through each node, read back through every node, byte for byte. Returns the
+    pairs that read back identical and those that did not (a failed check, not an error)."""
+    same, differ = [], []
     for writer in env.nodes:
         payload = _rand.token_bytes(32)
         client = env.barbican(node=writer.name)
@@ -74,12 +79,10 @@ def round_trips(env: Environment) -> list[str]:
         try:
             for reader in env.nodes:
                 got = env.barbican(node=reader.name).secrets.get(ref).payload
-                if got != payload:
-                    raise HarnessError(f"{writer.name} → {reader.name}: payload differs")
-                done.append(f"{writer.name} → {reader.name}: byte-identical")
+                (same if got == payload else differ).append(f"{writer.name} → {reader.name}")
         finally:
             client.secrets.delete(ref)
-    return done
+    return same, differ
 
 
 def _conformance(env: Environment, args: list[str], out_dir: Path) -> dict:
@@ -89,7 +92,11 @@ def _conformance(env: Environment, args: list[str], out_dir: Path) -> dict:
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--barbican-run", str(env.run_dir),
            f"--junitxml={junit}", f"--alluredir={out_dir / 'allure-results'}", *args]
     start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=CONFORMANCE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return {"exit": "timeout", "summary": f"no result after {CONFORMANCE_TIMEOUT} s",
+                "seconds": round(time.monotonic() - start, 1)}
     summary = (proc.stdout.strip().splitlines() or [""])[-1]
     return {"exit": proc.returncode, "summary": redact.mask(summary), "seconds": round(time.monotonic() - start, 1)}
 
@@ -114,7 +121,9 @@ def run_campaign(profile: str, progress: Progress | None = None) -> CampaignResu
             with progress.step(f"{name}: up"):
                 envs[name] = Environment.up(ENVIRONMENTS / f"{name}.yaml", progress=progress)
             with progress.step(f"{name}: round trips on every node"):
-                result.round_trips[name] = f"{len(round_trips(envs[name]))} byte-identical"
+                same, differ = round_trips(envs[name])
+                result.round_trips[name] = f"{len(same)} byte-identical" + (f", {len(differ)} differ" if differ else "")
+                result.failures += [f"round trip {name} {pair}: payload differs" for pair in differ]
             with progress.step(f"{name}: conformance"):
                 result.conformance[name] = _conformance(envs[name], spec["conformance"], out_dir)
         for scenario in scenarios:
@@ -163,17 +172,16 @@ def run_campaign(profile: str, progress: Progress | None = None) -> CampaignResu
 
 
 def _load(envs: dict, spec: dict, out_dir: Path, progress) -> dict:
-    try:
-        from harness.load import run_load  # noqa: F401
-    except ImportError:
-        return {"skipped": "load driver not installed"}
+    from harness.load import run_load
+    from harness.load.thresholds import parse_error_ratio
     from harness.timeline import TimelineEvent
 
     env = envs[spec["environment"]]
     events = [TimelineEvent(e["at"], e["fault"], e.get("params", {}), e.get("heal_at")) for e in spec["timeline"]]
     with progress.step(f"load: {spec['users']} users for {spec['duration']} s on {spec['environment']}"):
         res = run_load(env, users=spec["users"], spawn_rate=spec["spawn_rate"], duration=spec["duration"],
-                       timeline_events=events, out_dir=out_dir / "load", progress=progress)
+                       timeline_events=events, thresholds=[parse_error_ratio(t) for t in spec.get("max_error_ratio", [])],
+                       out_dir=out_dir / "load", progress=progress)
     summary = res.to_dict()
     return {"summary": summary, "failures": list(summary.get("failures", []) or [])}
 
@@ -185,9 +193,7 @@ def _short(v: dict | None) -> str:
     return f"{v.get('category')} / {v.get('blast_radius')}" + (f" ({', '.join(nodes)})" if nodes else "")
 
 
-def _report(out_dir: Path) -> str | None:
-    try:
-        from harness.report import build_report
-    except ImportError:
-        return None
+def _report(out_dir: Path) -> str:
+    from harness.report import build_report
+
     return str(build_report(out_dir))

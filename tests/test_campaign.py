@@ -37,7 +37,10 @@ def test_quick_campaign_end_to_end(tmp_path):
     assert set(result["round_trips"]) == {"simple-crypto", "pkcs11-softhsm"}
     assert proc.returncode == (0 if result["passed"] else 1)
     assert proc.returncode == 0, "\n".join(result["failures"])
-    if result.get("report"):
-        html = Path(result["report"]).read_text()
-        for name in FOUR:
-            assert name in html
+    # The load's window is judged: outside it a healthy environment must answer (checked).
+    verdicts = result["load"]["summary"]["verdicts"]
+    assert [v["threshold"]["label"] for v in verdicts] == ["max-error-ratio outside:0.01"]
+    assert sum(c["requests"] for c in verdicts[0]["checks"]) > 0
+    html = Path(result["report"]).read_text()
+    for name in FOUR:
+        assert name in html
