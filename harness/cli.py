@@ -129,7 +129,8 @@ def down(run_id: Optional[str] = typer.Argument(None, help="Run id (default: new
 
 @app.command()
 def campaign(profile: str = typer.Option("quick", help="quick or full")) -> None:
-    """The main job: environments up, checks on every node and store, environments down."""
+    """The main job: environments up, round trips and a conformance smoke on every node and
+    store, four incidents with verdicts and the ledger, load with a fault window, report."""
     from harness.campaign import run_campaign
     from harness.progress import RichProgress
 

@@ -1,2 +1,3 @@
-"""Environment providers: local processes (the default) and, later, Docker containers.
-Both sit behind harness.environment.Environment."""
+"""Environment providers: local processes (the default) and Docker containers, from the
+same topology files. Both sit behind harness.environment.Environment and share their start
+order (harness.providers.sequence)."""

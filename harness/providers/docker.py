@@ -808,9 +808,13 @@ class DockerSoftHSM:
         return {"SOFTHSM2_CONF": str(self.host_conf)}
 
     def check(self) -> None:
-        module = self.ctx.topology.hsm.module
-        if module != "softhsm":
-            raise HarnessError(f"hsm.module '{module}': environments make SoftHSM tokens only")
+        hsm = self.ctx.topology.hsm
+        # An existing token (pin_env) lives on the host, outside any container: refuse it
+        # rather than quietly making a fresh SoftHSM token in its place.
+        if hsm.module != "softhsm" or hsm.pin_env is not None:
+            raise HarnessError(f"hsm: the docker provider makes fresh SoftHSM tokens only (module '{hsm.module}'"
+                               f"{', pin_env ' + hsm.pin_env if hsm.pin_env else ''}); "
+                               "use the local provider for an existing token")
 
     def prepare(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ _LOAD_PATTERNS: list[tuple[str, list[str], list[str]]] = [
       r"creation failure seen"]),
     ("hsm_degraded", ["failed", "broken"], [r"max-p95-ms.*inside fault windows \([^)]*hsm_latency"]),
     ("backend_degraded", ["failed", "broken"],
-     [r"max-p95-ms.*inside fault windows \([^)]*(db_latency|keystone_latency|kmip_latency)"]),
+     [r"max-p95-ms.*inside fault windows \([^)]*(db_latency|keystone_latency)"]),
     ("acl_permission", ["failed", "broken"], [r"HTTP 403", r"Forbidden", r"acl_removal", r"not allowed"]),
     ("expiration", ["failed", "broken"], [r"expir", r"secret_expiry"]),
     ("consumed_secret_missing", ["failed", "broken"], [r"consumer_in_use_delete", r"container_member_deleted"]),
