@@ -653,3 +653,84 @@ def test_barbican_pkcs11_class_through_the_shim(child_env, shimctl):
     stats = shimctl.stats()
     assert stats["C_WrapKey"]["calls"] == 2          # Barbican's length query + the wrap
     assert stats["C_Encrypt"]["injected"] == 1
+
+
+# -- SoftHSM's token store across processes, and the shim's store lock ---------------------
+
+LOGIN_LOOP = r'''
+    import json, os, sys, time
+    from cffi import FFI
+    ffi = FFI()
+    ffi.cdef("""typedef unsigned long CK_ULONG;
+        CK_ULONG C_Initialize(void *); CK_ULONG C_Finalize(void *);
+        CK_ULONG C_OpenSession(CK_ULONG, CK_ULONG, void *, void *, CK_ULONG *);
+        CK_ULONG C_CloseSession(CK_ULONG);
+        CK_ULONG C_Login(CK_ULONG, CK_ULONG, unsigned char *, CK_ULONG);""")
+    lib = ffi.dlopen(os.environ["SHIM_LIB"])
+    slot, pin = int(os.environ["SHIM_SLOT"]), os.environ["SHIM_PIN"].encode()
+    lib.C_Initialize(ffi.NULL)
+    end, n = time.monotonic() + float(sys.argv[1]), 0
+    while time.monotonic() < end:      # what every Barbican request does: session + login
+        h = ffi.new("CK_ULONG *")
+        if lib.C_OpenSession(slot, 0x6, ffi.NULL, ffi.NULL, h) == 0:
+            lib.C_Login(h[0], 1, pin, len(pin))
+            lib.C_CloseSession(h[0])
+            n += 1
+    lib.C_Finalize(ffi.NULL)
+    print(json.dumps({"logins": n}))
+'''
+
+FIND_TOKEN_LOOP = r'''
+    import json, os, sys, time
+    from cffi import FFI
+    ffi = FFI()
+    ffi.cdef("""typedef unsigned long CK_ULONG;
+        typedef struct { unsigned char label[32]; unsigned char rest[176]; } CK_TOKEN_INFO;
+        CK_ULONG C_Initialize(void *); CK_ULONG C_Finalize(void *);
+        CK_ULONG C_GetSlotList(unsigned char, CK_ULONG *, CK_ULONG *);
+        CK_ULONG C_GetTokenInfo(CK_ULONG, CK_TOKEN_INFO *);""")
+    lib = ffi.dlopen(os.environ["SHIM_LIB"])
+    end, n, missed = time.monotonic() + float(sys.argv[1]), 0, 0
+    while time.monotonic() < end:      # what Barbican's PKCS11() does at start and on re-init
+        assert lib.C_Initialize(ffi.NULL) == 0
+        count = ffi.new("CK_ULONG *")
+        lib.C_GetSlotList(1, ffi.NULL, count)
+        ids = ffi.new("CK_ULONG[]", count[0])
+        lib.C_GetSlotList(1, ids, count)
+        labels = set()
+        for i in range(count[0]):
+            info = ffi.new("CK_TOKEN_INFO *")
+            if lib.C_GetTokenInfo(ids[i], info) == 0:
+                labels.add(bytes(info.label).decode().strip())
+        n += 1
+        missed += "t" not in labels
+        lib.C_Finalize(ffi.NULL)
+    print(json.dumps({"inits": n, "missed": missed}))
+'''
+
+
+def _token_lookups_while_two_processes_log_in(env: dict, seconds: float = 3.0) -> dict:
+    children = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(LOGIN_LOOP), str(seconds)], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        looked = run_python(FIND_TOKEN_LOOP.replace("sys.argv[1]", str(seconds)), env, timeout=60)
+    finally:
+        for c in children:
+            out, err = c.communicate(timeout=60)
+            assert c.returncode == 0, err
+    return looked
+
+
+@needs_softhsm
+def test_softhsm_misses_its_token_during_logins_elsewhere_unless_the_store_lock_is_on(child_env, hsm):
+    """SoftHSM 2.6.1 rewrites token.object on every C_Login; another process that runs
+    C_Initialize + C_GetSlotList at that moment does not see the token (Barbican:
+    "Token Labels not found", then a node that stays broken). The shim's store lock
+    (P11SHIM_STORE_LOCK, set by the harness for SoftHSM) serialises those calls."""
+    work, _, _ = hsm
+    assert shim.keeps_store_in_shared_files(SOFTHSM)
+    bare = _token_lookups_while_two_processes_log_in(child_env)
+    locked = _token_lookups_while_two_processes_log_in({**child_env, "P11SHIM_STORE_LOCK": str(work / "store.lock")})
+    print(f"token lookups while two processes log in: without the lock {bare}, with it {locked}")
+    assert bare["missed"] > 0, f"SoftHSM no longer loses its token under concurrent logins: {bare}"
+    assert locked["inits"] > 0 and locked["missed"] == 0, locked

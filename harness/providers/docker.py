@@ -862,7 +862,10 @@ class DockerShim:
 
         stats = self.stats_dir / container
         stats.mkdir(parents=True, exist_ok=True)
-        return shim.env(self.real_module, self.control_path, stats)
+        # The run directory is mounted at the same path in every container, so one lock
+        # file serialises SoftHSM's token store across the containers (see harness.shim).
+        lock = self.control_path.parent / "store.lock" if shim.keeps_store_in_shared_files(self.real_module) else None
+        return shim.env(self.real_module, self.control_path, stats, lock)
 
 
 class DockerKmip(ContainerService):

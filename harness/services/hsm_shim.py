@@ -14,6 +14,9 @@ class HsmShim:
         self.real_module = real_module
         self.control_path = ctx.run_dir / "shim" / "control"
         self.stats_dir = ctx.run_dir / "shim" / "stats"
+        # Shared by every process of the environment on the token (SoftHSM only).
+        self.store_lock = (ctx.run_dir / "shim" / "store.lock"
+                           if shim.keeps_store_in_shared_files(real_module) else None)
 
     @property
     def control(self) -> shim.ShimControl:
@@ -31,4 +34,4 @@ class HsmShim:
         return shim.library_path()
 
     def env(self) -> dict[str, str]:
-        return shim.env(self.real_module, self.control_path, self.stats_dir)
+        return shim.env(self.real_module, self.control_path, self.stats_dir, self.store_lock)

