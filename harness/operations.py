@@ -104,7 +104,8 @@ def rotate_mkek_with_rewrap(env, label: str | None = None) -> dict:
         labels = [json.loads(row[0]).get("mkek_label") for row in cur.fetchall() if row[0]]
     log = env.ctx.logs_dir / "barbican-manage.log"
     logged = log.read_text(errors="replace") if log.exists() else output
-    tail = logged[logged.rfind("$ barbican-manage hsm rewrap_pkek"):]
+    # The log's command line names barbican-manage by its full path when run locally.
+    tail = logged[logged.rfind("barbican-manage hsm rewrap_pkek"):]
     stale = sum(1 for lbl in labels if lbl != label)
     return {"label": label, "rewrap_reported_success": exit_ok,
             "errors_in_output": any(s in tail for s in ("Error occurred", "Traceback", "TypeError")),

@@ -109,6 +109,8 @@ def _run(scenario: Scenario, env, run_dir: Path, result: ScenarioResult, timelin
     with progress.step(f"{scenario.name}: seed"):
         seeded = seed(env, ledger, scenario.seed.secrets, scenario.seed.tls_containers, scenario.seed.luks_keys)
     seeded.known.save(run_dir / "known.json")
+    # Also where `barbican-harness diagnose --run ENV` looks: the environment's last seed.
+    seeded.known.save(Path(env.run_dir) / "known.json")
     diag = Diagnoser(env, known=seeded.known, logs_dir=env.run_dir / "logs")
     orders = env.ctx.topology.async_orders
     baseline = diag.diagnose(orders=orders)
@@ -216,6 +218,8 @@ def _judge(scenario: Scenario, seeded, result: ScenarioResult, after: Verdict, c
     if others:
         result.failures.append(f"integrity: acknowledged writes lost, resurrected or unexpected: {others[:5]}")
     if expect.operation:
+        if not result.operations:
+            result.failures.append("operation: the scenario expects an operation's outcome, but none ran")
         for op in result.operations:
             for key, want in expect.operation.model_dump(exclude_none=True).items():
                 if op.get(key) != want:

@@ -73,6 +73,7 @@ class IntegrityExpect(_Strict):
 
 class OperationExpect(_Strict):
     rewrap_reported_success: bool | None = None
+    errors_in_output: bool | None = None
     pkeks_rewrapped: bool | None = None
 
 
