@@ -128,7 +128,8 @@ def down(run_id: Optional[str] = typer.Argument(None, help="Run id (default: new
 
 
 @app.command()
-def campaign(profile: str = typer.Option("quick", help="quick or full")) -> None:
+def campaign(profile: str = typer.Option("quick", help="quick or full"),
+             provider: str = typer.Option("local", help="local processes or docker containers")) -> None:
     """The main job: environments up, round trips and a conformance smoke on every node and
     store, four incidents with verdicts and the ledger, load with a fault window, report."""
     from harness.campaign import run_campaign
@@ -136,10 +137,10 @@ def campaign(profile: str = typer.Option("quick", help="quick or full")) -> None
 
     try:
         with RichProgress(console) as progress:
-            result = run_campaign(profile, progress)
+            result = run_campaign(profile, progress, provider=provider)
     except HarnessError as exc:
         _fail(exc)
-    table = Table(title=f"campaign ({profile}): incidents")
+    table = Table(title=f"campaign ({profile}, {provider}): incidents")
     for col in ("incident", "expected", "observed", "outage or data loss", "evidence", "result"):
         table.add_column(col)
     for i in result.incidents:
@@ -152,7 +153,12 @@ def campaign(profile: str = typer.Option("quick", help="quick or full")) -> None
     for name, rt in result.round_trips.items():
         out.print(f"{name}: round trips {rt}; conformance {result.conformance.get(name, {}).get('summary', '-')}")
     if result.load:
-        out.print(f"load: {json.dumps(result.load)[:300]}")
+        summary = result.load.get("summary", {})
+        ledger = summary.get("ledger") or {}
+        verdicts = "; ".join(v["message"] for v in summary.get("verdicts", [])) or "no thresholds"
+        out.print(f"load: {'ok' if summary.get('ok') else 'FAIL'}; {verdicts}; ledger: "
+                  f"{ledger.get('verified', 0)}/{ledger.get('acknowledged', 0)} acknowledged writes verified",
+                  highlight=False)
     for failure in result.failures:
         out.print(f"[red]FAIL[/red] {failure}", markup=True, highlight=False)
     out.print(f"results: {Path(result.run_dir) / 'campaign.json'}" + (f"\nreport: {result.report}" if result.report else ""))
@@ -179,12 +185,18 @@ def _parse_params(node: Optional[str], params: list[str]) -> dict:
 
 
 @fault_app.command("list")
-def fault_list() -> None:
+def fault_list(as_json: bool = typer.Option(False, "--json", help="one JSON document, for scripts")) -> None:
     """Every fault: its parameters and the incident it models."""
     from harness.faults import CATALOG
 
+    if as_json:
+        out.print_json(json.dumps([{"name": name, "parameters": cls.parameters(), "incident": cls.incident(),
+                                    "requires": getattr(cls, "requires", None)}
+                                   for name, cls in sorted(CATALOG.items())]))
+        return
     table = Table(show_lines=True)
-    for col in ("fault", "parameters", "incident it models"):
+    table.add_column("fault", no_wrap=True)  # names are what people copy into commands
+    for col in ("parameters", "incident it models"):
         table.add_column(col)
     for name, cls in sorted(CATALOG.items()):
         params = "\n".join(f"{k}: {v}" for k, v in cls.parameters().items()) or "-"
@@ -324,7 +336,9 @@ def diagnose(run_id: Optional[str] = typer.Option(None, "--run", help="An enviro
         d = Diagnoser(target, known=known, logs_dir=logs)
         if logs:
             d._offsets = {}  # the whole log counts for a one-off diagnosis
-        verdict = d.diagnose()
+        # With a worker and a queue, an order is probed too (orders_stalled).
+        topology = getattr(getattr(target, "ctx", None), "topology", None)
+        verdict = d.diagnose(orders=bool(topology and topology.async_orders))
     except HarnessError as exc:
         _fail(exc)
     if json_out:

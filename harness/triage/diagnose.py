@@ -171,6 +171,13 @@ class Diagnoser:
                     out["failed"].append({"ref": s["ref"], "status": self._status(r), "body": _describe(r)})
         return out
 
+    def _hung_sentinels(self, status: str) -> dict:
+        """Sentinels on a node whose canary store timed out: counted unreadable, not read."""
+        body = f"not read: the node's canary store already timed out ({status})"
+        return {"ok": 0, "failed": [{"ref": s["ref"], "status": status, "body": body}
+                                    for s in self.known.sentinels[:MAX_SENTINELS]]
+                or [{"ref": "-", "status": status, "body": body}]}
+
     def _listed_sentinels(self, node, limit: int = 5) -> list[dict]:
         """Without a seed manifest: existing secrets of the project (read only)."""
         r = self._req(self.role, "GET", node.url + "/v1/secrets", params={"limit": 50})
@@ -281,6 +288,12 @@ class Diagnoser:
                 if new_session is not None:
                     p["new_token"], p["new_token_s"] = self._new_token_request(node, new_session)
                 p["canary"] = self._canary(node, self.role)
+                if "Timeout" in p["canary"].get("store", ""):
+                    # Accepting connections but answering nothing (a hung node): every other
+                    # request would wait out its own timeout, so the verdict takes that as read.
+                    p["sentinels"] = self._hung_sentinels(p["canary"]["store"])
+                    p["tls"], p["expiry"] = [], []
+                    return p
                 # A 503 means Keystone is the problem: a second canary would only wait again.
                 if self._fresh_role and p["canary"].get("store") != "503":
                     p["fresh_canary"] = self._canary(node, self._fresh_role)
