@@ -58,6 +58,7 @@ PROFILES = {
 class CampaignResult:
     profile: str
     run_dir: str
+    provider: str = "local"
     passed: bool = False
     round_trips: dict[str, str] = field(default_factory=dict)
     incidents: list[dict] = field(default_factory=list)
@@ -101,17 +102,24 @@ def _conformance(env: Environment, args: list[str], out_dir: Path) -> dict:
     return {"exit": proc.returncode, "summary": redact.mask(summary), "seconds": round(time.monotonic() - start, 1)}
 
 
-def run_campaign(profile: str, progress: Progress | None = None) -> CampaignResult:
+PROVIDERS = ("local", "docker")
+
+
+def run_campaign(profile: str, progress: Progress | None = None, provider: str = "local") -> CampaignResult:
+    """One profile on one provider (local processes or Docker containers, same topologies)."""
     from harness.runner import run_scenario
     from harness.scenario import load_scenario
 
     if profile not in PROFILES:
         raise HarnessError(f"unknown profile '{profile}'; profiles: {', '.join(PROFILES)}")
+    if provider not in PROVIDERS:
+        raise HarnessError(f"unknown provider '{provider}'; providers: {', '.join(PROVIDERS)}")
     spec = PROFILES[profile]
     progress = progress or Progress()
-    out_dir = runs_dir() / f"campaign-{profile}-{dt.datetime.now():%Y%m%d-%H%M%S}-{_rand.token_hex(2)}"
+    out_dir = runs_dir() / f"campaign-{profile}{'' if provider == 'local' else '-' + provider}-" \
+                           f"{dt.datetime.now():%Y%m%d-%H%M%S}-{_rand.token_hex(2)}"
     out_dir.mkdir(parents=True)
-    result = CampaignResult(profile, str(out_dir))
+    result = CampaignResult(profile, str(out_dir), provider=provider)
     names = spec["scenarios"]
     files = sorted(SCENARIOS.glob("*.yaml")) if names == "all" else [SCENARIOS / f"{n}.yaml" for n in names]
     scenarios = [load_scenario(f) for f in files]  # all checked before anything starts
@@ -119,7 +127,7 @@ def run_campaign(profile: str, progress: Progress | None = None) -> CampaignResu
     try:
         for name in spec["environments"]:
             with progress.step(f"{name}: up"):
-                envs[name] = Environment.up(ENVIRONMENTS / f"{name}.yaml", progress=progress)
+                envs[name] = Environment.up(ENVIRONMENTS / f"{name}.yaml", progress=progress, provider=provider)
             with progress.step(f"{name}: round trips on every node"):
                 same, differ = round_trips(envs[name])
                 result.round_trips[name] = f"{len(same)} byte-identical" + (f", {len(differ)} differ" if differ else "")
@@ -130,7 +138,7 @@ def run_campaign(profile: str, progress: Progress | None = None) -> CampaignResu
             topo = scenario.environment_path().stem
             if topo not in envs:
                 with progress.step(f"{topo}: up"):
-                    envs[topo] = Environment.up(scenario.environment_path(), progress=progress)
+                    envs[topo] = Environment.up(scenario.environment_path(), progress=progress, provider=provider)
             with progress.step(f"incident: {scenario.name}"):
                 r = run_scenario(scenario, env=envs[topo])
             expected = scenario.expect.verdict

@@ -56,15 +56,19 @@ class EnvironmentPool:
     worker). provider=None means the one the topology file names (local by default)."""
 
     def __init__(self):
-        self._envs: dict[tuple[Path, str | None], object] = {}
+        self._envs: dict[tuple[Path, str], object] = {}
 
     def get(self, topology: str | Path, provider: str | None = None):
         from harness.environment import Environment
 
-        key = (Path(topology).resolve(), provider)
+        from harness.topology import load_topology
+
+        path = Path(topology).resolve()
+        # None and the file's own provider are the same environment: one, not two.
+        key = (path, provider or load_topology(path).provider)
         if key not in self._envs:
             try:
-                self._envs[key] = Environment.up(key[0], provider=provider)
+                self._envs[key] = Environment.up(path, provider=key[1])
             except HarnessError as exc:
                 where = f" on the {provider} provider" if provider else ""
                 pytest.fail(f"environment {topology}{where} did not come up: {exc}", pytrace=False)

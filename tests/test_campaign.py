@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.pytest_plugin import require_docker
 from tests.conftest import harness_cli
 
 pytestmark = pytest.mark.integration
@@ -16,16 +17,22 @@ pytestmark = pytest.mark.integration
 FOUR = {"kek-mismatch-one-node", "hsm-latency-500ms", "hsm-wrong-pin-restart", "acl-removed-octavia"}
 
 
-@pytest.mark.xdist_group("campaign")
-def test_quick_campaign_end_to_end(tmp_path):
+@pytest.mark.parametrize("provider", [
+    pytest.param("local", marks=pytest.mark.xdist_group("campaign")),
+    pytest.param("docker", marks=pytest.mark.xdist_group("campaign@docker")),
+])
+def test_quick_campaign_end_to_end(tmp_path, provider, record_property):
+    if provider == "docker":
+        require_docker()
     env = {**os.environ, "BARBICAN_HARNESS_REPORTS": str(tmp_path)}
     start = time.monotonic()
-    proc = harness_cli("campaign", "--profile", "quick", env=env, timeout=1500)
+    proc = harness_cli("campaign", "--profile", "quick", "--provider", provider, env=env, timeout=1500)
     wall = time.monotonic() - start
     runs = sorted((tmp_path / "runs").glob("campaign-quick-*/campaign.json"))
     assert runs, proc.stdout + proc.stderr
     result = json.loads(runs[-1].read_text())
-    print(f"quick campaign wall time: {wall:.0f} s")
+    record_property("campaign_wall_s", round(wall))
+    assert result["provider"] == provider
     incidents = {i["incident"]: i for i in result["incidents"]}
     assert set(incidents) == FOUR
     for name, i in incidents.items():
