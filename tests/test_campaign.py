@@ -46,7 +46,7 @@ def test_quick_campaign_end_to_end(tmp_path, provider, record_property):
     assert proc.returncode == 0, "\n".join(result["failures"])
     # The load's window is judged: outside it a healthy environment must answer (checked).
     verdicts = result["load"]["summary"]["verdicts"]
-    assert [v["threshold"]["label"] for v in verdicts] == ["max-error-ratio outside:0.01"]
+    assert [v["threshold"]["label"] for v in verdicts] == ["max-error-ratio outside:Aggregated=0.01"]
     assert sum(c["requests"] for c in verdicts[0]["checks"]) > 0
     html = Path(result["report"]).read_text()
     for name in FOUR:
