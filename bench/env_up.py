@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Cold `up` time and peak RSS per service, per topology, in one run.
 
-    .venv/bin/python bench/env_up.py [--topologies simple-crypto pkcs11-softhsm] [--repeat 1]
+    .venv/bin/python bench/env_up.py [--topologies simple-crypto pkcs11-softhsm] [--providers local docker] [--repeat 1]
 
 "Cold" = a new environment from nothing (fresh data dir, keys, token, schema, users),
 with the venv and the machine's MariaDB template data dir already in place. Peak RSS is

@@ -2,7 +2,7 @@
 """Is Locust the bottleneck? req/s of the store+get mix driven by Locust vs a plain
 concurrent client loop against the same Barbican: the raw ceiling on this machine.
 
-    .venv/bin/python bench/load_ceiling.py [--run RUN_ID] [--users 8] [--duration 10] [--rounds 2] [--json]
+    .venv/bin/python bench/load_ceiling.py [--run RUN_ID] [--users 8] [--duration 10] [--rounds 2] [--warmup 3] [--json]
 
 One simple-crypto environment (brought up and down here unless --run names one that is
 up). Both sides do exactly the same work with the same concurrency: POST a 32-byte

@@ -1,12 +1,13 @@
 """Overhead of the PKCS#11 fault shim with no rule, per PKCS#11 call, against SoftHSM.
 
-    python bench/shim_overhead.py [--iterations 500] [--json]
+    python bench/shim_overhead.py [--iterations 500] [--barbican-pairs 40] [--module PATH] [--json]
 
 One process loads SoftHSM twice over, the way Barbican does (cffi, symbols by name):
 directly, and through the shim (which forwards to the very same SoftHSM instance). Every
 iteration times each call once directly and once through the shim, in alternating
 order, so both paths see the same token, sessions, keys and machine state. The shim runs
-as in a harness run: with an (empty) control file and a statistics directory.
+as in a harness run: with an (empty) control file, a statistics directory and, for
+SoftHSM, the token-store lock (an uncontended flock around session/login/find calls).
 
 Prints p50 and p95 per call for both paths and their ratios (shim / direct). The token
 is a throw-away SoftHSM token in a temporary directory, removed at the end.
@@ -319,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         ctl = shim.ShimControl(work / "control", work / "stats")
         ctl.clear(settle=False)            # a control file with no rule
         env.update(ctl.env(args.module))
+        if shim.keeps_store_in_shared_files(args.module):
+            # As the harness runs it with SoftHSM: token-store calls take the store lock.
+            env["P11SHIM_STORE_LOCK"] = str(work / "store.lock")
         env["BENCH_PIN"] = pin
         child = subprocess.run(
             [sys.executable, __file__, "--iterations", str(args.iterations), "--module",
