@@ -24,17 +24,10 @@ import pytest
 
 from tests.conftest import REPO
 
-LOAD_CLI = [sys.executable, "-m", "harness.load.cli"]
-
-
 def load_cli(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    """`barbican-harness load` once harness.cli has it; the same command module until then."""
-    from harness.cli import app
-
-    names = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
-    argv = [sys.executable, "-m", "harness.cli", "load"] if "load" in names else LOAD_CLI
-    return subprocess.run([*argv, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          stdin=subprocess.DEVNULL)
+    """`barbican-harness load ARGS` in its own process."""
+    return subprocess.run([sys.executable, "-m", "harness.cli", "load", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, stdin=subprocess.DEVNULL)
 
 
 @pytest.mark.integration

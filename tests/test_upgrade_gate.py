@@ -97,8 +97,7 @@ def test_kek_changed_between_from_and_to_fails_naming_the_secrets(from_venv, cap
 def test_default_kek_trap_fails_naming_the_secrets(from_venv):
     """The 2025.2 trap: FROM without a `kek =` line runs on its built-in default KEK; TO
     (21.0.0+) has none. FAIL, found before TO starts, and every simple_crypto secret named."""
-    if not from_venv.kek_default:
-        pytest.skip(f"Barbican {OLDEST} has no built-in default KEK: the trap cannot be set")
+    assert from_venv.kek_default, f"Barbican {OLDEST} should still have the built-in default KEK (<= 20.x)"
     assert not upgrade.probe_release(upgrade.venv_for(TO)).kek_default
     report = upgrade.run_gate(OLDEST, TO, from_config="default-kek")
     assert report.verdict == "FAIL" and report.exit_code == 1, upgrade.summary_text(report)

@@ -9,13 +9,9 @@ p11_crypto plugin, end to end.
 2. A Barbican environment (environments/pkcs11-softhsm.yaml with these hsm settings, written
    to a temporary topology) with p11_crypto on the module, through the PKCS#11 fault shim,
    and Barbican's [p11_crypto_plugin] set to exactly the qualified options.
-   Which token Barbican uses (`token_mode`):
-   - "given-token": the token given (label L, PIN from $VAR, SoftHSM: the caller's
-     SOFTHSM2_CONF), with per-run MKEK/HMAC labels destroyed afterwards. Needs the topology
-     fields hsm.pin_env / hsm.softhsm_conf / hsm.module: PATH (detected at run time).
-   - "environment-softhsm-token": without those fields, and only for SoftHSM: the
-     environment's own fresh SoftHSM token (labelled L) of the same module, with the same
-     options. The given token is qualified in step 1 only.
+   Barbican uses the token given (label L, PIN from $VAR, SoftHSM: the caller's
+   SOFTHSM2_CONF), with per-run MKEK/HMAC labels destroyed afterwards (`token_mode`
+   "given-token" in the report).
 3. The secret API: every secret type and content type stored and read back across nodes,
    a key order, delete (python-barbicanclient); then conformance/api -k secret (subprocess).
 4. PKCS#11 calls per API operation (shim counters), throughput and p50/p95 of store and get
@@ -162,13 +158,6 @@ def _cleanup_worker(spec: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 
 
-def external_token_supported() -> bool:
-    """The harness can point an environment at an existing token (HsmSpec.pin_env)."""
-    from harness.topology import HsmSpec
-
-    return {"pin_env", "softhsm_conf"} <= set(HsmSpec.model_fields)
-
-
 def barbican_p11_options(opts: P11Options) -> dict[str, str]:
     """Every [p11_crypto_plugin] option with its effective value (given, else Barbican's
     default) except those the environment sets: what the Qualifier qualified, written out
@@ -187,17 +176,11 @@ def build_topology(cfg: QualifyConfig, opts: P11Options, mode: str, labels: dict
     topo = yaml.safe_load(cfg.base_topology.read_text())
     topo["name"] = TOPOLOGY_NAME
     topo["description"] = f"qualify-hsm: p11_crypto on {cfg.module} ({mode})"
-    hsm: dict[str, Any] = {"token_label": cfg.token_label, "shim": True,
-                           "pkek_cache_ttl": opts.pkek_cache_ttl, "p11_options": barbican_p11_options(opts)}
-    if mode == "given-token":
-        hsm.update(module=cfg.module, pin_env=cfg.pin_env, **labels)
-        if is_softhsm(cfg.module) and os.environ.get("SOFTHSM2_CONF"):
-            hsm["softhsm_conf"] = os.environ["SOFTHSM2_CONF"]
-    else:
-        hsm["module"] = "softhsm"
-        for name in ("mkek_label", "hmac_label"):
-            if getattr(opts, name):
-                hsm[name] = getattr(opts, name)
+    hsm: dict[str, Any] = {"token_label": cfg.token_label, "shim": True, "module": cfg.module,
+                           "pin_env": cfg.pin_env, "pkek_cache_ttl": opts.pkek_cache_ttl,
+                           "p11_options": barbican_p11_options(opts), **labels}
+    if is_softhsm(cfg.module) and os.environ.get("SOFTHSM2_CONF"):
+        hsm["softhsm_conf"] = os.environ["SOFTHSM2_CONF"]
     topo["hsm"] = hsm
     return topo
 
@@ -341,23 +324,10 @@ def run_qualification(cfg: QualifyConfig, progress=None) -> tuple[dict[str, Any]
         return finish()
 
     # 2. Barbican on the module -----------------------------------------------------------
-    if external_token_supported():
-        mode = "given-token"
-        description = (f"the given token (label {cfg.token_label!r}, PIN from ${cfg.pin_env}"
-                       + (f", SOFTHSM2_CONF={os.environ['SOFTHSM2_CONF']}" if is_softhsm(cfg.module)
-                          and os.environ.get("SOFTHSM2_CONF") else "") + "), with per-run MKEK/HMAC labels")
-    elif is_softhsm(cfg.module):
-        mode = "environment-softhsm-token"
-        description = (f"the environment's own SoftHSM token (label {cfg.token_label!r}, fresh PIN) of the same "
-                       f"module, with exactly the qualified options; the given token was qualified in the "
-                       f"backend stage only")
-    else:
-        rows.append(Row("barbican", "barbican.environment", False,
-                        "environments can put Barbican only on a SoftHSM token they make themselves; this "
-                        "harness lacks the topology fields hsm.module: PATH / hsm.pin_env for an existing "
-                        "token of another module", option="library_path", value=cfg.module))
-        report["not_run"] = list(STAGES[2:])
-        return finish()
+    mode = "given-token"
+    description = (f"the given token (label {cfg.token_label!r}, PIN from ${cfg.pin_env}"
+                   + (f", SOFTHSM2_CONF={os.environ['SOFTHSM2_CONF']}" if is_softhsm(cfg.module)
+                      and os.environ.get("SOFTHSM2_CONF") else "") + "), with per-run MKEK/HMAC labels")
     tag = _rand.token_hex(3)
     labels = {"mkek_label": f"qualify-{tag}-mkek", "hmac_label": f"qualify-{tag}-hmac"}
     topo = build_topology(cfg, opts, mode, labels)
@@ -462,16 +432,15 @@ def run_qualification(cfg: QualifyConfig, progress=None) -> tuple[dict[str, Any]
             if left or busy:
                 rows.append(Row("barbican", "barbican.down", False,
                                 f"still running after down: {left}; busy ports: {busy}"))
-            if mode == "given-token":
-                answer, why = _worker("cleanup-worker", {
-                    "module": cfg.module, "token_label": cfg.token_label, "pin": pin,
-                    "labels": list(labels.values()), "os_locking_ok": opts.os_locking_ok}, 120, pin)
-                if answer is None or answer.get("error"):
-                    notes.append(f"could not destroy this run's keys {sorted(labels.values())} on the token: "
-                                 f"{why or answer.get('error')}; destroy them by hand")
-                else:
-                    notes.append(f"destroyed this run's {answer['destroyed']} key objects "
-                                 f"({', '.join(labels.values())}) on the token")
+            answer, why = _worker("cleanup-worker", {
+                "module": cfg.module, "token_label": cfg.token_label, "pin": pin,
+                "labels": list(labels.values()), "os_locking_ok": opts.os_locking_ok}, 120, pin)
+            if answer is None or answer.get("error"):
+                notes.append(f"could not destroy this run's keys {sorted(labels.values())} on the token: "
+                             f"{why or answer.get('error')}; destroy them by hand")
+            else:
+                notes.append(f"destroyed this run's {answer['destroyed']} key objects "
+                             f"({', '.join(labels.values())}) on the token")
         shutil.rmtree(tmp, ignore_errors=True)
     return finish()
 
