@@ -99,6 +99,7 @@ def run_scenario(scenario: Scenario, env: Environment | None = None,
         result.passed = not result.failures
         (run_dir / "verdict.json").write_text(redact.mask(json.dumps(result.to_dict(), indent=2)))
         _copy_logs(env, run_dir)
+        _report(run_dir, result)
         if own_env:
             env.down()
     return result
@@ -224,6 +225,18 @@ def _judge(scenario: Scenario, seeded, result: ScenarioResult, after: Verdict, c
             for key, want in expect.operation.model_dump(exclude_none=True).items():
                 if op.get(key) != want:
                     result.failures.append(f"operation {op['operation']}: {key} = {op.get(key)}, expected {want}")
+
+
+def _report(run_dir: Path, result: ScenarioResult) -> None:
+    """report.html, allure-results/ and junit.xml next to verdict.json."""
+    from harness.report import build_report
+
+    try:
+        build_report(run_dir)
+    except Exception as exc:  # noqa: BLE001 - a run without its report has failed
+        result.failures.append(f"report: {type(exc).__name__}: {exc}")
+        result.passed = False
+        (run_dir / "verdict.json").write_text(redact.mask(json.dumps(result.to_dict(), indent=2)))
 
 
 def _operation(env, name: str) -> dict:

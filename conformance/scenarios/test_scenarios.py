@@ -60,3 +60,6 @@ def test_scenario(scenario_file, provider, barbican_env_pool, record_property):
     record_property("time_to_verdict_s", result.time_to_verdict_s)
     record_property("run_dir", result.run_dir)
     assert result.passed, "\n".join(result.failures) + f"\n(see {result.run_dir})"
+    junit = (Path(result.run_dir) / "junit.xml").read_text()
+    assert f'name="scenario {scenario.name}"' in junit and 'failures="0"' in junit
+    assert scenario.name in (Path(result.run_dir) / "report.html").read_text()

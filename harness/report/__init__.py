@@ -31,8 +31,12 @@ def _resolve(run: str | Path) -> Path:
     path = Path(run)
     if path.is_dir():
         return path.resolve()
-    from harness.environment import find_run_dir
+    from harness.environment import find_run_dir, runs_dir
 
+    # A scenario or campaign id names a directory with a verdict.json but no state.json.
+    named = runs_dir() / str(run)
+    if (named / "verdict.json").is_file():
+        return named.resolve()
     return find_run_dir(run)
 
 
@@ -89,8 +93,8 @@ def build_report(run_dir: str | Path) -> Path:
     allure.write_environment(results, facts, [r["params"].get("seed") for r in loads])
     (results / "categories.json").write_text(json.dumps(allure.categories(), indent=1))
     run_id = state.get("run_id") or run_dir.name
-    allure.write_results(results, run_id, loads)
-    allure.write_junit(run_dir / "junit.xml", run_id, loads)
+    allure.write_results(results, run_id, loads, verdict)
+    allure.write_junit(run_dir / "junit.xml", run_id, loads, verdict)
     return out
 
 

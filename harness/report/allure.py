@@ -104,18 +104,39 @@ def _cases(loads: list[dict]) -> list[dict]:
     return cases
 
 
-def write_results(results: Path, run_id: str, loads: list[dict]) -> list[Path]:
+def verdict_cases(verdict: object | None) -> list[dict]:
+    """One case per scenario (a scenario's verdict.json) or per incident (a campaign's)."""
+    if isinstance(verdict, dict) and "passed" in verdict and "name" in verdict:
+        failures = verdict.get("failures") or []
+        observed = (verdict.get("observed") or {}).get("category", "-")
+        return [{"suite": "scenario", "load": verdict["name"], "name": f"scenario {verdict['name']}",
+                 "status": "passed" if verdict["passed"] else "failed",
+                 "message": "; ".join(failures)[:2000] if failures else f"passed: verdict {observed}",
+                 "details": json.dumps({"failures": failures, "observed": verdict.get("observed"),
+                                        "time_to_verdict_s": verdict.get("time_to_verdict_s")}, indent=1, default=str),
+                 "feature": "scenarios"}]
+    if isinstance(verdict, list):
+        return [{"suite": "campaign", "load": "incidents", "name": f"incident {row.get('incident')}",
+                 "status": "passed" if row.get("result") == "PASS" else "failed",
+                 "message": f"expected {row.get('expected')}, observed {row.get('observed')}",
+                 "details": json.dumps(row, indent=1, default=str), "feature": "incidents"}
+                for row in verdict if isinstance(row, dict) and "incident" in row]
+    return []
+
+
+def write_results(results: Path, run_id: str, loads: list[dict], verdict: object | None = None) -> list[Path]:
     paths = []
     now = int(time.time() * 1000)
-    for case in _cases(loads):
+    for case in verdict_cases(verdict) + _cases(loads):
         key = f"{run_id}/{case['load']}/{case['name']}"
         rid = str(uuid.uuid5(uuid.NAMESPACE_URL, "barbican-harness:" + key))
         body = {
             "uuid": rid, "historyId": str(uuid.uuid5(uuid.NAMESPACE_URL, "barbican-harness-history:" + case["name"])),
-            "name": case["name"], "fullName": f"load.{case['load']}.{case['name']}", "status": case["status"],
+            "name": case["name"], "fullName": f"{case.get('suite', 'load')}.{case['load']}.{case['name']}",
+            "status": case["status"],
             "statusDetails": {"message": case["message"], "trace": case["details"]}, "stage": "finished",
             "start": now, "stop": now,
-            "labels": [{"name": "parentSuite", "value": run_id}, {"name": "suite", "value": "load"},
+            "labels": [{"name": "parentSuite", "value": run_id}, {"name": "suite", "value": case.get("suite", "load")},
                        {"name": "subSuite", "value": case["load"]}, {"name": "feature", "value": case["feature"]},
                        {"name": "framework", "value": "barbican-harness"}],
         }
@@ -125,14 +146,15 @@ def write_results(results: Path, run_id: str, loads: list[dict]) -> list[Path]:
     return paths
 
 
-def write_junit(path: Path, run_id: str, loads: list[dict]) -> Path:
-    cases = _cases(loads)
+def write_junit(path: Path, run_id: str, loads: list[dict], verdict: object | None = None) -> Path:
+    cases = verdict_cases(verdict) + _cases(loads)
     failures = sum(c["status"] != "passed" for c in cases)
     out = ['<?xml version="1.0" encoding="utf-8"?>',
-           f'<testsuites><testsuite name={quoteattr("load thresholds " + run_id)} tests="{len(cases)}" '
+           f'<testsuites><testsuite name={quoteattr("barbican-harness " + run_id)} tests="{len(cases)}" '
            f'failures="{failures}" errors="0" skipped="0">']
     for c in cases:
-        out.append(f'<testcase classname={quoteattr("load." + c["load"])} name={quoteattr(c["name"])} time="0">')
+        classname = f"{c.get('suite', 'load')}.{c['load']}"
+        out.append(f'<testcase classname={quoteattr(classname)} name={quoteattr(c["name"])} time="0">')
         if c["status"] != "passed":
             out.append(f'<failure message={quoteattr(c["message"][:2000])}>{escape(c["details"])}</failure>')
         out.append(f"<system-out>{escape(c['message'])}</system-out></testcase>")
