@@ -359,14 +359,16 @@ def load(run_id: Optional[str] = typer.Option(None, "--run", help="Run id of an 
          duration: Optional[str] = typer.Option(None, "--duration", help="60, 90s, 2m (default: the scenario's)"),
          workers: int = typer.Option(0, "--workers", min=0, help="Locust workers (0: one process)"),
          max_error_ratio: list[str] = typer.Option([], "--max-error-ratio", help="(inside:|outside:)(NAME=)RATIO"),
-         max_p95_ms: list[str] = typer.Option([], "--max-p95-ms", help="(inside:|outside:)NAME=MS"),
-         seed: Optional[int] = typer.Option(None, "--seed")) -> None:
+         max_p95_ms: list[str] = typer.Option([], "--max-p95-ms", help="(inside:|outside:)(NAME=)MS"),
+         seed: Optional[int] = typer.Option(None, "--seed"),
+         weight: list[str] = typer.Option([], "--weight", help="NAME=N: user class mix (octavia, luks, crud, "
+                                          "orders, store_get; default 2/4/3/1/0), repeatable")) -> None:
     """Locust load with a fault timeline; thresholds inside/outside fault windows; ledger; report."""
     from harness.load.cli import load_command
 
     try:
         code = load_command(run_id, env_path, scenario, users, spawn_rate, duration, workers,
-                            max_error_ratio, max_p95_ms, seed=seed, console=console, out=out)
+                            max_error_ratio, max_p95_ms, seed=seed, weight=weight, console=console, out=out)
     except HarnessError as exc:
         _fail(exc)
     raise typer.Exit(code)

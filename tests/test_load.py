@@ -41,7 +41,7 @@ def test_hsm_latency_and_node_kill_windows_with_threshold_breach(env_of, tmp_pat
         "  - {at: 35, fault: node_kill, params: {node: '2'}, heal_at: 45}\n")
     started = time.monotonic()
     proc = load_cli("--run", env.run_id, "--scenario", str(scenario), "--users", "12", "--spawn-rate", "12",
-                    "--duration", "60s", "--seed", "7", "--max-error-ratio", "0",
+                    "--duration", "60s", "--seed", "7", "--max-error-ratio", "0", "--weight", "orders=2",
                     "--max-p95-ms", "outside:luks.key_payload=60000", timeout=240)
     took = time.monotonic() - started
     env.reload_state()  # the command restarted node 2: pick up its new process
@@ -57,6 +57,11 @@ def test_hsm_latency_and_node_kill_windows_with_threshold_breach(env_of, tmp_pat
 
     result_path = Path(re.search(r"results: (\S+result\.json)", out).group(1))
     result = json.loads(result_path.read_text())
+    # every consumer class of the mix ran (Octavia, Cinder/Nova, tenants' CRUD, orders)
+    assert result["params"]["weights"]["orders"] == 2
+    outside_names = result["phase_stats"]["outside"]
+    for name in ("octavia.container", "luks.key_payload", "secret.create", "order.create"):
+        assert outside_names.get(name, {}).get("requests", 0) > 0, (name, sorted(outside_names))
     windows = {w["fault"]: w for w in result["windows"]}
     assert set(windows) == {"hsm_latency", "node_kill"}
     for w in windows.values():
@@ -214,3 +219,13 @@ def test_scenario_timeline_checked_before_anything_starts(tmp_path):
             continue
         with pytest.raises(HarnessError, match=why):
             read_timeline(f)
+
+
+def test_weights_are_validated_before_anything_starts():
+    from harness.errors import HarnessError
+    from harness.load.cli import parse_weights
+
+    assert parse_weights(["luks=8", "orders=0"]) == {"luks": 8, "orders": 0}
+    for bad in (["luks"], ["luks=-1"], ["nova=1"], ["octavia=0", "luks=0", "crud=0", "orders=0"]):
+        with pytest.raises(HarnessError):
+            parse_weights(bad)

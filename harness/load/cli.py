@@ -85,10 +85,26 @@ def build_thresholds(max_error_ratio: list[str], max_p95_ms: list[str]) -> list[
     return [parse_error_ratio(t) for t in max_error_ratio or []] + [parse_p95(t) for t in max_p95_ms or []]
 
 
+def parse_weights(items: list[str]) -> dict[str, int]:
+    """`--weight luks=8 --weight orders=0`: the mix of user classes (load/locustfile.py)."""
+    from harness.load.driver import DEFAULT_WEIGHTS
+
+    weights = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in DEFAULT_WEIGHTS or not value.isdigit():
+            raise HarnessError(f"--weight '{item}': expected NAME=N (N >= 0) with NAME one of "
+                               f"{', '.join(DEFAULT_WEIGHTS)}")
+        weights[name] = int(value)
+    if weights and not any({**DEFAULT_WEIGHTS, **weights}.values()):
+        raise HarnessError("--weight: every user class has weight 0, nothing would run")
+    return weights
+
+
 def load_command(run_id: Optional[str], env_path: Optional[Path], scenario: Optional[Path], users: int,
                  spawn_rate: float, duration: Optional[str], workers: int = 0,
                  max_error_ratio: list[str] | None = None, max_p95_ms: list[str] | None = None, *,
-                 seed: Optional[int] = None, console=None, out=None) -> int:
+                 seed: Optional[int] = None, weight: list[str] | None = None, console=None, out=None) -> int:
     """The body of `barbican-harness load`; returns the exit code (raises HarnessError on usage errors)."""
     from rich.console import Console
 
@@ -103,6 +119,7 @@ def load_command(run_id: Optional[str], env_path: Optional[Path], scenario: Opti
         raise HarnessError("load: name exactly one target: --run RUN_ID (an environment that is up) "
                            "or --env PATH (a topology to bring up for this load)")
     thresholds = build_thresholds(max_error_ratio or [], max_p95_ms or [])
+    weights = parse_weights(weight or [])
     events, scenario_duration = read_timeline(scenario) if scenario else ([], None)
     if duration is None and scenario_duration is None:
         raise HarnessError("load: --duration is required (or a scenario with a 'duration:')")
@@ -111,7 +128,7 @@ def load_command(run_id: Optional[str], env_path: Optional[Path], scenario: Opti
         env = Environment.attach(run_id) if run_id else Environment.up(env_path, progress=progress)
         try:
             result = run_load(env, users, spawn_rate, seconds, workers, events, thresholds, progress=progress,
-                              seed=seed)
+                              seed=seed, weights=weights)
             with progress.step("report"):
                 report = build_report(env.run_dir)
         finally:
