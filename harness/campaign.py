@@ -125,6 +125,8 @@ def run_campaign(profile: str, progress: Progress | None = None, provider: str =
     names = spec["scenarios"]
     files = sorted(SCENARIOS.glob("*.yaml")) if names == "all" else [SCENARIOS / f"{n}.yaml" for n in names]
     scenarios = [load_scenario(f) for f in files]  # all checked before anything starts
+    # The catalog's provider-specific incidents (a network partition needs containers).
+    scenarios = [s for s in scenarios if provider in s.providers]
     envs: dict[str, Environment] = {}
     try:
         for name in spec["environments"]:

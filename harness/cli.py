@@ -277,19 +277,29 @@ def scenario_validate(files: list[Path]) -> None:
 
 @app.command()
 def run(paths: list[Path] = typer.Argument(..., help="Scenario files or directories"),
+        provider: Optional[str] = typer.Option(None, "--provider",
+                                               help="local or docker (default: each topology file's)"),
         json_out: bool = typer.Option(False, "--json")) -> None:
     """Run scenarios: environment, seed, fault timeline with probing, heal, verify."""
     from harness.runner import run_many
     from harness.scenario import load_scenario
+    from harness.topology import load_topology
 
     try:
+        if provider not in (None, "local", "docker"):
+            raise HarnessError(f"--provider '{provider}': use local or docker")
         scenarios = [load_scenario(f) for f in _scenario_files(paths)]  # all checked before any starts
+        for s in scenarios:
+            runs_on = provider or load_topology(s.environment_path()).provider
+            if runs_on not in s.providers:
+                raise HarnessError(f"{s.path}: scenario '{s.name}' runs on {', '.join(s.providers)} only, "
+                                   f"not on {runs_on} (use --provider {s.providers[0]})")
     except HarnessError as exc:
         _fail(exc)
     from harness.progress import RichProgress
 
     with RichProgress(console) as progress:
-        results = run_many(scenarios, progress)
+        results = run_many(scenarios, progress, provider=provider)
     if json_out:
         out.print_json(json.dumps([{"name": r.name, "passed": r.passed, "failures": r.failures,
                                     "verdict": r.observed and {k: r.observed[k] for k in

@@ -262,8 +262,10 @@ def _copy_logs(env, run_dir: Path) -> None:
         (dst / path.name).write_text(redact.mask(text))
 
 
-def run_many(scenarios: list[Scenario], progress: Progress | None = None) -> list[ScenarioResult]:
-    """The catalog: scenarios with the same topology share one environment."""
+def run_many(scenarios: list[Scenario], progress: Progress | None = None,
+             provider: str | None = None) -> list[ScenarioResult]:
+    """The catalog: scenarios with the same topology share one environment. `provider`
+    overrides the topology files' (local or docker)."""
     progress = progress or Progress()
     results = []
     by_env: dict[Path, list[Scenario]] = {}
@@ -271,7 +273,7 @@ def run_many(scenarios: list[Scenario], progress: Progress | None = None) -> lis
         by_env.setdefault(s.environment_path(), []).append(s)
     for path, group in by_env.items():
         with progress.step(f"environment {path.name} up"):
-            env = Environment.up(path, progress=progress)
+            env = Environment.up(path, progress=progress, provider=provider)
         try:
             for s in group:
                 results.append(run_scenario(s, env=env, progress=progress))

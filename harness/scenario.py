@@ -101,6 +101,8 @@ class Scenario(_Strict):
     duration: float | None = Field(None, gt=0)  # default: last event + 10 s
     probe_interval: float = Field(0.5, gt=0)
     expect: Expect = Field(default_factory=Expect)
+    # Where the scenario can run: a network partition needs containers to cut off.
+    providers: list[Literal["local", "docker"]] = Field(default_factory=lambda: ["local", "docker"], min_length=1)
 
     # Filled in by load_scenario: where the file and its environment are.
     path: Path | None = None
