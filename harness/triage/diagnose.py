@@ -95,6 +95,7 @@ class Diagnoser:
         self.fresh_projects = fresh_projects and hasattr(target, "fresh_project")
         self._fresh_role: str | None = None
         self._offsets: dict[Path, int] = {}
+        self._hung: set[str] = set()  # node URLs that timed out in the current probe round
         if logs_dir:
             self.mark_logs()
 
@@ -124,9 +125,16 @@ class Diagnoser:
     # -- probes ---------------------------------------------------------------------------
     def _req(self, role: str, method: str, url: str, **kw):
         kw.setdefault("timeout", HTTP_TIMEOUT)
+        node = url.split("/v1/", 1)[0]
+        if node in self._hung:
+            return NodeHung(f"not sent: a request to {node} already timed out in this probe round")
         try:
             return self.target.session(role).request(url, method, raise_exc=False, **kw)
         except Exception as exc:  # noqa: BLE001 - connection refused, timeouts: the probe result
+            # A node that let one request time out (accepting connections, answering
+            # nothing: a hung node) would make every later probe wait out its own timeout.
+            if "Timeout" in type(exc).__name__:
+                self._hung.add(node)
             return exc
 
     @staticmethod
@@ -170,13 +178,6 @@ class Diagnoser:
                 else:
                     out["failed"].append({"ref": s["ref"], "status": self._status(r), "body": _describe(r)})
         return out
-
-    def _hung_sentinels(self, status: str) -> dict:
-        """Sentinels on a node whose canary store timed out: counted unreadable, not read."""
-        body = f"not read: the node's canary store already timed out ({status})"
-        return {"ok": 0, "failed": [{"ref": s["ref"], "status": status, "body": body}
-                                    for s in self.known.sentinels[:MAX_SENTINELS]]
-                or [{"ref": "-", "status": status, "body": body}]}
 
     def _listed_sentinels(self, node, limit: int = 5) -> list[dict]:
         """Without a seed manifest: existing secrets of the project (read only)."""
@@ -272,6 +273,7 @@ class Diagnoser:
 
     # -- the verdict ----------------------------------------------------------------------
     def diagnose(self, orders: bool = False) -> Verdict:
+        self._hung = set()
         nodes = list(self.target.nodes)
         token_status, new_session = self._token()
         probes: dict = {"token": token_status, "nodes": {}}
@@ -288,12 +290,6 @@ class Diagnoser:
                 if new_session is not None:
                     p["new_token"], p["new_token_s"] = self._new_token_request(node, new_session)
                 p["canary"] = self._canary(node, self.role)
-                if "Timeout" in p["canary"].get("store", ""):
-                    # Accepting connections but answering nothing (a hung node): every other
-                    # request would wait out its own timeout, so the verdict takes that as read.
-                    p["sentinels"] = self._hung_sentinels(p["canary"]["store"])
-                    p["tls"], p["expiry"] = [], []
-                    return p
                 # A 503 means Keystone is the problem: a second canary would only wait again.
                 if self._fresh_role and p["canary"].get("store") != "503":
                     p["fresh_canary"] = self._canary(node, self._fresh_role)
@@ -341,6 +337,10 @@ def _auth_kwargs(auth) -> dict:
     return {"auth_url": auth.auth_url, "username": pw.username, "password": pw.password,
             "user_domain_name": pw.user_domain_name, "project_name": auth.project_name,
             "project_domain_name": auth.project_domain_name}
+
+
+class NodeHung(Exception):
+    """A probe request not sent: the node already let one request time out this round."""
 
 
 def _describe(r) -> str:
