@@ -138,7 +138,8 @@ def _run(scenario: Scenario, env, run_dir: Path, result: ScenarioResult, timelin
                     event = scenario.timeline[i]
                     if kind == "do" and event.fault:
                         diag.mark_logs()
-                        params = {k: seeded.resolve(v) for k, v in event.params.items()}
+                        params = _with_seed(event.fault, {k: seeded.resolve(v) for k, v in event.params.items()},
+                                            scenario.rng_seed + i)
                         active[i] = engine.inject(event.fault, params)
                         injected_at = time.monotonic() - t0
                         timeline.append({"t": round(injected_at, 2), "kind": "inject", "fault": event.fault,
@@ -225,6 +226,16 @@ def _judge(scenario: Scenario, seeded, result: ScenarioResult, after: Verdict, c
             for key, want in expect.operation.model_dump(exclude_none=True).items():
                 if op.get(key) != want:
                     result.failures.append(f"operation {op['operation']}: {key} = {op.get(key)}, expected {want}")
+
+
+def _with_seed(fault: str, params: dict, seed: int) -> dict:
+    """Faults with random draws (`seed` parameter) get one from the scenario's rng_seed,
+    unless the file sets it: the run can be replayed."""
+    from harness.faults import CATALOG
+
+    if "seed" in CATALOG[fault].Params.model_fields and params.get("seed") is None:
+        return {**params, "seed": seed}
+    return params
 
 
 def _report(run_dir: Path, result: ScenarioResult) -> None:

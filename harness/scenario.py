@@ -94,7 +94,7 @@ class Scenario(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     description: str = ""
     environment: str
-    rng_seed: int = 1
+    rng_seed: int = 1  # seeds the random draws of faults that have them (event i gets rng_seed + i)
     seed: SeedSpec = Field(default_factory=SeedSpec)
     load: LoadSpec = Field(default_factory=LoadSpec)
     timeline: list[Event] = Field(min_length=1)

@@ -66,3 +66,14 @@ def test_cli_rejects_before_any_service_starts(tmp_path):
     proc = harness_cli("run", str(p), env=env, timeout=60)
     assert proc.returncode == 2 and "unknown fault 'no_such_fault'" in proc.stderr
     assert not (tmp_path / "reports").exists()
+
+
+def test_rng_seed_reaches_the_shim_rules_of_faults_with_random_draws():
+    from harness.faults.engine import make_fault
+    from harness.runner import _with_seed
+
+    params = _with_seed("hsm_error", {"probability": 0.5}, 41)
+    assert params["seed"] == 41
+    assert make_fault("hsm_error", params).rules()[0].to_line().endswith("seed=41")
+    assert _with_seed("hsm_latency", {"jitter": 5, "seed": 3}, 41)["seed"] == 3   # the file's own wins
+    assert "seed" not in _with_seed("kek_mismatch", {"node": "2"}, 41)             # nothing random there

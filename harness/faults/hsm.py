@@ -44,6 +44,8 @@ class LatencyParams(Params):
     functions: list[str] = Field(default_factory=lambda: ["*"])
     ms: float = Field(500, ge=0)
     jitter: float = Field(0, ge=0)
+    # Seed of the jitter draws (a scenario fills in its rng_seed): the same run replays.
+    seed: int | None = None
 
 
 class HsmLatency(_ShimFault):
@@ -54,7 +56,7 @@ class HsmLatency(_ShimFault):
     Params = LatencyParams
 
     def rules(self):
-        return [shim.Rule(fn=fn, delay_ms=self.params.ms, jitter_ms=self.params.jitter)
+        return [shim.Rule(fn=fn, delay_ms=self.params.ms, jitter_ms=self.params.jitter, seed=self.params.seed)
                 for fn in self.params.functions]
 
 
@@ -63,6 +65,8 @@ class ErrorParams(Params):
     code: str = "CKR_DEVICE_ERROR"
     probability: float = Field(1.0, ge=0, le=1)
     count: int | None = Field(None, ge=1)
+    # Seed of the probability draws (a scenario fills in its rng_seed).
+    seed: int | None = None
     # What an operator does after an HSM outage. Needed with Barbican 23: concurrent
     # requests re-initialising the library at once can leave a node with no PKCS#11
     # session ("TypeError: an integer is required" on every request) until it restarts.
@@ -81,7 +85,7 @@ class HsmError(_ShimFault):
 
     def rules(self):
         p = self.params
-        return [shim.Rule(fn=p.function, rv=p.code, probability=p.probability, count=p.count)]
+        return [shim.Rule(fn=p.function, rv=p.code, probability=p.probability, count=p.count, seed=p.seed)]
 
     def heal(self, env, undo: dict[str, Any]) -> None:
         super().heal(env, undo)
