@@ -63,6 +63,10 @@ def test_scenario(scenario_file, provider, barbican_env_pool, record_property):
     record_property("time_to_verdict_s", result.time_to_verdict_s)
     record_property("run_dir", result.run_dir)
     assert result.passed, "\n".join(result.failures) + f"\n(see {result.run_dir})"
+    expected = scenario.expect.verdict
+    if expected and expected.category != "healthy":
+        # A verdict an operator can act on names what it saw.
+        assert result.observed["evidence"], f"{expected.category} without evidence (see {result.run_dir})"
     junit = (Path(result.run_dir) / "junit.xml").read_text()
     assert f'name="scenario {scenario.name}"' in junit and 'failures="0"' in junit
     assert scenario.name in (Path(result.run_dir) / "report.html").read_text()
