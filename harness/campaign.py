@@ -185,14 +185,14 @@ def run_campaign(profile: str, progress: Progress | None = None, provider: str =
 
 def _load(envs: dict, spec: dict, out_dir: Path, progress) -> dict:
     from harness.load import run_load
-    from harness.load.thresholds import parse_error_ratio
+    from harness.load.cli import build_thresholds
     from harness.timeline import TimelineEvent
 
     env = envs[spec["environment"]]
     events = [TimelineEvent(e["at"], e["fault"], e.get("params", {}), e.get("heal_at")) for e in spec["timeline"]]
     with progress.step(f"load: {spec['users']} users for {spec['duration']} s on {spec['environment']}"):
         res = run_load(env, users=spec["users"], spawn_rate=spec["spawn_rate"], duration=spec["duration"],
-                       timeline_events=events, thresholds=[parse_error_ratio(t) for t in spec.get("max_error_ratio", [])],
+                       timeline_events=events, thresholds=build_thresholds(spec.get("max_error_ratio", []), []),
                        out_dir=out_dir / "load", progress=progress)
     summary = res.to_dict()
     return {"summary": summary, "failures": list(summary.get("failures", []) or [])}

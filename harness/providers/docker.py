@@ -864,7 +864,7 @@ class DockerShim:
         stats.mkdir(parents=True, exist_ok=True)
         # The run directory is mounted at the same path in every container, so one lock
         # file serialises SoftHSM's token store across the containers (see harness.shim).
-        lock = self.control_path.parent / "store.lock" if shim.keeps_store_in_shared_files(self.real_module) else None
+        lock = shim.store_lock_for(self.real_module, self.control_path)
         return shim.env(self.real_module, self.control_path, stats, lock)
 
 

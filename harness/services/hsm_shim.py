@@ -15,8 +15,7 @@ class HsmShim:
         self.control_path = ctx.run_dir / "shim" / "control"
         self.stats_dir = ctx.run_dir / "shim" / "stats"
         # Shared by every process of the environment on the token (SoftHSM only).
-        self.store_lock = (ctx.run_dir / "shim" / "store.lock"
-                           if shim.keeps_store_in_shared_files(real_module) else None)
+        self.store_lock = shim.store_lock_for(real_module, self.control_path)
 
     @property
     def control(self) -> shim.ShimControl:

@@ -213,6 +213,12 @@ def keeps_store_in_shared_files(real_module: str | os.PathLike) -> bool:
     return Path(real_module).name.startswith("libsofthsm2")
 
 
+def store_lock_for(real_module: str | os.PathLike, control_path: str | os.PathLike) -> Path | None:
+    """The lock file every process on the token shares (next to the control file), or
+    None when the module needs none."""
+    return Path(control_path).parent / "store.lock" if keeps_store_in_shared_files(real_module) else None
+
+
 def rv_value(rv: str | int) -> int:
     """A CK_RV as a number: a ``CKR_*`` name, or an int. ValueError names a bad one."""
     if isinstance(rv, bool):
