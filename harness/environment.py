@@ -27,6 +27,8 @@ from harness.errors import EnvironmentNotFound, HarnessError, ServiceStartError
 from harness.ports import port_is_free
 from harness.procs import is_running
 from harness.progress import Progress
+from harness.providers import provider_class
+from harness.target import Capability, Facets, Traits, traits_of
 from harness.topology import Topology, load_topology
 
 STATE_FILE = "state.json"
@@ -60,6 +62,7 @@ class Environment:
         self.credentials = identity.seeded_credentials(
             ctx.secrets.user_password, ctx.secrets.admin_password, ctx.secrets.barbican_service_password)
         self._sessions: dict[str, object] = {}
+        self._facets: Facets | None = None
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -69,7 +72,7 @@ class Environment:
         topology = load_topology(topology_path)
         if provider:
             topology = topology.model_copy(update={"provider": provider})
-        provider_class = _provider_class(topology.provider)
+        provider_cls = provider_class(topology.provider)
         run_id = run_id or new_run_id(topology)
         run_dir = runs_dir() / run_id
         secrets = EnvSecrets().register()
@@ -79,7 +82,7 @@ class Environment:
             "topology": topology.model_dump(), "provider": topology.provider, "status": "starting",
             "created": dt.datetime.now(dt.timezone.utc).isoformat(),
         })
-        env.provider = provider_class(ctx, on_change=env.save_state)
+        env.provider = provider_cls(ctx, on_change=env.save_state)
         env.provider.check()  # missing packages are reported before anything is written or started
         run_dir.mkdir(parents=True, exist_ok=False)
         secrets.save(run_dir / SECRETS_FILE)
@@ -113,7 +116,7 @@ class Environment:
         secrets = EnvSecrets.load(run_dir / SECRETS_FILE)
         ctx = RunContext(state["run_id"], run_dir, topology, secrets, ports=dict(state.get("ports", {})))
         env = cls(ctx, state=state)
-        env.provider = _provider_class(state.get("provider", "local"))(ctx, on_change=env.save_state)
+        env.provider = provider_class(state.get("provider", "local"))(ctx, on_change=env.save_state)
         env.provider.adopt(state.get("processes", []), state.get("overrides", {}))
         return env
 
@@ -131,6 +134,30 @@ class Environment:
     @property
     def run_dir(self) -> Path:
         return self.ctx.run_dir
+
+    @property
+    def name(self) -> str:
+        return f"{self.run_id} ({self.ctx.topology.provider} provider)"
+
+    # -- capabilities (harness.target) -----------------------------------------------------
+    @property
+    def _facet_table(self) -> Facets:
+        if self._facets is None:
+            from harness.providers.facets import provider_facets
+
+            self._facets = Facets(self.name, provider_facets(self.provider))
+        return self._facets
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return self._facet_table.capabilities
+
+    def facet(self, capability: Capability, what: str = "this"):
+        return self._facet_table.get(capability, what)
+
+    @property
+    def traits(self) -> Traits:
+        return traits_of(self)
 
     def save_state(self) -> None:
         if self.provider is not None:
@@ -177,7 +204,7 @@ class Environment:
         """Every recorded process with whether it still runs."""
         return [{**p, "running": is_running(p["pid"], p["create_time"])} for p in self.state.get("processes", [])]
 
-    # -- what the suites need to know about a target (same names as targets.CloudTarget) ---
+    # -- what the suites need to know about a target (harness.target.Target) ---------------
     @property
     def policy(self) -> str:
         return self.ctx.topology.policy
@@ -191,6 +218,10 @@ class Environment:
     @property
     def roles(self) -> list[str]:
         return sorted(self.credentials)
+
+    @property
+    def async_orders(self) -> bool:
+        return self.ctx.topology.async_orders
 
     # -- clients --------------------------------------------------------------------------
     @property
@@ -360,19 +391,6 @@ class Environment:
             "pids": pids,
             "processes": self.processes(),
         }
-
-
-def _provider_class(name: str):
-    """Providers are imported on demand: the docker SDK is not needed for local runs."""
-    if name == "local":
-        from harness.providers.local import LocalProvider
-
-        return LocalProvider
-    if name == "docker":
-        from harness.providers.docker import DockerProvider
-
-        return DockerProvider
-    raise HarnessError(f"unknown provider '{name}'; providers: local, docker")
 
 
 def find_run_dir(run: str | Path | None) -> Path:
