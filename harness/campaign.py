@@ -13,13 +13,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets as _rand
-import subprocess
-import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness import redact
+from harness.conformance_run import run_conformance
 from harness.environment import Environment, runs_dir
 from harness.errors import HarnessError
 from harness.progress import Progress
@@ -35,7 +33,7 @@ PROFILES = {
     "quick": {
         "environments": ["simple-crypto", "pkcs11-softhsm"],
         "scenarios": ["kek-mismatch-one-node", "hsm-latency-500ms", "hsm-wrong-pin-restart", "acl-removed-octavia"],
-        "conformance": ["conformance/api", "-k", "version or (secret and (type or round or two_step))"],
+        "conformance": {"suites": ["conformance/api"], "k": "version or (secret and (type or round or two_step))"},
         "load": {"environment": "pkcs11-softhsm", "users": 8, "spawn_rate": 8, "duration": 30,
                  "timeline": [Event(at=10, fault="hsm_latency",
                                     params={"functions": ["C_Encrypt", "C_Decrypt"], "ms": 300}, heal_at=20)],
@@ -48,7 +46,7 @@ PROFILES = {
         "environments": ["simple-crypto", "pkcs11-softhsm", "multi-store", "kmip", "async-orders",
                          "simple-crypto-secure-rbac"],
         "scenarios": "all",
-        "conformance": ["conformance/api", "conformance/rbac"],
+        "conformance": {"suites": ["conformance/api", "conformance/rbac"]},
         "load": {"environment": "pkcs11-softhsm", "users": 16, "spawn_rate": 8, "duration": 120,
                  "timeline": [Event(at=30, fault="hsm_latency",
                                     params={"functions": ["C_Encrypt", "C_Decrypt"], "ms": 300}, heal_at=50),
@@ -90,20 +88,11 @@ def round_trips(env: Environment) -> tuple[list[str], list[str]]:
     return same, differ
 
 
-def _conformance(env: Environment, args: list[str], out_dir: Path) -> dict:
-    if not (REPO / args[0]).exists():
-        return {"skipped": f"{args[0]} not present"}
-    junit = out_dir / f"conformance-{env.ctx.topology.name}.xml"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--barbican-run", str(env.run_dir),
-           f"--junitxml={junit}", f"--alluredir={out_dir / 'allure-results'}", *args]
-    start = time.monotonic()
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=CONFORMANCE_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        return {"exit": "timeout", "summary": f"no result after {CONFORMANCE_TIMEOUT} s",
-                "seconds": round(time.monotonic() - start, 1)}
-    summary = (proc.stdout.strip().splitlines() or [""])[-1]
-    return {"exit": proc.returncode, "summary": redact.mask(summary), "seconds": round(time.monotonic() - start, 1)}
+def _conformance(env: Environment, spec: dict, out_dir: Path) -> dict:
+    result = run_conformance(env, spec["suites"], k=spec.get("k"), out_dir=out_dir,
+                             name=f"conformance-{env.ctx.topology.name}", timeout=CONFORMANCE_TIMEOUT,
+                             extra=[f"--alluredir={out_dir / 'allure-results'}"])
+    return result.to_dict()
 
 
 def run_campaign(profile: str, progress: Progress | None = None, provider: str = DEFAULT_PROVIDER) -> CampaignResult:
@@ -159,7 +148,7 @@ def run_campaign(profile: str, progress: Progress | None = None, provider: str =
         for env in envs.values():
             env.down()
     result.failures += [f"conformance {n}: {c.get('summary')}" for n, c in result.conformance.items()
-                        if c.get("exit") not in (None, 0)]
+                        if not c.get("ok")]
     result.failures += [f"incident {i['incident']}: {'; '.join(i['failures'])}" for i in result.incidents
                         if not i["passed"]]
     result.failures += [f"load: {f}" for f in result.load.get("failures", [])]

@@ -15,7 +15,6 @@ import json
 import os
 import secrets as _rand
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +24,12 @@ from harness import identity
 from harness.context import EnvSecrets, RunContext
 from harness.errors import EnvironmentNotFound, HarnessError, ServiceStartError
 from harness.ports import port_is_free
-from harness.procs import is_running
+from harness.procs import is_running, log_tail
 from harness.progress import Progress
 from harness.providers import provider_class
 from harness.target import Capability, Facets, Traits, traits_of
 from harness.topology import Topology, load_topology
+from harness.wait import wait_until
 
 STATE_FILE = "state.json"
 SECRETS_FILE = "secrets.json"
@@ -159,6 +159,9 @@ class Environment:
     def traits(self) -> Traits:
         return traits_of(self)
 
+    def pytest_args(self) -> list[str]:
+        return ["--barbican-run", str(self.run_dir)]
+
     def save_state(self) -> None:
         if self.provider is not None:
             # One record per process name: a restarted service replaces its old record.
@@ -268,21 +271,19 @@ class Environment:
         for i, node in enumerate(nodes):
             reader = nodes[(i + 1) % len(nodes)]
             payload = _rand.token_hex(16)
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    secret = self.barbican(node=node.name).secrets.create(
-                        name=f"readiness-{node.name}", payload=payload, payload_content_type="text/plain")
-                    ref = secret.store()
-                    got = self.barbican(node=reader.name).secrets.get(ref).payload
-                    self.barbican(node=node.name).secrets.delete(ref)
-                    break
-                except Exception as exc:  # noqa: BLE001 - retried until the deadline
-                    if time.monotonic() > deadline:
-                        raise ServiceStartError(
-                            f"{node.name}: store+get did not work within {timeout:.0f} s: {exc}") from None
-                    time.sleep(0.5)
-            if got != payload:
+
+            def round_trip(node=node, reader=reader, payload=payload):
+                secret = self.barbican(node=node.name).secrets.create(
+                    name=f"readiness-{node.name}", payload=payload, payload_content_type="text/plain")
+                ref = secret.store()
+                got = self.barbican(node=reader.name).secrets.get(ref).payload
+                self.barbican(node=node.name).secrets.delete(ref)
+                return {"same": got == payload}
+
+            done = wait_until(round_trip, timeout=timeout, interval=0.5, error=ServiceStartError,
+                              what=f"{node.name}: store and read back through {reader.name}",
+                              log=lambda node=node: log_tail(self.ctx.logs_dir / f"{node.name}-app.log", 15))
+            if not done["same"]:
                 raise ServiceStartError(f"{node.name}: stored secret read back different through {reader.name}")
         if self.ctx.topology.async_orders:
             self._verify_order_active(timeout)
@@ -292,19 +293,21 @@ class Environment:
         order = client.orders.create_key(name="readiness-order", algorithm="aes", bit_length=256,
                                          mode="cbc", payload_content_type="application/octet-stream")
         ref = order.submit()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            order = client.orders.get(ref)
-            if order.status == "ACTIVE":
-                # Legacy policy lets only a project admin delete orders.
-                admin = self.barbican("admin")
-                admin.secrets.delete(order.secret_ref)
-                admin.orders.delete(ref)
-                return
-            if order.status == "ERROR":
-                raise ServiceStartError("readiness key order went to ERROR (see barbican-worker log)")
-            time.sleep(0.3)
-        raise ServiceStartError(f"readiness key order still PENDING after {timeout:.0f} s")
+        status = {}
+
+        def active():
+            status["now"] = client.orders.get(ref)
+            return status["now"].status == "ACTIVE"
+
+        wait_until(active, timeout=timeout, interval=0.3, error=ServiceStartError,
+                   what="readiness key order turns ACTIVE through barbican-worker",
+                   gave_up=lambda: "the order went to ERROR" if getattr(status.get("now"), "status", "") == "ERROR"
+                   else None,
+                   log=lambda: log_tail(self.ctx.logs_dir / "barbican-worker-1.log", 15))
+        # Legacy policy lets only a project admin delete orders.
+        admin = self.barbican("admin")
+        admin.secrets.delete(status["now"].secret_ref)
+        admin.orders.delete(ref)
 
     def cloud_names(self) -> dict[str, dict[str, str]]:
         """Cloud name per role and node in clouds.yaml (node 'default' = the catalog's first)."""

@@ -176,6 +176,7 @@ class Target(Protocol):
     @property
     def capabilities(self) -> frozenset[Capability]: ...
     def facet(self, capability: Capability): ...
+    def pytest_args(self) -> list[str]: ...        # how the conformance suites find it
 
 
 class Facets:

@@ -47,6 +47,7 @@ class CloudNode:
 class CloudTarget:
     default_cloud: str
     spec: TargetsFile
+    targets_path: Path | None = None
     _sessions: dict = field(default_factory=dict)
 
     @classmethod
@@ -55,7 +56,7 @@ class CloudTarget:
             spec = load_yaml_model(targets_path, TargetsFile)
         else:
             spec = TargetsFile(clouds={"member": cloud, "creator": cloud})
-        target = cls(cloud, spec)
+        target = cls(cloud, spec, Path(targets_path).resolve() if targets_path else None)
         target.node()  # fail now, with the cloud's name, if the catalog has no key-manager
         return target
 
@@ -82,6 +83,10 @@ class CloudTarget:
     @property
     def async_orders(self) -> bool:
         return self.spec.async_orders
+
+    def pytest_args(self) -> list[str]:
+        args = ["--barbican-cloud", self.default_cloud]
+        return args + (["--barbican-targets", str(self.targets_path)] if self.targets_path else [])
 
     @property
     def policy(self) -> str:

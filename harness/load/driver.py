@@ -40,6 +40,7 @@ from harness.redact import mask
 from harness.target import Capability
 from harness.target import traits_of
 from harness.timeline import Event, Timeline
+from harness.wait import wait_until
 
 CONFIG_ENV = "BARBICAN_LOAD_CONFIG"
 RESULT_FILE = "result.json"
@@ -253,19 +254,11 @@ def _environment_facts(env) -> dict:
 
 def _wait_serving(env, role: str, timeout: float = 60.0) -> None:
     """Before the ledger check, every node answers again (a killed node was restarted)."""
-    deadline = time.monotonic() + timeout
     sess = env.session(role)
     for node in env.nodes:
-        while True:
-            try:
-                r = sess.get(node.url + "/v1/secrets", params={"limit": 1}, raise_exc=False, timeout=10)
-                if r.status_code == 200:
-                    break
-            except Exception:  # noqa: BLE001 - retried until the deadline
-                pass
-            if time.monotonic() > deadline:
-                raise HarnessError(f"ledger check: {node.name} does not answer after heal ({timeout:.0f} s)")
-            time.sleep(0.5)
+        wait_until(lambda node=node: sess.get(node.url + "/v1/secrets", params={"limit": 1}, raise_exc=False,
+                                              timeout=10).status_code == 200,
+                   timeout=timeout, interval=0.5, what=f"ledger check: {node.name} answers after heal")
 
 
 def _ledger_counts(ledger: Ledger) -> dict:
