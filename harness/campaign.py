@@ -18,6 +18,7 @@ from pathlib import Path
 
 from harness import redact
 from harness.conformance_run import run_conformance
+from harness.report.verdicts import Check, VerdictFile, short_verdict
 from harness.environment import Environment, runs_dir
 from harness.errors import HarnessError
 from harness.progress import Progress
@@ -154,17 +155,7 @@ def run_campaign(profile: str, progress: Progress | None = None, provider: str =
     result.failures += [f"load: {f}" for f in result.load.get("failures", [])]
     result.passed = not result.failures
     (out_dir / "campaign.json").write_text(redact.mask(json.dumps(asdict(result), indent=2)))
-    # The report opens with this table: one row per incident.
-    (out_dir / "verdict.json").write_text(redact.mask(json.dumps([{
-        "incident": i["incident"],
-        "expected": _short(i["expected"]),
-        "observed": _short(i["observed"]),
-        "outage or data loss": i["outage_or_data_loss"],
-        "evidence": "; ".join(i["evidence"])[:300],
-        "to verdict (s)": i["time_to_verdict_s"],
-        "ledger": "nothing lost" if i["ledger_ok"] else "LOSS",
-        "result": "PASS" if i["passed"] else "FAIL",
-    } for i in result.incidents], indent=2)))
+    _verdict_file(result).write(out_dir)
     result.report = _report(out_dir)
     (out_dir / "campaign.json").write_text(redact.mask(json.dumps(asdict(result), indent=2)))
     return result
@@ -183,11 +174,29 @@ def _load(envs: dict, spec: dict, out_dir: Path, progress) -> dict:
     return {"summary": summary, "failures": list(summary.get("failures", []) or [])}
 
 
-def _short(v: dict | None) -> str:
-    if not v:
-        return "-"
-    nodes = v.get("affected_nodes")
-    return f"{v.get('category')} / {v.get('blast_radius')}" + (f" ({', '.join(nodes)})" if nodes else "")
+def _verdict_file(result: CampaignResult) -> VerdictFile:
+    """Every check of the campaign, one row each: round trips, conformance, incidents (the
+    load run's thresholds and ledger are reported from its own result.json)."""
+    checks = []
+    for name, summary in result.round_trips.items():
+        ok = "differ" not in summary
+        checks.append(Check("round trip", name, ok, summary,
+                            {"check": f"round trips {name}", "observed": summary, "result": "PASS" if ok else "FAIL"}))
+    for name, c in result.conformance.items():
+        checks.append(Check("conformance", name, bool(c.get("ok")), c.get("summary", ""),
+                            {"check": f"conformance {name}", "observed": c.get("summary"),
+                             "result": "PASS" if c.get("ok") else "FAIL"},
+                            {"failed_tests": c.get("failed_tests", []), "junit": c.get("junit")}))
+    for i in result.incidents:
+        message = "; ".join(i["failures"]) or f"expected {short_verdict(i['expected'])}, " \
+                                               f"observed {short_verdict(i['observed'])}"
+        checks.append(Check("incident", i["incident"], i["passed"], message, {
+            "check": f"incident {i['incident']}", "expected": short_verdict(i["expected"]),
+            "observed": short_verdict(i["observed"]), "outage or data loss": i["outage_or_data_loss"],
+            "evidence": "; ".join(i["evidence"])[:300], "to verdict (s)": i["time_to_verdict_s"],
+            "ledger": "nothing lost" if i["ledger_ok"] else "LOSS", "result": "PASS" if i["passed"] else "FAIL"},
+            {k: i[k] for k in ("expected", "observed", "failures", "run_dir")}))
+    return VerdictFile("campaign", f"{result.profile} ({result.provider})", result.passed, result.failures, checks)
 
 
 def _report(out_dir: Path) -> str:

@@ -20,6 +20,7 @@ from harness.environment import Environment, runs_dir
 from harness.faults.engine import sigterm_as_interrupt
 from harness.ledger import Ledger, LedgerChecker
 from harness.progress import Progress
+from harness.report.verdicts import Check, VerdictFile, short_verdict
 from harness.scenario import Scenario
 from harness.seeding import seed
 from harness.target import Capability
@@ -101,9 +102,9 @@ def run_scenario(scenario: Scenario, env: Environment | None = None,
     finally:
         (run_dir / "timeline.json").write_text(redact.mask(json.dumps(timeline, indent=2)))
         result.passed = not result.failures
-        (run_dir / "verdict.json").write_text(redact.mask(json.dumps(result.to_dict(), indent=2)))
+        _write_result(scenario, run_dir, result)
         _copy_logs(env, run_dir)
-        _report(run_dir, result)
+        _report(scenario, run_dir, result)
         if own_env:
             env.down()
     return result
@@ -232,7 +233,7 @@ def _judge(scenario: Scenario, seeded, result: ScenarioResult, after: Verdict, c
                     result.failures.append(f"operation {op['operation']}: {key} = {op.get(key)}, expected {want}")
 
 
-def _report(run_dir: Path, result: ScenarioResult) -> None:
+def _report(scenario: Scenario, run_dir: Path, result: ScenarioResult) -> None:
     """report.html, allure-results/ and junit.xml next to verdict.json."""
     from harness.report import build_report
 
@@ -241,7 +242,25 @@ def _report(run_dir: Path, result: ScenarioResult) -> None:
     except Exception as exc:  # noqa: BLE001 - a run without its report has failed
         result.failures.append(f"report: {type(exc).__name__}: {exc}")
         result.passed = False
-        (run_dir / "verdict.json").write_text(redact.mask(json.dumps(result.to_dict(), indent=2)))
+        _write_result(scenario, run_dir, result)
+
+
+def _write_result(scenario: Scenario, run_dir: Path, result: ScenarioResult) -> None:
+    """scenario.json (the whole record) and verdict.json (the judgement, one check)."""
+    (run_dir / "scenario.json").write_text(redact.mask(json.dumps(result.to_dict(), indent=2)))
+    observed = result.observed or {}
+    expected = scenario.expect.verdict.model_dump(exclude_none=True) if scenario.expect.verdict else {}
+    row = {"scenario": result.name, "expected": short_verdict(expected), "observed": short_verdict(observed),
+           "outage or data loss": observed.get("incident"), "evidence": "; ".join(observed.get("evidence") or [])[:300],
+           "to verdict (s)": result.time_to_verdict_s,
+           "ledger": "nothing lost" if (result.ledger or {}).get("ok") else "LOSS" if result.ledger else "-",
+           "result": "PASS" if result.passed else "FAIL"}
+    message = "; ".join(result.failures) or f"passed: verdict {observed.get('category', '-')}"
+    details = {"expected": expected, "observed": observed, "time_to_verdict_s": result.time_to_verdict_s,
+               "failures": result.failures, "after_heal": result.after_heal, "ledger": result.ledger}
+    VerdictFile("scenario", result.name, result.passed, list(result.failures),
+                [Check("scenario", result.name, result.passed, message, row, details)]).write(run_dir)
+
 
 
 def _brief(v: Verdict) -> dict:

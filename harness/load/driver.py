@@ -336,7 +336,3 @@ def read_locust_failures(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return [{"method": r.get("Method", ""), "name": r.get("Name", ""), "error": mask(r.get("Error", ""))[:300],
                  "occurrences": int(r.get("Occurrences") or 0)} for r in csv.DictReader(f)]
-
-
-def load_result(out_dir: Path) -> dict:
-    return json.loads((Path(out_dir) / RESULT_FILE).read_text())
