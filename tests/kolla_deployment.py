@@ -35,6 +35,7 @@ LABEL = "barbican-harness-test.kolla"
 KEYSTONE_CONF = "/etc/keystone/keystone.conf"
 BARBICAN_CONF = "/etc/barbican/barbican.conf"
 BARBICAN_LOG_FILE = "/var/log/kolla/barbican/barbican-api.log"
+SOFTHSM_LIB = "/usr/lib/softhsm/libsofthsm2.so"  # in the python image
 ROLES = {  # the harness's role -> (user, project, Keystone role)
     "creator": ("project-a-creator", "project-a", "creator"),
     "other-creator": ("project-b-creator", "project-b", "creator"),
@@ -283,6 +284,50 @@ class KollaDeployment:
         for i, service in ((1, "barbican_api"), (2, "barbican_api_2")):
             _wait(lambda: requests.get(self.node_url(i) + "/", timeout=3).status_code == 300, 240,
                   f"{service} serving", self.containers[service])
+
+    def add_p11(self) -> Path:
+        """A third Barbican container, `barbican_api_p11`: the p11_crypto plugin on a SoftHSM
+        token inside the container (token, MKEK and HMAC key made by its start command, as a
+        Kolla bootstrap would), its own database; a deployment file of its own."""
+        from harness.services.softhsm import SOFTHSM_P11_OPTIONS
+
+        rc, out = self.containers["mariadb"].exec_run(["mariadb", "-e", (
+            "CREATE DATABASE IF NOT EXISTS barbican_p11 CHARACTER SET utf8mb4; "
+            "GRANT ALL PRIVILEGES ON barbican_p11.* TO 'barbican'@'%';")])
+        assert rc == 0, out
+        self.ports["barbican-p11"] = free_port()
+        self.pw["hsm_pin"] = "".join(secrets.choice("0123456789") for _ in range(8))
+        url = f"http://127.0.0.1:{self.ports['barbican-p11']}"
+        p11 = {"library_path": SOFTHSM_LIB, "token_labels": "barbican", "login": self.pw["hsm_pin"],
+               "mkek_label": "barbican_mkek", "mkek_length": "32", "hmac_label": "barbican_hmac",
+               **SOFTHSM_P11_OPTIONS}
+        conf = (self.barbican_conf(1).replace(self.node_url(1), url).replace("@mariadb:3306/barbican\n",
+                                                                             "@mariadb:3306/barbican_p11\n")
+                .replace("enabled_crypto_plugins = simple_crypto", "enabled_crypto_plugins = p11_crypto")
+                + "\n[p11_crypto_plugin]\n" + "".join(f"{k} = {v}\n" for k, v in p11.items()))
+        # The SO PIN only sets the token up: an environment variable of the start command.
+        start = ('if [ ! -f /var/lib/softhsm/tokens/.made ]; then '
+                 'softhsm2-util --init-token --free --label barbican --pin "$(sed -n "s/^login = //p" '
+                 f'{BARBICAN_CONF})" --so-pin "$SO_PIN" && barbican-manage db upgrade && '
+                 'barbican-manage hsm gen_mkek && barbican-manage hsm gen_hmac && '
+                 'touch /var/lib/softhsm/tokens/.made; fi && exec uwsgi --ini /etc/barbican/barbican-api-uwsgi.ini')
+        c = self._create("barbican_api_p11", self.python, ["sh", "-c", start], alias="barbican-api-p11",
+                         environment={"SO_PIN": secrets.token_hex(4)},
+                         files={BARBICAN_CONF: (conf.encode(), 0o600),
+                                "/etc/barbican/barbican-api-uwsgi.ini": (self.UWSGI.encode(), 0o644)},
+                         ports={"9311/tcp": ("127.0.0.1", self.ports["barbican-p11"])})
+        c.start()
+        _wait(lambda: requests.get(url + "/", timeout=3).status_code == 300, 300, "barbican_api_p11 serving", c)
+        targets = self.workdir / "targets-p11.yaml"
+        targets.write_text(yaml.safe_dump({"policy": "legacy", "backends": ["pkcs11"],
+                                           "clouds": {role: f"{self.deployment_name}-{role}" for role in ROLES}}))
+        path = self.workdir / "deployment-p11.yaml"
+        path.write_text(yaml.safe_dump({
+            "name": f"{self.deployment_name}-p11", "api": {"cloud": f"{self.deployment_name}-creator",
+                                                          "targets": targets.name},
+            "defaults": {"pkcs11_module": SOFTHSM_LIB},
+            "nodes": {"barbican-1": {"container": self.name("barbican_api_p11"), "url": url}}}, sort_keys=False))
+        return path
 
     def _files(self) -> None:
         """clouds.yaml (one cloud per role), the targets file and the deployment file."""

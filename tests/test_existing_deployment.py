@@ -242,3 +242,48 @@ def test_heal_after_the_cli_is_killed_restores_the_config_hash(kolla, target, tm
     assert serves(kolla.node_url(2))
     assert not os.path.exists(kept["saved"])
     assert everything(target) == before
+
+
+@pytest.fixture(scope="module")
+def kolla_p11(kolla):
+    """The PKCS#11 Barbican container and its deployment file (made on first use)."""
+    started = time.monotonic()
+    path = kolla.add_p11()
+    sys.stderr.write(f"\nkolla p11 container: up in {time.monotonic() - started:.0f} s\n")
+    return path
+
+
+def test_hsm_faults_after_shim_install_and_uninstall_byte_identical(kolla, kolla_p11):
+    from harness.deployment import DeploymentTarget
+    from harness.deployment.shim import LIBRARY
+    from harness.target import Capability
+
+    def p11(*args, timeout=600):
+        return harness_cli(*args, "--deployment", str(kolla_p11), env=kolla.environ(), timeout=timeout)
+
+    container = kolla.containers["barbican_api_p11"]
+    original = container.exec_run(["sha256sum", BARBICAN_CONF]).output.split()[0].decode()
+    # Before the install, HSM faults are refused with what to do, and nothing is journaled.
+    proc = p11("fault", "inject", "hsm_error", "--param", "function=C_Encrypt", "--allow-destructive")
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and "needs capability 'hsm_shim'" in err and "shim install --deployment" in err, err
+    proc = p11("shim", "install", "--dry-run")
+    assert proc.returncode == 0 and "nothing was changed" in proc.stdout and LIBRARY in proc.stdout
+    assert container.exec_run(["sha256sum", BARBICAN_CONF]).output.split()[0].decode() == original
+    proc = p11("shim", "install")
+    assert proc.returncode == 0 and "shim installed" in proc.stdout, proc.stdout + proc.stderr
+    rc, conf = container.exec_run(["grep", "^library_path", BARBICAN_CONF])
+    assert conf.decode().split("=")[1].strip() == LIBRARY
+    # An HSM latency scenario through the shim, driven by the CLI.
+    proc = p11("run", str(REPO / "scenarios" / "hsm-latency-500ms.yaml"), "--allow-destructive", "--json",
+               timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    (result,) = json.loads(proc.stdout)
+    assert result["passed"], result["failures"]
+    stats = DeploymentTarget.load(kolla_p11).facet(Capability.HSM_SHIM).stats()
+    assert stats["C_Encrypt"]["calls"] > 0 and stats["C_Decrypt"]["calls"] > 0, stats  # read from the container
+    proc = p11("shim", "uninstall")
+    assert proc.returncode == 0 and "byte-identical" in proc.stdout, proc.stdout + proc.stderr
+    assert container.exec_run(["sha256sum", BARBICAN_CONF]).output.split()[0].decode() == original
+    assert container.exec_run(["test", "-e", "/var/lib/barbican-harness"]).exit_code != 0
+    assert serves(json_url := yaml.safe_load(kolla_p11.read_text())["nodes"]["barbican-1"]["url"]), json_url

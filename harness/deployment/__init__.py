@@ -9,6 +9,8 @@ the Docker API of the container's host:
     config_write       barbican.conf edited inside the container, original kept and restored
     service_logs       Barbican's log (container output or a file inside) in <state>/logs
     container_network  docker network disconnect / connect (not on host networking)
+    hsm_shim           once `barbican-harness shim install` put the PKCS#11 fault shim in
+                       the Barbican containers (harness.deployment.shim)
     database           only with a host-reachable `database.url`
 
 It is someone else's deployment (`foreign`): the fault engine allows nothing beyond the
@@ -133,16 +135,20 @@ class DeploymentTarget:
             reason = f"the containers cannot be reached: {exc}"
             for cap in (Capability.NODE_CONTROL, Capability.CONFIG_WRITE, Capability.CONTAINER_NETWORK):
                 out[cap] = reason
+        from harness.deployment import shim
+
+        out[Capability.HSM_SHIM] = shim.missing_reason(self)
         return {c: r for c, r in out.items() if r}
 
     def _facet_builders(self) -> dict:
-        from harness.deployment import facets
+        from harness.deployment import facets, shim
 
         builders = {
             Capability.NODE_CONTROL: lambda: facets.DeploymentNodeControl(self),
             Capability.CONFIG_WRITE: lambda: facets.DeploymentConfig(self),
             Capability.SERVICE_LOGS: lambda: facets.DeploymentLogs(self),
             Capability.CONTAINER_NETWORK: lambda: facets.DeploymentNetwork(self),
+            Capability.HSM_SHIM: lambda: shim.ContainerShimControl(self),
         }
         if self.deployment.spec.database and self.deployment.spec.database.url:
             builders[Capability.DATABASE] = lambda: facets.UrlDatabase(self.deployment.spec.database.url)

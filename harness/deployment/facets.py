@@ -115,11 +115,15 @@ class DeploymentNodeControl:
         self.changes.drop(node, "paused")
 
     def restart(self, node: str) -> None:
-        """Bring back what the harness stopped or paused and wait until it serves; a
-        node the harness did not stop is left alone."""
+        """Bring back what the harness stopped or paused, or else restart the container
+        as it runs (what an operator does after an HSM outage); wait until it serves. A
+        stopped container the harness did not stop is left alone."""
         role = self._barbican(node)
+        undone = False
         for kind in ("paused", "stopped"):
-            c, _ = to_undo(self.containers, self.changes, role, kind)
+            c, entry = to_undo(self.containers, self.changes, role, kind)
+            if entry is not None:
+                undone = True
             if c is None:
                 continue
             c.reload()
@@ -129,6 +133,13 @@ class DeploymentNodeControl:
                 self.containers.call(role, "start", c.start)
             self.ready.wait(role, c)
             self.changes.drop(role, kind)
+        if not undone:
+            c = self.containers.get(role)
+            if c.status != "running":
+                raise HarnessError(f"{role}: container {c.name} is {c.status} and the harness did not stop it: "
+                                   "not started")
+            self.containers.call(role, "restart", lambda: c.restart(timeout=STOP_GRACE))
+            self.ready.wait(role, c)
 
     def workers(self) -> list[str]:
         return list(self.target.deployment.spec.workers)
