@@ -72,15 +72,20 @@ def serves(url: str) -> bool:
         return False
 
 
-def with_node_2_in(kolla, container: str, variant: str, tmp_path):
-    """Another deployment file (its own state directory): barbican-2 is `container`."""
+def variant(kolla, name: str, tmp_path, edit):
+    """Another deployment file (its own state directory), changed by `edit(spec)`."""
     spec = kolla.deployment_spec()
-    spec["name"] = f"{spec['name']}-{variant}"
+    spec["name"] = f"{spec['name']}-{name}"
     spec["api"]["targets"] = str(kolla.targets_file)
-    spec["nodes"]["barbican-2"]["container"] = container
-    path = tmp_path / f"{variant}.yaml"
+    edit(spec)
+    path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
+    path.chmod(0o600)
     return spec, path
+
+
+def with_node_2_in(kolla, container: str, name: str, tmp_path):
+    return variant(kolla, name, tmp_path, lambda spec: spec["nodes"]["barbican-2"].update(container=container))
 
 
 def test_destructive_faults_are_refused_before_anything_is_journaled(kolla, target):
@@ -139,6 +144,20 @@ def test_partition_on_host_networking_is_refused_with_the_reason(kolla, tmp_path
         assert not (runs_dir() / f"deployment-{spec['name']}" / "faults.jsonl").exists()
     finally:
         host_net.remove(force=True)
+
+
+def test_a_database_url_grants_sql_access_and_its_absence_says_why(kolla, target, tmp_path):
+    from harness.deployment import DeploymentTarget
+    from harness.target import Capability
+
+    assert Capability.DATABASE not in target.capabilities and "database.url" in target.why_not[Capability.DATABASE]
+    url = f"mysql+pymysql://barbican:{kolla.pw['db_barbican']}@127.0.0.1:{kolla.ports['mariadb']}/barbican"
+    _, path = variant(kolla, "db", tmp_path, lambda spec: spec["database"].update(url=url))
+    with_db = DeploymentTarget.load(path)
+    assert Capability.DATABASE in with_db.capabilities
+    with with_db.facet(Capability.DATABASE).connect("barbican") as conn, conn.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM secrets")
+        assert cur.fetchone()[0] >= 0
 
 
 def test_a_prepared_fault_touches_nothing_on_a_recreated_container(kolla, tmp_path):
