@@ -8,17 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import yaml
 
+from harness.known_bugs import known_bug
 from tests.conftest import topology
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.mark.xdist_group("kmip-threaded")
-@pytest.mark.xfail(strict=True, reason=(
-    "Barbican bug: KMIPSecretStore shares one PyKMIP ProxyKmipClient (one TLS connection) "
-    "between the threads of an API process; concurrent secret reads interleave on that "
-    "connection and fail with 500 (log: ssl.SSLError WRONG_VERSION_NUMBER, 'Bad file "
-    "descriptor', \"'NoneType' object has no attribute 'close'\")"))
+@known_bug("kmip-shared-client-threads")
 def test_concurrent_kmip_reads_on_a_threaded_node_all_succeed(barbican_env_pool, tmp_path):
     topo = yaml.safe_load(topology("kmip").read_text())
     topo.update(name="kmip-threaded", barbican={"nodes": 1, "processes": 1, "threads": 4})
