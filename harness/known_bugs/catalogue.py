@@ -39,13 +39,14 @@ class KnownBug:
 BUGS: tuple[KnownBug, ...] = (
     KnownBug(
         id="metadata-put-deadlock",
-        title="concurrent PUT /v1/secrets/{id}/metadata on different secrets answer 500 (DBDeadlock)",
+        title="concurrent PUT /v1/secrets/{id}/metadata answer 500 (InnoDB deadlock, not retried)",
         cause="PUT /v1/secrets/{id}/metadata replaces a secret's metadata with a DELETE of its rows and new "
-              "INSERTs in one transaction; InnoDB's gap locks make concurrent PUTs on different secrets "
-              "deadlock (1213), and Barbican neither retries (no oslo_db wrap_db_retry on DBDeadlock) nor maps "
-              "it: the client gets 500 'Secret metadata creation failure seen'. Measured: 55 of 400 PUTs with "
-              "8 threads over 16 secrets and 2 nodes; seen under the campaign's load too",
-        present_means="a metadata PUT answers 500 while 8 threads PUT metadata on 16 probe secrets "
+              "INSERTs in one transaction; InnoDB's gap locks make concurrent PUTs deadlock (1213), on different "
+              "secrets too, and Barbican neither retries (no oslo_db wrap_db_retry on DBDeadlock) nor maps it: the "
+              "client gets 500 'Secret metadata creation failure seen'. Measured: 55 of 400 PUTs with 8 threads "
+              "over 16 secrets and 2 nodes; 5-10% of the PUTs with 8 threads over 2 secrets (8 keys each) on one "
+              "node; seen under the campaign's load too",
+        present_means="a metadata PUT (8 keys) answers 500 while 8 threads PUT metadata on 2 probe secrets "
                       "(timing-dependent: 'absent' means not reproduced in 400 PUTs)",
         conditions="MariaDB/MySQL (InnoDB), concurrent metadata writers",
         pinned_by=("tests/test_barbican_deadlocks.py::test_concurrent_metadata_puts_on_different_secrets_all_succeed",),
