@@ -591,8 +591,8 @@ KMIP_SECRETS, KMIP_READS, KMIP_THREADS = 4, 40, 8
 def _kmip_shared_client_threads(p: Prober) -> list[Observation]:
     default = p.target.backends[0] if p.target.backends else "unknown"
     if default != "kmip":
-        raise NotCheckable(f"does not apply: the default store is {default} (targets file `backends`), the bug "
-                           "is in the KMIP store")
+        raise NotCheckable(f"does not apply: the default store is {default} (the targets file's `backends`, "
+                           "simple_crypto when it says none); the bug is in the KMIP store")
     refs = [p.secret(f"kmip-{i}", payload=base64.b64encode(_rand.token_bytes(16)).decode(),
                      payload_content_type="application/octet-stream", payload_content_encoding="base64")
             for i in range(KMIP_SECRETS)]
