@@ -456,10 +456,8 @@ def diagnose(run_id: Optional[str] = typer.Option(None, "--run", help="An enviro
 
 
 @app.command("known-bugs")
-def known_bugs(cloud: Optional[str] = typer.Option(None, "--cloud", help="An existing cloud (clouds.yaml)"),
-               targets: Optional[Path] = typer.Option(None, "--targets", help="Targets file for --cloud: the "
-                                                      "roles; admin and service-admin make more probes checkable"),
-               run_id: Optional[str] = typer.Option(None, "--run", help="An environment of this harness"),
+def known_bugs(run_id: Optional[str] = RUN_OPT, cloud: Optional[str] = CLOUD_OPT,
+               targets: Optional[Path] = TARGETS_OPT, deployment: Optional[Path] = DEPLOYMENT_OPT,
                bug: list[str] = typer.Option([], "--bug", help="Only this bug id (repeatable)"),
                allow_quota_changes: bool = typer.Option(False, "--allow-quota-changes",
                                                         help="Let the quota probe set the writer's project "
@@ -472,17 +470,8 @@ def known_bugs(cloud: Optional[str] = typer.Option(None, "--cloud", help="An exi
     from harness.known_bugs.run import run_known_bugs, select
 
     try:
-        if bool(cloud) == bool(run_id) or (targets and not cloud):
-            raise HarnessError("name one Barbican: --cloud NAME [--targets FILE], or --run RUN_ID")
-        select(bug)  # an unknown id is refused before anything is written
-        if cloud:
-            from harness.targets import CloudTarget
-
-            target = CloudTarget.load(cloud, targets)
-        else:
-            from harness.environment import Environment
-
-            target = Environment.attach(run_id)
+        select(bug)  # an unknown id is refused before anything is opened or written
+        target = _target(run_id, cloud, targets, deployment)
         report = run_known_bugs(target, cloud or target.run_id, bug, allow_quota_changes,
                                 progress=lambda line: console.print(line, highlight=False, markup=False))
     except HarnessError as exc:
@@ -491,8 +480,8 @@ def known_bugs(cloud: Optional[str] = typer.Option(None, "--cloud", help="An exi
         out.print_json(json.dumps(report))
     else:
         colour = {"present": "red", "absent": "green", "not checkable": "yellow"}
-        table = Table(title=f"known Barbican bugs on {report['target']} (API max microversion "
-                            f"{report['api_max_microversion'] or '?'})", show_lines=True)
+        table = Table(title=f"known Barbican bugs on {report['target']}: Barbican {report['barbican_version']}, "
+                            f"API max microversion {report['api_max_microversion'] or '?'}", show_lines=True)
         for col in ("bug", "status", "evidence"):
             table.add_column(col, no_wrap=col == "bug")
         for f in report["findings"]:
@@ -500,13 +489,12 @@ def known_bugs(cloud: Optional[str] = typer.Option(None, "--cloud", help="An exi
         out.print(table)
         out.print(", ".join(f"{n} {s}" for s, n in report["summary"].items()) + f" in {report['seconds']} s; "
                   f"results: {Path(report['run_dir']) / 'known-bugs.json'}", highlight=False)
-    left = report["cleanup"]["left"] + report["cleanup"]["from_interrupted_runs"]["left"]
-    for line in left:
-        console.print(f"[red]left behind:[/red] {line}", highlight=False)
+    for line in report["cleanup"]["left"]:
+        console.print(f"[red]left behind:[/red] {escape(line)}", highlight=False)
     if report["interrupted"]:
-        console.print("interrupted" + ("" if left else ": every write undone"))
+        console.print("interrupted" + ("" if report["cleanup"]["left"] else ": every write undone"))
         raise typer.Exit(130)
-    raise typer.Exit(1 if left else 0)
+    raise typer.Exit(1 if report["cleanup"]["left"] else 0)
 
 
 @app.command()

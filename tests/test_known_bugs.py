@@ -1,11 +1,11 @@
 """Issue 13, item 4: `barbican-harness known-bugs` on a Barbican the harness did not start.
 
 The catalogue (harness/known_bugs/catalogue.py) and the suites' strict xfails are one
-thing: checked here in pure logic. On a harness environment used only as an existing
-cloud (its clouds.yaml and a targets file) on Barbican 23.0.0, every catalogued bug the
-API can show is reported present, and the project's secrets, containers, orders and
-quota are exactly as before; a killed run's writes are undone by the next run, and
-Ctrl-C undoes its own."""
+thing: checked here in pure logic, with the status aggregation. On a harness environment
+used only as an existing cloud (its clouds.yaml and a targets file) on Barbican 23.0.0,
+every catalogued bug the API can show is reported present, and the project's secrets,
+containers, orders and quota are exactly as before; Ctrl-C undoes what the run wrote, and
+`heal` what a killed run wrote (a project quota included)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ import yaml
 from harness.environment import runs_dir
 from harness.known_bugs import BUGS, CATALOGUE, known_bug
 from harness.known_bugs.probes import (ABSENT, NOT_APPLICABLE, NOT_CHECKABLE, NOT_SEEN, PRESENT, PROBES, SEEN,
-                                       UNKNOWN, Observation, Writes, judge)
+                                       UNKNOWN, Observation, judge)
+from harness.writes import Writes
 from harness.known_bugs.run import RESULTS_FILE
 from tests.conftest import CLI, REPO, harness_cli
 
@@ -53,19 +54,17 @@ def test_judge_aggregates_the_cases_of_a_probe(outcomes, status):
         assert evidence[0] == f"case {outcomes.index(SEEN)}: evidence {outcomes.index(SEEN)}"
 
 
-def test_the_write_journal_keeps_what_was_not_undone(tmp_path):
-    writes = Writes(tmp_path, "cloud 'c'")
-    a = writes.record("secret", "creator", name="kb-a")                    # before the POST
-    writes.record("secret", "creator", name="kb-a", ref="http://x/v1/secrets/a")  # after it
-    writes.record("secret", "creator", name="kb-cut")                       # a POST cut off by a kill
-    writes.record("quota", "service-admin", ref="project-1", original={"secrets": 5})
-    writes.undone(a)
-    with open(writes.path, "a") as f:
-        f.write('{"key": "secret:kb-x", "kind": "sec')                     # a line cut by a kill
-    pending = Writes(tmp_path, "cloud 'c'").pending()
-    assert [(e["kind"], e["name"], e["ref"], e.get("original")) for e in pending] == [
-        ("quota", None, "project-1", {"secrets": 5}), ("secret", "kb-cut", None, None)]
-    assert {e["target"] for e in pending} == {"cloud 'c'"}
+def test_a_recorded_quota_keeps_its_prefix_open_until_restored(tmp_path):
+    writes = Writes(tmp_path)
+    writes.open("known-bugs-x", ["admin"], "known-bugs", ("containers", "secrets", "orders"))
+    writes.quota("known-bugs-x", "project-1", "service-admin", {"secrets": 5, "orders": None})
+    (rec,) = writes.open_records().values()
+    assert rec["kinds"] == ["containers", "secrets", "orders"] and rec["roles"] == ["admin"]
+    assert rec["quota"] == {"project": "project-1", "role": "service-admin", "original": {"secrets": 5, "orders": None}}
+    writes.quota_restored("known-bugs-x")
+    assert writes.open_records()["known-bugs-x"]["quota"] is None
+    writes.close("known-bugs-x", {})
+    assert writes.open_records() == {} and writes.open_prefixes() == {}
 
 
 def test_every_bug_has_a_probe_or_says_why_it_cannot_have_one():
@@ -101,9 +100,8 @@ def test_known_bug_is_the_catalogues_strict_xfail():
 
 @pytest.mark.parametrize("args, says", [
     (["--cloud", "c", "--bug", "nope"], "--bug nope: no such known bug; known: metadata-put-deadlock, "),
-    ([], "name one Barbican: --cloud NAME [--targets FILE], or --run RUN_ID"),
-    (["--cloud", "c", "--run", "r"], "name one Barbican"),
-    (["--targets", "t.yaml", "--run", "r"], "name one Barbican"),
+    (["--cloud", "c", "--run", "r"], "name one target: --run or --cloud, not several"),
+    (["--targets", "t.yaml", "--run", "r"], "--targets goes with --cloud"),
 ])
 def test_usage_errors_exit_2_in_one_line_before_anything_is_written(args, says):
     from typer.testing import CliRunner
@@ -178,68 +176,94 @@ def test_known_bugs_finds_the_pinned_bugs_on_barbican_23_and_leaves_nothing(env_
     assert report["summary"] == {PRESENT: list(expected.values()).count(PRESENT), ABSENT: 0,
                                  NOT_CHECKABLE: list(expected.values()).count(NOT_CHECKABLE)}
 
-    # Nothing left: the project's resources and quotas are as they were; the run undid every write.
+    # Nothing left: the project's resources and quotas are as they were; the run undid every
+    # write right after its probe, so the final sweep by name found nothing, and its record is closed.
     assert project_state(env) == before
-    assert report["cleanup"] == {"undone": report["cleanup"]["undone"], "left": [],
-                                 "from_interrupted_runs": {"undone": 0, "left": []}}
-    assert report["cleanup"]["undone"] >= 10  # the probes' secrets, containers, orders, the quota
+    cleanup = report["cleanup"]
+    assert cleanup["left"] == [] and cleanup["deleted"] >= 10  # the probes' secrets, containers, orders
+    assert cleanup["swept_by_name"] == {"containers": 0, "secrets": 0, "orders": 0, "failed": 0}
+    assert report["run_id"] not in Writes(Path(cleanup["writes_journal"]).parent).open_records()
+    assert report["barbican_version"] == "23.0.0"
     run_dir = Path(report["run_dir"])
     assert run_dir.parent == runs_dir() and re.fullmatch(rf"known-bugs-{re.escape(cloud)}-\d{{8}}-\d{{6}}-\w{{4}}",
                                                          run_dir.name)
     assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
     assert json.loads((run_dir / RESULTS_FILE).read_text()) == report
-    assert Writes(run_dir, report["target"]).pending() == []
     print(f"known-bugs on an existing cloud: {took:.1f} s (probes {report['seconds']} s)")
 
 
-def _newest_run(cloud: str, after: set[Path]) -> Path | None:
-    new = sorted(set(runs_dir().glob(f"known-bugs-{cloud}-*")) - after)
-    return new[-1] if new else None
+def _journal_size(journal: Path) -> int:
+    return journal.stat().st_size if journal.exists() else 0
 
 
-def _start_and_signal(cloud: str, targets: Path, osenv: dict, sig: int) -> tuple[subprocess.CompletedProcess, Path]:
-    """Start the deadlock probe, wait until it has journaled secrets of its own, send `sig`."""
-    before = set(runs_dir().glob(f"known-bugs-{cloud}-*"))
-    proc = subprocess.Popen([*CLI, "known-bugs", "--cloud", cloud, "--targets", str(targets), "--json",
-                             "--bug", "metadata-put-deadlock"], cwd=REPO, env=osenv, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            run_dir = _newest_run(cloud, before)
-            journal = run_dir / Writes.FILE if run_dir else None
-            if journal and journal.exists() and len(journal.read_text().splitlines()) >= 3:
-                break
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.05)
-        else:
-            raise AssertionError("the probe journaled no write within 60 s")
-        proc.send_signal(sig)
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), run_dir
+def _stopped_when(proc: subprocess.Popen, journal: Path, since: int, recorded: str, condition,
+                  timeout: float = 60) -> None:
+    """Once the target's writes journal has a new line (after byte `since`) with `recorded`,
+    let the CLI run in 20 ms steps until `condition()` holds; it is left stopped (SIGSTOP), so
+    a window of the run is caught whatever its length."""
+    deadline = time.monotonic() + timeout
+    while not (journal.exists() and recorded in journal.read_bytes()[since:].decode()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    while True:
+        os.kill(proc.pid, signal.SIGSTOP)
+        if condition():
+            return
+        assert proc.poll() is None and time.monotonic() < deadline, "the run never got there"
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(0.02)
+
+
+def _known_bugs(cloud: str, targets: Path, osenv: dict, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([*CLI, "known-bugs", "--cloud", cloud, "--targets", str(targets), "--json", *args],
+                            cwd=REPO, env=osenv, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
 
 
 @pytest.mark.integration
 @pytest.mark.xdist_group("simple-crypto")
-def test_a_killed_run_is_undone_by_the_next_and_ctrl_c_undoes_its_own(env_of, tmp_path):
+def test_ctrl_c_undoes_the_runs_writes_and_heal_what_a_killed_run_left(env_of, tmp_path):
     env = env_of("simple-crypto")
     cloud, targets, osenv = cloud_of(env, tmp_path)
+    admin, quota_admin = env.session("admin"), env.session("service-admin")
+    secrets_url = env.node().url + "/v1/secrets"
+    quota_url = f"{env.node().url}/v1/project-quotas/{admin.get_project_id()}"
+    journal = runs_dir() / f"cloud-{cloud}" / "writes.jsonl"
+    opened = '"prefix": "known-bugs-'  # the run's record, written before its first write
     before = project_state(env)
 
-    killed, killed_dir = _start_and_signal(cloud, targets, osenv, signal.SIGKILL)
-    assert killed.returncode == -signal.SIGKILL
-    left = Writes(killed_dir, "").pending()
-    assert left and project_state(env) != before  # the kill left probe secrets behind
-
-    interrupted, _ = _start_and_signal(cloud, targets, osenv, signal.SIGINT)
-    assert interrupted.returncode == 130, interrupted.stderr
-    report = json.loads(interrupted.stdout)
-    assert report["interrupted"] is True
-    assert report["cleanup"]["from_interrupted_runs"] == {"undone": len(left), "left": []}
-    assert report["cleanup"]["left"] == [] and report["cleanup"]["undone"] >= 1
-    assert Writes(killed_dir, "").pending() == []
+    # Ctrl-C while the deadlock probe's secrets exist.
+    since = _journal_size(journal)
+    proc = _known_bugs(cloud, targets, osenv, "--bug", "metadata-put-deadlock")
+    try:
+        _stopped_when(proc, journal, since, opened, lambda: admin.get(secrets_url, params={"limit": 1}, timeout=15)
+                      .json()["total"] > len(before["secrets"]))
+        proc.send_signal(signal.SIGINT)
+        os.kill(proc.pid, signal.SIGCONT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    report = json.loads(stdout)
+    assert report["interrupted"] is True and report["cleanup"]["left"] == [], report["cleanup"]
+    assert "interrupted: every write undone" in stderr
     assert project_state(env) == before
+
+    # SIGKILL while the writer's project quota is 0: `heal` restores it (and deletes the rest).
+    since = _journal_size(journal)
+    proc = _known_bugs(cloud, targets, osenv, "--bug", "orders-bypass-quotas", "--allow-quota-changes")
+    try:
+        def quota_is_zero():
+            r = quota_admin.get(quota_url, raise_exc=False, timeout=15)
+            return r.status_code == 200 and r.json()["project_quotas"]["secrets"] == 0
+
+        _stopped_when(proc, journal, since, '"quota": {"project"', quota_is_zero)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)
+    assert project_state(env) != before
+    healed = harness_cli("heal", f"cloud-{cloud}", env=osenv, timeout=300)
+    assert healed.returncode == 0, healed.stdout + healed.stderr
+    assert "deleted what known-bugs-" in healed.stdout, healed.stdout
+    assert project_state(env) == before
+    assert not [p for p in Writes(runs_dir() / f"cloud-{cloud}").open_records() if p.startswith("known-bugs-")]

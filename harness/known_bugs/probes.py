@@ -2,12 +2,12 @@
 keystoneauth sessions, each with a timeout.
 
 Probes must be safe on someone else's cloud. They write only in the writer's project,
-every name starts with the run id (`known-bugs-...`), and everything they create is in
-the run's write journal (Writes) before it is asked for, and deleted after the probe (also
-on an error or Ctrl-C; a later run deletes what a killed one left). Changing a project
-quota is the one project-wide change: only with --allow-quota-changes, with the original
-journaled before the change and restored right after. A probe that needs a role the
-targets file does not give, or a flag, is "not checkable" and says which.
+every name starts with the run id (`known-bugs-...`, recorded in the target's writes
+journal, harness.writes, before the first write), and everything they create is deleted
+after the probe (also on an error or Ctrl-C; `heal` deletes what a killed run left).
+Changing a project quota is the one project-wide change: only with --allow-quota-changes,
+with the original recorded before the change and restored right after. A probe that needs
+a role the targets file does not give, or a flag, is "not checkable" and says which.
 
 A probe returns Observations, one per case it tried; `judge` turns them into the bug's
 status (pure logic, unit-tested).
@@ -73,52 +73,6 @@ class NotCheckable(Exception):
     """The probe cannot run on this target (a role, a flag, a backend, a failed set-up call)."""
 
 
-# -- what a run wrote ------------------------------------------------------------------------
-class Writes:
-    """Everything a known-bugs run creates or changes on its target, one JSON line each in its
-    run directory, written *before* the change: a resource by its unique name before the POST
-    (then again with its ref), a quota with its original value before the PUT; then a line when
-    it is deleted or restored. What is not undone is what a killed run left behind; a resource
-    whose POST was cut off has no ref and is looked up by its name."""
-
-    FILE = "writes.jsonl"
-
-    def __init__(self, run_dir: Path, target_name: str):
-        self.path = Path(run_dir) / self.FILE
-        self.target_name = target_name
-        self._lock = threading.Lock()
-
-    def _append(self, event: dict) -> None:
-        with self._lock, open(self.path, "a") as f:
-            f.write(json.dumps(event) + "\n")
-
-    def record(self, kind: str, role: str, *, name: str | None = None, ref: str | None = None, **extra) -> dict:
-        """Journal a write (again with the same name: now with its ref)."""
-        entry = {"key": f"{kind}:{name or ref}", "kind": kind, "name": name, "ref": ref, "role": role,
-                 "target": self.target_name, "state": "written", "time": time.time(), **extra}
-        self._append(entry)
-        return entry
-
-    def undone(self, entry: dict) -> None:
-        self._append({"key": entry["key"], "state": "undone"})
-
-    def pending(self) -> list[dict]:
-        """Entries written and not undone, newest first."""
-        if not self.path.exists():
-            return []
-        entries: dict[str, dict] = {}
-        for line in self.path.read_text().splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # a line cut by a kill
-            if event.get("state") == "undone":
-                entries.pop(event["key"], None)
-            else:
-                entries.setdefault(event["key"], {}).update(event)
-        return list(reversed(entries.values()))
-
-
 # -- the prober: calls, roles, resources -------------------------------------------------------
 @contextlib.contextmanager
 def _ctrl_c_deferred():
@@ -159,12 +113,17 @@ def _status(r) -> int | None:
 
 
 class Prober:
-    def __init__(self, target, run_id: str, run_dir: Path, allow_quota_changes: bool = False):
+    """What the probes act through. Every name starts with `prefix`, which the run records
+    (harness.writes) before the first write: `heal` finds what a killed run left. Each
+    resource is also kept here to be deleted right after its probe."""
+
+    def __init__(self, target, prefix: str, writes, allow_quota_changes: bool = False):
         self.target = target
-        self.prefix = run_id
+        self.prefix = prefix
+        self.writes = writes  # harness.writes.Writes of the target
         self.base = target.node().url.rstrip("/")
-        self.writes = Writes(run_dir, target.name)
         self.allow_quota_changes = allow_quota_changes
+        self.made: list[tuple[str, str, str]] = []  # (kind, ref, role that deletes it)
         self._project_ids: dict[str, str] = {}
 
     # calls
@@ -219,28 +178,21 @@ class Prober:
                                "it could not delete the probe's orders")
         return role
 
-    # resources: journaled by name before they are asked for
+    # resources, named under the prefix
     def name(self, tag: str) -> str:
         return f"{self.prefix}-{tag}"
 
-    def track(self, kind: str, ref: str, role: str | None = None) -> str:
-        """Journal a resource Barbican made for us (an order's secret or container)."""
-        self.writes.record(kind, role or self.writer, ref=ref)
+    def track(self, kind: str, ref: str, deleter: str | None = None) -> str:
+        self.made.append((kind, ref, deleter or self.writer))
         return ref
 
     def create(self, kind: str, body: dict, deleter: str | None = None):
-        """POST a resource named by the run (as the writer; `deleter` deletes it); the response.
-        It is journaled by name before the POST, so a kill while the request is in flight still
-        leaves a name to look up."""
-        name = body["meta"]["name"] if kind == "order" else body["name"]
-        deleter = deleter or self.writer
-        with _ctrl_c_deferred():  # the answer and its journal line, before Ctrl-C stops the run
-            entry = self.writes.record(kind, deleter, name=name)
+        """POST a resource (as the writer; `deleter` deletes it); the response. Ctrl-C waits for
+        the answer, so what the POST made is known and deleted."""
+        with _ctrl_c_deferred():
             r = self.call("POST", f"/v1/{kind}s", json=body)
             if _status(r) in (201, 202):
-                self.writes.record(kind, deleter, name=name, ref=r.json()[f"{kind}_ref"])
-            elif not isinstance(r, Exception):
-                self.writes.undone(entry)  # refused: nothing was made
+                self.track(kind, r.json()[f"{kind}_ref"], deleter)
         return r
 
     def secret(self, tag: str, **body) -> str:
@@ -259,16 +211,13 @@ class Prober:
         return self.create("order", {"type": kind, "meta": {"name": self.name(tag), **meta}}, deleter)
 
     def wait_order(self, ref: str, timeout: float = ORDER_WAIT_S) -> dict:
-        """The order once it left PENDING (or at the deadline); what it made is journaled."""
+        """The order once it left PENDING (or at the deadline)."""
         deadline = time.monotonic() + timeout
         while True:
             order = self.must(self.call("GET", ref), 200, what=f"reading order {ref}").json()
             if order["status"] != "PENDING" or time.monotonic() > deadline:
-                break
+                return order
             time.sleep(0.5)
-        for kind, ref in self.made_by(order):
-            self.track(kind, ref)
-        return order
 
     def made_by(self, order: dict) -> list[tuple[str, str]]:
         """What an order generated: its secret, or its container and the container's secrets."""
@@ -281,94 +230,47 @@ class Prober:
         return made
 
     # project quotas
-    def set_quota(self, admin: str, project: str, **quotas) -> dict:
-        """Set the project's quotas as `admin`, the original journaled first; the entry to restore."""
+    @contextlib.contextmanager
+    def quota_set(self, admin: str, project: str, **quotas):
+        """The project's quotas changed as `admin` for the block, then restored. The original is
+        recorded (harness.writes) before the change: `heal` restores it after a kill."""
+        from harness.writes import restore_quota
+
         path = f"/v1/project-quotas/{project}"
         before = self.must(self.call("GET", path, role=admin), 200, 404, what="reading the project's quotas")
         original = before.json()["project_quotas"] if before.status_code == 200 else None
-        entry = self.writes.record("quota", admin, ref=project, original=original)
-        kept = {k: v for k, v in (original or {}).items() if v is not None}
-        self.must(self.call("PUT", path, role=admin, json={"project_quotas": {**kept, **quotas}}), 204,
-                  what="setting the project's quota")
-        return entry
+        self.writes.quota(self.prefix, project, admin, original)
+        try:
+            kept = {k: v for k, v in (original or {}).items() if v is not None}
+            self.must(self.call("PUT", path, role=admin, json={"project_quotas": {**kept, **quotas}}), 204,
+                      what="setting the project's quota")
+            yield
+        finally:
+            problem = restore_quota(self.target, project, admin, original)
+            if problem:  # left recorded: the run's clean-up and `heal` try again
+                raise NotCheckable(f"could not restore the project quota: {problem}")
+            self.writes.quota_restored(self.prefix)
 
     # clean-up
-    def find(self, kind: str, name: str, role: str) -> list[str] | None:
-        """Refs of the project's resources named exactly `name` (None: could not list)."""
-        if kind == "order":  # orders have no name filter: page through them (rare: a cut-off POST)
-            refs, offset = [], 0
-            while offset < 10_000:
-                r = self.call("GET", "/v1/orders", role=role, params={"limit": 100, "offset": offset})
-                if _status(r) != 200:
-                    return None
-                body = r.json()
-                refs += [o["order_ref"] for o in body["orders"] if (o.get("meta") or {}).get("name") == name]
-                offset += 100
-                if offset >= body.get("total", 0):
-                    return refs
-            return refs
-        # '+' defeats the name filter (bug name-filter-plus-sign) and '_' is a LIKE wildcard
-        # (name-filter-like-wildcards): ask both ways, keep exact names only.
-        refs: list[str] = []
-        for query in dict.fromkeys((name, name.replace("+", "_"))):
-            r = self.call("GET", f"/v1/{kind}s", role=role, params={"name": query, "limit": 100})
-            if _status(r) != 200:
-                return None
-            refs += [x[f"{kind}_ref"] for x in r.json()[f"{kind}s"] if x.get("name") == name]
-        return list(dict.fromkeys(refs))
-
-    def undo(self, entry: dict, writes: Writes | None = None) -> str | None:
-        """Delete (restore) one journaled write; None, or what went wrong."""
-        kind, ref, role = entry["kind"], entry["ref"], entry["role"]
-        what = f"{kind} {ref or 'named ' + str(entry['name'])}"
-        if role not in self.target.roles:
-            return f"{what}: this target has no role '{role}' to undo it"
-        if kind == "quota":
-            problems = self._restore_quota(ref, role, entry.get("original"))
-        elif ref is None:  # its POST was cut off: did it land?
-            refs = self.find(kind, entry["name"], role)
-            landing = entry.get("time", 0) + HTTP_TIMEOUT - time.time()
-            if refs == [] and landing > 0:  # the server may still be working on it: look once more
-                time.sleep(landing)
-                refs = self.find(kind, entry["name"], role)
-            problems = [f"{what}: could not look it up"] if refs is None else self._delete(kind, refs, role)
-        else:
-            problems = self._delete(kind, [ref], role)
-        if problems:
-            return "; ".join(problems)
-        (writes or self.writes).undone(entry)
-        return None
-
-    def _delete(self, kind: str, refs: list[str], role: str) -> list[str]:
-        problems = []
-        for ref in refs:
-            if kind == "order":  # what it made too, in case a kill came before that was journaled
-                order = self.call("GET", ref, role=role)
-                for made_kind, made in self.made_by(order.json()) if _status(order) == 200 else []:
-                    problems += self._delete(made_kind, [made], self.writer)
+    def cleanup(self) -> tuple[int, list[str]]:
+        """Delete what the probes made (an order with what it generated); (deleted, problems)."""
+        made, self.made = self.made, []
+        for kind, ref, role in list(made):
+            order = self.call("GET", ref, role=role) if kind == "order" else None
+            try:
+                if order is not None and _status(order) == 200:
+                    made += [(k, r, self.writer) for k, r in self.made_by(order.json())]
+            except ValueError:  # not JSON: what it made is still named under the prefix (final sweep)
+                pass
+        rank = {"container": 0, "order": 1, "secret": 2}  # a container holds references to secrets
+        deleted, problems = 0, []
+        for kind, ref, role in sorted(dict.fromkeys(made), key=lambda m: rank[m[0]]):
             r = self.call("DELETE", ref, role=role, params={"force": "true"} if kind == "secret" else None)
-            if _status(r) not in (204, 404):
+            if _status(r) in (204, 404):
+                deleted += 1
+            else:
                 problems.append(f"{kind} {ref}: DELETE {describe(r)}")
-        return problems
-
-    def _restore_quota(self, project: str, role: str, original: dict | None) -> list[str]:
-        path = f"/v1/project-quotas/{project}"
-        r = self.call("DELETE", path, role=role)
-        if _status(r) not in (204, 404):
-            return [f"quota of project {project}: DELETE {describe(r)}"]
-        kept = {k: v for k, v in (original or {}).items() if v is not None}
-        if kept:
-            r = self.call("PUT", path, role=role, json={"project_quotas": kept})
-            if _status(r) != 204:
-                return [f"quota of project {project}: restoring {kept}: {describe(r)}"]
-        return []
-
-    def cleanup(self, writes: Writes | None = None) -> tuple[int, list[str]]:
-        """Undo every pending write: containers before the secrets they hold, quotas first."""
-        rank = {"quota": 0, "container": 1, "order": 2, "secret": 3}
-        pending = sorted((writes or self.writes).pending(), key=lambda e: rank.get(e["kind"], 9))
-        problems = [p for p in (self.undo(e, writes) for e in pending) if p]
-        return len(pending) - len(problems), problems
+        return deleted, problems
 
 
 # -- the probes --------------------------------------------------------------------------------
@@ -533,8 +435,7 @@ def _orders_bypass_quotas(p: Prober) -> list[Observation]:
         needs.append(str(exc))
     if needs:
         raise NotCheckable("; ".join(needs))
-    entry = p.set_quota(admin, p.project_id(p.writer), secrets=0)
-    try:
+    with p.quota_set(admin, p.project_id(p.writer), secrets=0):
         control = p.create("secret", {"name": p.name("quota-control"), "payload": _rand.token_hex(8),
                                       "payload_content_type": "text/plain"})
         if _status(control) == 201:
@@ -546,8 +447,6 @@ def _orders_bypass_quotas(p: Prober) -> list[Observation]:
         if _status(r) != 202:
             return [_case(r, "key order with secrets quota 0", lambda r: False, lambda r: _status(r) == 403)]
         order = p.wait_order(r.json()["order_ref"])
-    finally:
-        p.undo(entry)  # at once; if it fails, the entry stays pending and the run's clean-up retries it
     made = order.get("secret_ref")
     if order["status"] == "ACTIVE" and made:
         return [Observation("key order with secrets quota 0", SEEN,
