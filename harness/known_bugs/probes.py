@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import secrets as _rand
 import signal
 import threading
@@ -26,7 +25,6 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterable
 
 from harness.identity import HTTP_TIMEOUT, POLICY_ROLES
