@@ -236,20 +236,24 @@ def test_heal_after_the_cli_is_killed_restores_the_config_hash(kolla, target, tm
     spec["timeline"][0]["heal_at"] = 600  # the CLI dies long before the planned heal
     scenario.write_text(yaml.safe_dump(spec))
     journal = Journal(target.run_dir)
-    proc = subprocess.Popen([*CLI, "run", str(scenario), "--deployment", str(kolla.deployment_file),
-                             "--allow-destructive"], cwd=REPO, env=kolla.environ(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    output = tmp_path / "run.out"
+    with open(output, "wb") as sink:
+        proc = subprocess.Popen([*CLI, "run", str(scenario), "--deployment", str(kolla.deployment_file),
+                                 "--allow-destructive"], cwd=REPO, env=kolla.environ(), stdout=sink,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 600
         while not any(e["name"] == "kek_mismatch" and e["state"] == "injected" for e in journal.active()):
-            assert time.monotonic() < deadline and proc.poll() is None, "the fault was never injected"
+            assert proc.poll() is None, f"the run ended before the fault was injected:\n{output.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "the fault was never injected"
             time.sleep(0.5)
         (active,) = [e for e in journal.active() if e["name"] == "kek_mismatch"]
         kept = active["undo"]["kept_configs"]["barbican-2"]
         assert kept["sha256"] == original and os.stat(kept["saved"]).st_mode & 0o777 == 0o600
         assert config_sha(kolla, "barbican_api_2") != original  # the fault is in the container's file
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     killed_at = started_at(kolla, "barbican_api_2")
     healed = harness_cli("heal", target.run_id, env=kolla.environ(), timeout=600)

@@ -40,6 +40,10 @@ class ContainerGone(HarnessError):
     """The container is not on its host (any more)."""
 
 
+class Refused(HarnessError):
+    """The Docker daemon answered and refused the call: nothing was changed."""
+
+
 def _docker_errors():
     import docker
     import requests
@@ -122,10 +126,14 @@ class Containers:
 
     def call(self, role: str, what: str, fn):
         """Run one Docker API call on a container; its failure names the container."""
+        import docker
+
         try:
             return fn()
         except HarnessError:
             raise
+        except docker.errors.APIError as exc:
+            raise Refused(f"{what} {self.box(role).describe()}: {exc.explanation or exc}") from None
         except _docker_errors() as exc:
             raise HarnessError(f"{what} {self.box(role).describe()}: {type(exc).__name__}: {exc}") from None
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.deployment.docker_hosts import (Changes, Containers, FileInContainer, read_file, started_at,
+from harness.deployment.docker_hosts import (Changes, Containers, FileInContainer, Refused, read_file, started_at,
                                               to_undo, write_file)
 from harness.deployment.ini import apply_overrides
 from harness.errors import HarnessError
@@ -54,7 +54,9 @@ class Readiness:
 
             def serves() -> bool:
                 r = sess.get(url + "/", raise_exc=False, authenticated=False, timeout=5)
-                return r.status_code < 500 or f"HTTP {r.status_code}"
+                if r.status_code >= 500:
+                    raise HarnessError(f"HTTP {r.status_code} on GET {url}/")
+                return True
 
             wait_until(serves, timeout=READY_TIMEOUT, what=f"{role} ({container.name}) serving on {url}",
                        gave_up=exited, log=tail, interval=0.5)
@@ -94,7 +96,14 @@ class DeploymentNodeControl:
     def _change(self, role: str, kind: str, action: str, fn) -> None:
         c = self.containers.get(self._barbican(role))
         self.changes.record(role, kind, self.containers.box(role), c.id)
-        self.containers.call(role, action, lambda: fn(c))
+        try:
+            self.containers.call(role, action, lambda: fn(c))
+        except Refused:
+            # Nothing happened (e.g. the container was not running): nothing to undo, and
+            # a heal must not start a container the harness did not stop. A call that
+            # timed out stays recorded: it may have happened.
+            self.changes.drop(role, kind)
+            raise
 
     def kill(self, node: str) -> None:
         self._change(node, "stopped", "kill", lambda c: c.kill())
@@ -333,7 +342,7 @@ class DeploymentLogs:
     as it grows into <state>/logs/<node>-app.log, where triage reads *-app.log files.
     A background thread follows from the moment the facet is first used."""
 
-    INTERVAL = 0.5
+    INTERVAL = 1.0  # a docker exec per file-logged node and round: cheap, not free on 2 cores
     CHUNK = 4 << 20
 
     def __init__(self, target):
