@@ -160,6 +160,24 @@ def test_a_database_url_grants_sql_access_and_its_absence_says_why(kolla, target
         assert cur.fetchone()[0] >= 0
 
 
+def test_a_prepared_fault_that_never_got_to_the_container_restarts_nothing(kolla, target):
+    """A crash between the journal's `prepared` and the inject: heal finds the config as it
+    was and the container running since before; it writes nothing, restarts nothing and
+    forgets the saved copy."""
+    from harness.faults.engine import FaultEngine
+    from harness.target import Capability
+
+    engine = FaultEngine(target)
+    fault_id = engine.journal.begin("kek_mismatch", {"node": "2"})
+    kept = target.facet(Capability.CONFIG_WRITE).keep("barbican-2")
+    engine.journal.mark(fault_id, "prepared", undo={"node": "barbican-2", "kept_configs": {"barbican-2": kept}})
+    sha, start = config_sha(kolla, "barbican_api_2"), started_at(kolla, "barbican_api_2")
+    proc = harness_cli("heal", target.run_id, env=kolla.environ())
+    assert proc.returncode == 0 and fault_id in proc.stdout, proc.stdout + proc.stderr
+    assert (config_sha(kolla, "barbican_api_2"), started_at(kolla, "barbican_api_2")) == (sha, start)
+    assert not os.path.exists(kept["saved"]) and json.loads((target.run_dir / "changes.json").read_text()) == {}
+
+
 def test_a_prepared_fault_touches_nothing_on_a_recreated_container(kolla, tmp_path):
     """A journal entry whose container was redeployed since: heal neither writes the saved
     config into the new container nor restarts it, and says so."""
