@@ -96,8 +96,11 @@ def test_destructive_faults_are_refused_before_anything_is_journaled(kolla, targ
     # Two nodes at once needs --max-nodes 2, even with --allow-destructive.
     proc = cli(kolla, "fault", "inject", "kek_rotation_without_rewrap", "--allow-destructive")
     assert proc.returncode == 2 and "--max-nodes is 1" in " ".join(proc.stderr.split()), proc.stderr
-    proc = cli(kolla, "fault", "inject", "kek_mismatch", "--node", "2", "--allow-destructive", "--dry-run")
-    assert proc.returncode == 0 and "dry run: nothing was changed" in proc.stdout, proc.stdout + proc.stderr
+    for args in (("fault", "inject", "kek_mismatch", "--node", "2", "--allow-destructive", "--dry-run"),
+                 ("run", str(REPO / "scenarios" / "kek-mismatch-one-node.yaml"), "--allow-destructive", "--dry-run"),
+                 ("campaign", "--profile", "preprod", "--dry-run")):
+        proc = cli(kolla, *args)
+        assert proc.returncode == 0 and "dry run: nothing was changed" in proc.stdout, proc.stdout + proc.stderr
     after = journal.path.read_text() if journal.path.exists() else ""
     assert after == before and "Traceback" not in proc.stderr
 
