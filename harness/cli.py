@@ -409,7 +409,7 @@ def qualify_hsm(
 ) -> None:
     """Qualify a PKCS#11 module for p11_crypto: backend checks, then Barbican on it (secret API,
     HSM calls per operation, throughput, transient HSM errors); writes qualification.json/.md."""
-    from harness.qualify.hsm_command import qualify_hsm_command
+    from harness.qualify.command import qualify_hsm_command
 
     raise typer.Exit(qualify_hsm_command(str(module), token_label, pin_env, str(options) if options else None,
                                          json_out))

@@ -1,4 +1,4 @@
-"""`qualify-hsm` on real SoftHSM 2.6.1 (harness/qualify/hsm_command.py).
+"""`qualify-hsm` on real SoftHSM 2.6.1 (harness/qualify/command.py).
 
 (a) With the options SoftHSM needs (SOFTHSM_P11_OPTIONS) every requirement passes: backend
     qualification, Barbican with p11_crypto through the shim, the secret API, HSM calls per
@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from harness.procs import is_running
-from harness.qualify.hsm_command import QualifyConfig, qualify_hsm_command, run_qualification
-from harness.qualify.p11 import default_module
+from harness.qualify.command import QualifyConfig, qualify_hsm_command, run_qualification
+from harness.qualify.module import default_module
 from harness.services.softhsm import SOFTHSM_P11_OPTIONS
 
 PIN_VAR = "QUALIFY_HSM_TEST_PIN"

@@ -19,16 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.qualify.p11 import (
-    P11Options,
-    Qualifier,
-    Target,
-    ThrowawaySoftHSM,
-    default_module,
-    is_softhsm,
-    load_options,
-    required_mechanisms,
-)
+from harness.qualify.checks import Qualifier, Target
+from harness.qualify.module import default_module, is_softhsm
+from harness.qualify.options import P11Options, load_options, required_mechanisms
+from harness.qualify.tokens import ThrowawaySoftHSM
 
 HERE = Path(__file__).resolve().parent
 _OPTS = ("p11_module", "p11_token_label", "p11_pin_env", "p11_options")

@@ -3,7 +3,7 @@ p11_crypto plugin, end to end.
 
     barbican-harness qualify-hsm --module PATH --token-label L --pin-env VAR [--options FILE]
 
-1. Backend qualification (harness.qualify.p11.Qualifier, in a child process) against the
+1. Backend qualification (harness.qualify.checks.Qualifier, in a child process) against the
    module and token with the options (Barbican's defaults where the file gives none). Any
    failure stops here, naming the mechanism and the option to change: Barbican is not started.
 2. A Barbican environment (environments/pkcs11-softhsm.yaml with these hsm settings, written
@@ -33,8 +33,6 @@ import json
 import os
 import secrets as _rand
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,20 +44,15 @@ from typing import Any
 import yaml
 
 from harness import redact
+from harness.conformance_run import run_conformance
 from harness.errors import HarnessError
-from harness.qualify.hsm_checks import (
-    PAYLOAD_BYTES,
-    Row,
-    api_smoke,
-    fault_rows,
-    hsm_call_rows,
-    hsm_calls_per_operation,
-    measure_load,
-)
-from harness.qualify.hsm_report import write_report
-from harness.qualify.p11 import BARBICAN_DEFAULTS, P11Options, is_softhsm, load_options
+from harness.qualify.barbican_checks import api_smoke, fault_rows
+from harness.qualify.measure import PAYLOAD_BYTES, hsm_call_rows, hsm_calls_per_operation, measure_load
+from harness.qualify.module import is_softhsm
+from harness.qualify.options import BARBICAN_DEFAULTS, P11Options, load_options
+from harness.qualify.report import Row, write_report
+from harness.qualify.workers import REPO, call_worker, serve
 
-REPO = Path(__file__).resolve().parents[2]
 BASE_TOPOLOGY = REPO / "environments" / "pkcs11-softhsm.yaml"
 TOPOLOGY_NAME = "qualify-hsm"
 
@@ -91,37 +84,12 @@ class QualifyConfig:
 
 
 # --------------------------------------------------------------------------------------
-# Child processes: backend qualification and token clean-up (a crashing module must not
-# take the command down; the PIN goes over stdin)
+# Child processes (harness.qualify.workers): backend qualification and token clean-up
 # --------------------------------------------------------------------------------------
 
 
-def _child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT_TEST")) and k != "PYTEST_ADDOPTS"}
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
-def _worker(kind: str, spec: dict[str, Any], timeout: float, pin: str) -> tuple[dict | None, str | None]:
-    """Run `python -m harness.qualify.hsm_command KIND`; (its JSON answer, or why not)."""
-    try:
-        proc = subprocess.run([sys.executable, "-m", "harness.qualify.hsm_command", kind],
-                              input=json.dumps(spec), capture_output=True, text=True, timeout=timeout,
-                              env=_child_env(), cwd=REPO, check=False)
-    except subprocess.TimeoutExpired:
-        return None, f"did not finish within {timeout:.0f} s"
-    if proc.returncode < 0:
-        return None, f"the module crashed the process ({signal.Signals(-proc.returncode).name})"
-    try:
-        return json.loads(proc.stdout.strip().splitlines()[-1]), None
-    except (ValueError, IndexError):
-        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-4:])
-        return None, f"exited {proc.returncode}: {tail.replace(pin, '***') if pin else tail}"
-
-
 def _backend_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    from harness.qualify.p11 import Qualifier, Target
+    from harness.qualify.checks import Qualifier, Target
 
     opts = load_options(spec.get("options_file"))
     q = Qualifier(Target(spec["module"], token_label=spec["token_label"], pin=spec["pin"]), opts)
@@ -137,7 +105,7 @@ def _cleanup_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from pkcs11 import Attribute
     from pkcs11.exceptions import PKCS11Error
 
-    from harness.qualify.p11 import ckr_name, load_library
+    from harness.qualify.module import ckr_name, load_library
 
     lib, _ = load_library(spec["module"], bool(spec.get("os_locking_ok", True)))
     token = lib.get_token(token_label=spec["token_label"])
@@ -201,31 +169,14 @@ def p11_block(env, module: str) -> tuple[dict[str, str], str]:
     return block, shim_path
 
 
-def _run_api_conformance(env, cfg: QualifyConfig, pin: str) -> tuple[Row, dict[str, Any]]:
-    junit = env.run_dir / "api-conformance.xml"
-    argv = [sys.executable, "-m", "pytest", "conformance/api", "--barbican-run", env.run_id, "-k", cfg.api_k,
-            "-p", "no:cacheprovider", "-q", f"--junitxml={junit}"]
-    shown = f"pytest conformance/api --barbican-run {env.run_id} -k '{cfg.api_k}'"
-    try:
-        proc = subprocess.run(argv, cwd=REPO, env=_child_env(), capture_output=True, text=True,
-                              timeout=cfg.api_timeout, check=False, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        return (Row("api", "api.conformance", False, f"{shown} did not finish within {cfg.api_timeout:.0f} s"),
-                {"command": shown, "summary": "timeout"})
-    out = redact.mask(proc.stdout + proc.stderr)
-    if pin:
-        out = out.replace(pin, "***")
-    (env.run_dir / "api-conformance.log").write_text(out)
-    lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
-    summary = lines[-1].strip("= ") if lines else f"exit {proc.returncode}"
-    failed = [ln.split(" - ")[0].removeprefix("FAILED ") for ln in proc.stdout.splitlines()
-              if ln.startswith(("FAILED ", "ERROR "))]
-    detail = f"{summary} (log: api-conformance.log)"
-    if failed:
+def _run_api_conformance(env, cfg: QualifyConfig) -> tuple[Row, dict[str, Any]]:
+    result = run_conformance(env, ["conformance/api"], k=cfg.api_k, out_dir=env.run_dir, name="api-conformance",
+                             timeout=cfg.api_timeout)
+    detail = f"{result.summary} (log: api-conformance.log)"
+    if result.failed_tests:
+        failed = result.failed_tests
         detail += "; failed: " + ", ".join(failed[:8]) + (" ..." if len(failed) > 8 else "")
-    info = {"command": shown, "summary": summary, "exit_code": proc.returncode, "failed": failed,
-            "junit": str(junit)}
-    return Row("api", "api.conformance", proc.returncode == 0, detail), info
+    return Row("api", "api.conformance", result.ok, detail), result.to_dict()
 
 
 # --------------------------------------------------------------------------------------
@@ -299,9 +250,11 @@ def run_qualification(cfg: QualifyConfig, progress=None) -> tuple[dict[str, Any]
     log(f"[1/6] backend qualification of {cfg.module}, token {cfg.token_label!r} "
         f"(options: {report['target']['options_source']})")
     t0 = time.monotonic()
-    answer, why = _worker("backend-worker", {"module": cfg.module, "token_label": cfg.token_label, "pin": pin,
-                                             "options_file": cfg.options_file, "threads": cfg.backend_threads},
-                          cfg.backend_timeout, pin)
+    done = call_worker("harness.qualify.command", "backend-worker",
+                       {"module": cfg.module, "token_label": cfg.token_label, "pin": pin,
+                        "options_file": cfg.options_file, "threads": cfg.backend_threads},
+                       timeout=cfg.backend_timeout, secret=pin)
+    answer, why = done.answer, done.why
     timings["backend"] = round(time.monotonic() - t0, 1)
     if answer is None:
         rows.append(Row("backend", "backend.run", False, f"the backend qualification {why}",
@@ -377,7 +330,7 @@ def run_qualification(cfg: QualifyConfig, progress=None) -> tuple[dict[str, Any]
             if cfg.api_k:
                 if (REPO / "conformance" / "api").is_dir():
                     log(f"      conformance/api -k '{cfg.api_k}' (subprocess)")
-                    row, info = _run_api_conformance(env, cfg, pin)
+                    row, info = _run_api_conformance(env, cfg)
                     rows.append(row)
                     report["api_conformance"] = info
                     log(f"      {info['summary']}")
@@ -432,9 +385,10 @@ def run_qualification(cfg: QualifyConfig, progress=None) -> tuple[dict[str, Any]
             if left or busy:
                 rows.append(Row("barbican", "barbican.down", False,
                                 f"still running after down: {left}; busy ports: {busy}"))
-            answer, why = _worker("cleanup-worker", {
+            done = call_worker("harness.qualify.command", "cleanup-worker", {
                 "module": cfg.module, "token_label": cfg.token_label, "pin": pin,
-                "labels": list(labels.values()), "os_locking_ok": opts.os_locking_ok}, 120, pin)
+                "labels": list(labels.values()), "os_locking_ok": opts.os_locking_ok}, timeout=120, secret=pin)
+            answer, why = done.answer, done.why
             if answer is None or answer.get("error"):
                 notes.append(f"could not destroy this run's keys {sorted(labels.values())} on the token: "
                              f"{why or answer.get('error')}; destroy them by hand")
@@ -471,16 +425,6 @@ def qualify_hsm_command(module: str, token_label: str, pin_env: str, options_fil
     return code
 
 
-def _main() -> int:
-    kind = sys.argv[1] if len(sys.argv) > 1 else ""
-    workers = {"backend-worker": _backend_worker, "cleanup-worker": _cleanup_worker}
-    if kind not in workers:
-        sys.exit("usage: python -m harness.qualify.hsm_command backend-worker|cleanup-worker  (internal; use "
-                 "`barbican-harness qualify-hsm`)")
-    spec = json.loads(sys.stdin.read())
-    print(json.dumps(workers[kind](spec)))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(serve({"backend-worker": _backend_worker, "cleanup-worker": _cleanup_worker},
+                   "harness.qualify.command"))
