@@ -14,7 +14,6 @@ import base64
 import contextlib
 import logging
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ from harness import shim
 from harness.qualify.measure import PAYLOAD_BYTES, settled_reset, settled_stats
 from harness.qualify.report import Row
 from harness.target import Capability
+from harness.wait import WaitTimeout, wait_until
 
 # Barbican's message when _call_pkcs11 re-initialises (barbican/plugin/crypto/p11_crypto.py,
 # with the text of pkcs11._check_error).
@@ -211,12 +211,15 @@ def _check_key_order(env, w, r, writer: str, reader: str, tag: str, timeout: flo
         order = w.orders.create_key(name=f"qualify-{tag}-order", algorithm="aes", bit_length=256, mode="cbc",
                                     payload_content_type="application/octet-stream")
         order_ref = order.submit()
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def settled():
+            got = w.orders.get(order_ref)
+            return got if got.status in ("ACTIVE", "ERROR") else None
+
+        try:
+            order = wait_until(settled, timeout=timeout, interval=0.3, what="the key order is ACTIVE or ERROR")
+        except WaitTimeout:
             order = w.orders.get(order_ref)
-            if order.status in ("ACTIVE", "ERROR") or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)
         if order.status != "ACTIVE":
             why = f" ({order.error_status_code} {order.error_reason})" if order.status == "ERROR" else ""
             return Row("api", req, False, f"AES-256 key order is {order.status}{why}")
@@ -286,13 +289,11 @@ def transient_fault(env, fn: str, code: str, op: str, log_wait: float = 10.0) ->
     finally:
         control.clear()
     injected = settled_stats(control).get(fn, {}).get("injected", 0)
-    deadline = time.monotonic() + log_wait
-    seen = False
-    while True:
-        seen = expected in _log_since(env, node.name, offset)
-        if seen or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    try:
+        seen = wait_until(lambda: expected in _log_since(env, node.name, offset), timeout=log_wait,
+                          what=f"{node.name}'s log shows the re-initialisation")
+    except WaitTimeout:
+        seen = False
     what = f"{code} ({hex(rv)}) injected once into {fn} during a {op} on {node.name}"
     if injected != 1:
         return Row("reinit", req, False, f"{what}: the shim injected it {injected} times (expected 1); "
@@ -315,6 +316,45 @@ def transient_fault(env, fn: str, code: str, op: str, log_wait: float = 10.0) ->
     return Row("reinit", req, True, f"{what}: the request succeeded and the log shows {expected!r}")
 
 
+def recovery_after_burst(env, burst: int = 2) -> Row:
+    """CKR_DEVICE_ERROR from C_Encrypt `burst` times in a row outlasts Barbican's single retry:
+    that store fails. Once the HSM answers again, the next store on the same node must work and
+    read back, without a restart (the plugin re-initialised itself and is usable)."""
+    control = env.facet(Capability.HSM_SHIM)
+    node = env.nodes[0]
+    client = env.barbican(node=node.name)
+    session = env.session()
+    req = "reinit.recovery.store"
+    what = f"CKR_DEVICE_ERROR injected into {burst} C_Encrypt calls in a row on {node.name}"
+    settled_reset(control)
+    control.set_rules([shim.Rule(fn="C_Encrypt", rv="CKR_DEVICE_ERROR", count=burst)])
+    try:
+        with _quiet_client_errors():
+            client.secrets.create(name="qualify-burst", payload=secrets.token_bytes(PAYLOAD_BYTES)).store()
+        during = "the store succeeded"
+    except Exception as exc:  # noqa: BLE001 - the failure is expected: the burst outlasts the retry
+        during = f"the store failed ({_short(exc)})"
+    finally:
+        control.clear()
+    injected = settled_stats(control).get("C_Encrypt", {}).get("injected", 0)
+    if injected != burst:
+        return Row("reinit", req, False, f"{what}: the shim injected {injected} (expected {burst}); {during}",
+                   error="NOT_EXERCISED")
+    payload = secrets.token_bytes(PAYLOAD_BYTES)
+    try:
+        ref = client.secrets.create(name="qualify-after-burst", payload=payload).store()
+        got = session.get(f"{ref}/payload", headers={"Accept": "application/octet-stream"}).content
+    except Exception as exc:  # noqa: BLE001
+        return Row("reinit", req, False, f"{what}: {during}; the next store after the HSM recovered failed too "
+                                         f"({_short(exc)}): the node does not recover by itself",
+                   error="NO_RECOVERY")
+    if got != payload:
+        return Row("reinit", req, False, f"{what}: {during}; afterwards a secret reads back different",
+                   error="DATA_MISMATCH")
+    return Row("reinit", req, True, f"{what}: {during} (one retry only); the next store and read on "
+                                    f"{node.name} worked without a restart")
+
+
 FAULTS: tuple[tuple[str, str, str], ...] = (
     ("C_Encrypt", "CKR_DEVICE_ERROR", "store"),
     ("C_Decrypt", "CKR_DEVICE_ERROR", "get"),
@@ -324,4 +364,4 @@ FAULTS: tuple[tuple[str, str, str], ...] = (
 
 
 def fault_rows(env) -> list[Row]:
-    return [transient_fault(env, fn, code, op) for fn, code, op in FAULTS]
+    return [transient_fault(env, fn, code, op) for fn, code, op in FAULTS] + [recovery_after_burst(env)]

@@ -48,6 +48,8 @@ class KnownIssue:
         return all(opts.value(o) == v for o, v in self.when)
 
     def hint(self) -> str:
+        if not self.fix:
+            return f"no [p11_crypto_plugin] option fixes this: {self.why}"
         settings = " and ".join(f"{o} = {v}" for o, v in self.fix)
         return f"set [p11_crypto_plugin] {settings} ({self.why})"
 
@@ -55,15 +57,15 @@ class KnownIssue:
 KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     KnownIssue("key_wrap_mechanism", "CKM_AES_CBC_PAD", _UNSUPPORTED,
                (("key_wrap_mechanism", "CKM_AES_KEY_WRAP_PAD"), ("key_wrap_generate_iv", "False")),
-               "SoftHSM 2.6.1 cannot wrap with CBC_PAD: CBC_PAD wrapping arrived in SoftHSM 2.7.0; "
+               "the module cannot wrap with CBC_PAD (SoftHSM 2.6.1: CBC_PAD wrapping arrived in 2.7.0); "
                "RFC 5649 CKM_AES_KEY_WRAP_PAD is the widely supported choice"),
     KnownIssue("key_wrap_mechanism", "CKM_AES_KEY_WRAP_KWP", _UNSUPPORTED,
                (("key_wrap_mechanism", "CKM_AES_KEY_WRAP_PAD"), ("key_wrap_generate_iv", "False")),
-               "SoftHSM implements RFC 5649 as CKM_AES_KEY_WRAP_PAD (0x210A) and has no 0x210B"),
+               "the module has no 0x210B (SoftHSM implements RFC 5649 as CKM_AES_KEY_WRAP_PAD, 0x210A)"),
     KnownIssue("key_wrap_generate_iv", "True",
                frozenset({"CKR_ARGUMENTS_BAD", "CKR_MECHANISM_PARAM_INVALID"}),
                (("key_wrap_generate_iv", "False"),),
-               "RFC 5649 wrapping uses its fixed alternative IV; SoftHSM rejects an explicit IV",
+               "RFC 5649 wrapping uses its fixed alternative IV; the module rejects an explicit IV",
                when=(("key_wrap_mechanism", "CKM_AES_KEY_WRAP_PAD"),)),
     KnownIssue("key_wrap_generate_iv", "True",
                frozenset({"CKR_ARGUMENTS_BAD", "CKR_MECHANISM_PARAM_INVALID"}),
@@ -73,12 +75,13 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     KnownIssue("hmac_key_type", "CKK_AES",
                frozenset({"CKR_KEY_TYPE_INCONSISTENT", "CKR_KEY_FUNCTION_NOT_PERMITTED"}),
                (("hmac_key_type", "CKK_GENERIC_SECRET"), ("hmac_keygen_mechanism", "CKM_GENERIC_SECRET_KEY_GEN")),
-               "CKM_SHA256_HMAC takes a generic-secret key; SoftHSM refuses to sign with an AES key",
+               "CKM_SHA256_HMAC takes a generic-secret key (PKCS#11 2.40 2.20); the module refuses to sign with "
+               "an AES key",
                when=(("hmac_mechanism", "CKM_SHA256_HMAC"),)),
     KnownIssue("hmac_mechanism", "CKM_AES_MAC", _UNSUPPORTED,
                (("hmac_mechanism", "CKM_SHA256_HMAC"), ("hmac_key_type", "CKK_GENERIC_SECRET"),
                 ("hmac_keygen_mechanism", "CKM_GENERIC_SECRET_KEY_GEN")),
-               "SoftHSM offers no CKM_AES_MAC"),
+               "the module offers no CKM_AES_MAC"),
     KnownIssue("hmac_keygen_mechanism", "CKM_NC_SHA256_HMAC_KEY_GEN", _UNSUPPORTED,
                (("hmac_keygen_mechanism", "CKM_GENERIC_SECRET_KEY_GEN"), ("hmac_key_type", "CKK_GENERIC_SECRET")),
                "CKM_NC_SHA256_HMAC_KEY_GEN is an Entrust nShield vendor mechanism"),
@@ -121,9 +124,17 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                (("login", "<the token's user PIN>"),),
                "C_Login(CKU_USER) refuses the PIN; a locked or expired PIN must be reset on the HSM"),
     KnownIssue("library_path", None, frozenset({MISSING_SYMBOL}),
-               (("library_path", "<the vendor's PKCS#11 library itself, not a C_GetFunctionList-only proxy>"),),
-               "Barbican's cffi binding looks every C_* function up by symbol name; p11-kit-proxy.so and "
-               "p11-kit-client.so export only C_GetFunctionList"),
+               (("library_path", "<a library exporting every C_* symbol: the vendor's module itself, or a module "
+                                 "that forwards to it, such as OpenSC's pkcs11-spy.so with PKCS11SPY=<module>>"),),
+               "Barbican's cffi binding looks every C_* function up by symbol name; p11-kit-proxy.so, "
+               "p11-kit-client.so, Kryoptic and NSS's softoken export only C_GetFunctionList"),
+    KnownIssue("key_wrap_mechanism", None, frozenset({"CKR_ATTRIBUTE_READ_ONLY"}), (),
+               "Barbican hard-codes CKA_EXTRACTABLE=True in C_UnwrapKey's template, and this module refuses to "
+               "set CKA_EXTRACTABLE at unwrap (opencryptoki 3.8's soft token)"),
+    *(KnownIssue(option, None, frozenset({"CKR_FUNCTION_NOT_SUPPORTED"}), (),
+                 "the module cannot generate secret keys with C_GenerateKey (tpm2-pkcs11 1.9 implements only "
+                 "C_GenerateKeyPair), and Barbican generates its MKEK, its HMAC key and every project KEK with it")
+      for option in ("mkek_length", "pkek_length", "hmac_keygen_mechanism")),
 )
 
 

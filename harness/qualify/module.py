@@ -108,7 +108,6 @@ def mechanism_of(name: str) -> Mechanism:
         return _vendor_mechanism(name, code)
 
 
-
 # --------------------------------------------------------------------------------------
 # Direct calls by exported symbol (what Barbican's cffi binding does)
 # --------------------------------------------------------------------------------------
@@ -140,13 +139,48 @@ SESSION_STATES = {0: "CKS_RO_PUBLIC_SESSION", 1: "CKS_RO_USER_FUNCTIONS", 2: "CK
                    3: "CKS_RW_USER_FUNCTIONS", 4: "CKS_RW_SO_FUNCTIONS"}
 
 
+# CK_FUNCTION_LIST, in order, up to the last entry used here (PKCS#11 v2.40, pkcs11f.h).
+_FUNCTION_LIST_ORDER = (
+    "C_Initialize", "C_Finalize", "C_GetInfo", "C_GetFunctionList", "C_GetSlotList", "C_GetSlotInfo",
+    "C_GetTokenInfo", "C_GetMechanismList", "C_GetMechanismInfo", "C_InitToken", "C_InitPIN", "C_SetPIN",
+    "C_OpenSession", "C_CloseSession", "C_CloseAllSessions", "C_GetSessionInfo", "C_GetOperationState",
+    "C_SetOperationState", "C_Login", "C_Logout",
+)
+
+
+class _FunctionList(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_ubyte * 2)] + [(n, ctypes.c_void_p) for n in _FUNCTION_LIST_ORDER]
+
+
+class _TokenInfo(ctypes.Structure):
+    _fields_ = [("label", ctypes.c_char * 32), ("manufacturerID", ctypes.c_char * 32),
+                ("model", ctypes.c_char * 16), ("serialNumber", ctypes.c_char * 16), ("flags", ctypes.c_ulong),
+                ("ulMaxSessionCount", ctypes.c_ulong), ("ulSessionCount", ctypes.c_ulong),
+                ("ulMaxRwSessionCount", ctypes.c_ulong), ("ulRwSessionCount", ctypes.c_ulong),
+                ("ulMaxPinLen", ctypes.c_ulong), ("ulMinPinLen", ctypes.c_ulong),
+                ("ulTotalPublicMemory", ctypes.c_ulong), ("ulFreePublicMemory", ctypes.c_ulong),
+                ("ulTotalPrivateMemory", ctypes.c_ulong), ("ulFreePrivateMemory", ctypes.c_ulong),
+                ("hardwareVersion", ctypes.c_ubyte * 2), ("firmwareVersion", ctypes.c_ubyte * 2),
+                ("utcTime", ctypes.c_char * 16)]
+
+
+CKF_TOKEN_INITIALIZED = 0x400
+CKF_RW_SESSION, CKF_SERIAL_SESSION = 0x2, 0x4
+CKU_SO = 0
+
+
 class RawModule:
-    """The module's exported C_* symbols, called as Barbican's cffi binding calls them."""
+    """The module's C_* functions called through ctypes: by exported symbol, as Barbican's
+    cffi binding calls them, or (for a module exporting only C_GetFunctionList, which
+    Barbican cannot load) through its function list, as a forwarding module would."""
 
     def __init__(self, path: str):
+        self.path = path
         self.dll = ctypes.CDLL(path)
+        self._list: _FunctionList | None = None
 
     def has(self, name: str) -> bool:
+        """The module exports the symbol (what Barbican's ffi.dlopen needs)."""
         try:
             getattr(self.dll, name)
             return True
@@ -154,36 +188,102 @@ class RawModule:
             return False
 
     def _fn(self, name: str, *argtypes):
-        fn = getattr(self.dll, name)
-        fn.restype = ctypes.c_ulong
-        fn.argtypes = list(argtypes)
-        return fn
+        proto = ctypes.CFUNCTYPE(ctypes.c_ulong, *argtypes)
+        if self.has(name):
+            fn = getattr(self.dll, name)
+            fn.restype = ctypes.c_ulong
+            fn.argtypes = list(argtypes)
+            return fn
+        if self._list is None:
+            pointer = ctypes.POINTER(_FunctionList)()
+            get_list = self.dll.C_GetFunctionList   # AttributeError: not a PKCS#11 module at all
+            get_list.restype = ctypes.c_ulong
+            get_list.argtypes = [ctypes.POINTER(ctypes.POINTER(_FunctionList))]
+            rv = get_list(ctypes.byref(pointer))
+            if rv != 0:
+                raise OSError(f"C_GetFunctionList of {self.path} returned {rv_name(rv)}")
+            self._list = pointer.contents
+        return proto(getattr(self._list, name))
 
-    def initialize(self, os_locking_ok: bool) -> int:
+    def initialize(self, os_locking_ok: bool, reserved: bytes | None = None) -> int:
+        """C_Initialize as Barbican makes it (NULL, or CKF_OS_LOCKING_OK); `reserved` is the
+        pReserved string some modules want (NSS softoken), which Barbican never passes."""
         fn = self._fn("C_Initialize", ctypes.c_void_p)
-        if os_locking_ok:
-            self._init_args = _InitArgs(None, None, None, None, CKF_OS_LOCKING_OK, None)
+        if os_locking_ok or reserved is not None:
+            self._reserved = ctypes.create_string_buffer(reserved) if reserved is not None else None
+            self._init_args = _InitArgs(None, None, None, None, CKF_OS_LOCKING_OK if os_locking_ok else 0,
+                                        ctypes.addressof(self._reserved) if self._reserved is not None else None)
             return fn(ctypes.addressof(self._init_args))
         return fn(None)
 
     def finalize(self) -> int:
         return self._fn("C_Finalize", ctypes.c_void_p)(None)
 
-    def mechanism_info(self, slot_id: int, code: int) -> tuple[int, tuple[int, int, int]]:
-        info = _MechanismInfo(0, 0, 0)
-        rv = self._fn("C_GetMechanismInfo", ctypes.c_ulong, ctypes.c_ulong, ctypes.POINTER(_MechanismInfo))(
-            slot_id, code, ctypes.byref(info))
-        return rv, (info.ulMinKeySize, info.ulMaxKeySize, info.flags)
+    def slots(self, token_present: bool = True) -> tuple[int, list[int]]:
+        fn = self._fn("C_GetSlotList", ctypes.c_ubyte, ctypes.POINTER(ctypes.c_ulong), ctypes.POINTER(ctypes.c_ulong))
+        count = ctypes.c_ulong(0)
+        rv = fn(int(token_present), None, ctypes.byref(count))
+        if rv != 0:
+            return rv, []
+        ids = (ctypes.c_ulong * max(count.value, 1))()
+        rv = fn(int(token_present), ids, ctypes.byref(count))
+        return rv, list(ids[:count.value])
+
+    def token_info(self, slot_id: int) -> tuple[int, dict[str, Any]]:
+        info = _TokenInfo()
+        rv = self._fn("C_GetTokenInfo", ctypes.c_ulong, ctypes.POINTER(_TokenInfo))(slot_id, ctypes.byref(info))
+
+        def text(raw: bytes) -> str:
+            return raw.decode(errors="replace").strip()
+
+        return rv, {"label": text(info.label), "manufacturer": text(info.manufacturerID), "model": text(info.model),
+                    "serial": text(info.serialNumber), "flags": info.flags, "min_pin": info.ulMinPinLen,
+                    "max_pin": info.ulMaxPinLen,
+                    "firmware": f"{info.firmwareVersion[0]}.{info.firmwareVersion[1]}",
+                    "initialized": bool(info.flags & CKF_TOKEN_INITIALIZED)}
+
+    def init_token(self, slot_id: int, so_pin: str, label: str) -> int:
+        pin, padded = so_pin.encode(), label.encode()[:32].ljust(32, b" ")
+        return self._fn("C_InitToken", ctypes.c_ulong, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)(
+            slot_id, pin, len(pin), padded)
+
+    def open_session(self, slot_id: int) -> tuple[int, int]:
+        handle = ctypes.c_ulong(0)
+        rv = self._fn("C_OpenSession", ctypes.c_ulong, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_void_p,
+                      ctypes.POINTER(ctypes.c_ulong))(slot_id, CKF_RW_SESSION | CKF_SERIAL_SESSION, None, None,
+                                                      ctypes.byref(handle))
+        return rv, handle.value
+
+    def close_session(self, handle: int) -> int:
+        return self._fn("C_CloseSession", ctypes.c_ulong)(handle)
 
     def session_state(self, handle: int) -> tuple[int, int]:
         info = _SessionInfo(0, 0, 0, 0)
         rv = self._fn("C_GetSessionInfo", ctypes.c_ulong, ctypes.POINTER(_SessionInfo))(handle, ctypes.byref(info))
         return rv, info.state
 
-    def login(self, handle: int, pin: str) -> int:
+    def login(self, handle: int, pin: str, user: int = CKU_USER) -> int:
         data = pin.encode()
         return self._fn("C_Login", ctypes.c_ulong, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_ulong)(
-            handle, CKU_USER, data, len(data))
+            handle, user, data, len(data))
+
+    def logout(self, handle: int) -> int:
+        return self._fn("C_Logout", ctypes.c_ulong)(handle)
+
+    def set_pin(self, handle: int, old: str, new: str) -> int:
+        a, b = old.encode(), new.encode()
+        return self._fn("C_SetPIN", ctypes.c_ulong, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p,
+                        ctypes.c_ulong)(handle, a, len(a), b, len(b))
+
+    def init_pin(self, handle: int, pin: str) -> int:
+        data = pin.encode()
+        return self._fn("C_InitPIN", ctypes.c_ulong, ctypes.c_char_p, ctypes.c_ulong)(handle, data, len(data))
+
+    def mechanism_info(self, slot_id: int, code: int) -> tuple[int, tuple[int, int, int]]:
+        info = _MechanismInfo(0, 0, 0)
+        rv = self._fn("C_GetMechanismInfo", ctypes.c_ulong, ctypes.c_ulong, ctypes.POINTER(_MechanismInfo))(
+            slot_id, code, ctypes.byref(info))
+        return rv, (info.ulMinKeySize, info.ulMaxKeySize, info.flags)
 
 
 def gcm_params_raw(iv: bytes | None) -> tuple[bytes, Any]:
@@ -202,7 +302,7 @@ def load_library(path: str, os_locking_ok: bool) -> tuple[Any, RawModule | None]
         raw: RawModule | None = RawModule(path)
     except OSError:
         raw = None
-    if raw is None or not raw.has("C_Initialize"):
+    if raw is None or not (raw.has("C_Initialize") or raw.has("C_GetFunctionList")):
         return pkcs11.lib(path), raw
 
     class _BarbicanInitialisedLib(_pkcs11.lib):

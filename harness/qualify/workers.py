@@ -41,11 +41,13 @@ def worker_env() -> dict[str, str]:
 
 
 def call_worker(module: str, kind: str, spec: dict[str, Any], *, timeout: float, secret: str | None = None,
-                argv_prefix: tuple[str, ...] = (), stream: Callable[[str], None] | None = None) -> WorkerAnswer:
+                argv_prefix: tuple[str, ...] = (), stream: Callable[[str], None] | None = None,
+                extra_env: dict[str, str] | None = None) -> WorkerAnswer:
     """Run `python -m module kind` (after `argv_prefix`, e.g. an `unshare` command line)."""
     argv = [*argv_prefix, sys.executable, "-m", module, kind]
     try:
-        proc = run(argv, timeout=timeout, what=f"{module} {kind}", input=json.dumps(spec), env=worker_env(),
+        proc = run(argv, timeout=timeout, what=f"{module} {kind}", input=json.dumps(spec),
+                   env={**worker_env(), **(extra_env or {})},
                    cwd=REPO, check=False, stream=stream)
     except CommandError:
         return WorkerAnswer(None, f"did not finish within {timeout:.0f} s", timed_out=True)
