@@ -33,6 +33,7 @@ import configparser
 import datetime as dt
 import json
 import os
+import re
 import secrets as _rand
 import shutil
 import sys
@@ -218,6 +219,19 @@ def _resolve(cfg: QualifyConfig) -> tuple[P11Options, str, list[str]]:
     return opts, pin, notes
 
 
+_HSM_ERROR = re.compile(r"HSM returned response code: (0x[0-9a-f]+ (CKR_[A-Z_]+))")
+
+
+def hsm_errors_logged(run_dir: Path) -> dict[str, str]:
+    """`node: 0x.. CKR_..` -> CKR name, for each HSM error Barbican logged (its p11 plugin's
+    message), from the nodes' application logs of the run."""
+    found: dict[str, str] = {}
+    for log in sorted((run_dir / "logs").glob("*-app.log")):
+        for m in _HSM_ERROR.finditer(log.read_text(errors="replace")):
+            found.setdefault(f"{log.name.removesuffix('-app.log')}: {m.group(1)}", m.group(2))
+    return found
+
+
 def new_run_id() -> str:
     return f"{TOPOLOGY_NAME}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{_rand.token_hex(2)}"
 
@@ -309,8 +323,11 @@ def run_qualification(cfg: QualifyConfig, progress=None) -> tuple[dict[str, Any]
         try:
             env = Environment.up(topo_path, progress=progress or Progress(), run_id=run_id)
         except HarnessError as exc:
+            errors = hsm_errors_logged(run_dir)
+            seen = "; HSM errors in the nodes' logs: " + ", ".join(errors) if errors else ""
             rows.append(Row("barbican", "barbican.up", False,
-                            f"the environment did not come up: {redact.mask(str(exc))}"))
+                            f"the environment did not come up: {redact.mask(str(exc)).splitlines()[0]}{seen}",
+                            error=next(iter(errors.values()), None) if errors else None))
             report["not_run"] = list(STAGES[2:])
             return finish()
         finally:
