@@ -124,7 +124,7 @@ def run_matrix(modules: list[str], profile: Profile, log: Callable[[str], None] 
     Exit code 0 when every module passes, 1 otherwise."""
     from harness.environment import runs_dir
     from harness.qualify.matrix_report import write_matrix
-    from harness.qualify.provision import PROVISIONERS
+    from harness.qualify.provision import PROVISIONERS, ModuleUnavailable
 
     run_id = run_dir.name if run_dir else new_run_id()
     run_dir = run_dir or runs_dir() / run_id
@@ -134,6 +134,10 @@ def run_matrix(modules: list[str], profile: Profile, log: Callable[[str], None] 
     for name in modules:
         cls = PROVISIONERS[name]
         log(f"== {name}: {cls.title}" + (f" (under {' '.join(cls.isolation[:-1])})" if cls.isolation else ""))
+        try:
+            cls.prepare_machine(log)     # a first build must not eat the module's time bound
+        except ModuleUnavailable:
+            pass                         # the module's own run reports it as its set-up error
 
         def forward(line: str) -> None:
             if not line.startswith("{"):

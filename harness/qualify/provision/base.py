@@ -79,6 +79,10 @@ class Provisioner:
         self._saved_env: dict[str, str | None] = {}
 
     # -- what a vendor implements ----------------------------------------------------
+    @classmethod
+    def prepare_machine(cls, log: Callable[[str], None]) -> None:
+        """Once per machine, before any run (e.g. a build); cached. Nothing by default."""
+
     def library(self) -> str:
         raise NotImplementedError
 

@@ -113,6 +113,10 @@ class KryopticProvisioner(Provisioner):
     title = f"Kryoptic {VERSION}"
     packages = ("cargo", "libclang-dev", "libssl-dev", "libsqlite3-dev", "pkg-config")
 
+    @classmethod
+    def prepare_machine(cls, log: Callable[[str], None]) -> None:
+        ensure_built(log)
+
     def library(self) -> str:
         return str(LIBRARY)
 

@@ -108,6 +108,14 @@ class OpencryptokiProvisioner(Provisioner):
     def token_slot(self) -> int | None:
         return SLOT
 
+    def teardown(self) -> None:
+        # The namespace takes its mounts along when its last process ends; unmount anyway, so
+        # that nothing still points into the work directory once it is gone.
+        for target in ("/dev/shm", "/run", str(STORE_DIR), str(CONF_DIR)):
+            if in_private_mount_namespace():
+                run(["umount", "--lazy", target], timeout=30, what=f"umount {target}", check=False)
+        super().teardown()
+
     def facts(self) -> list[str]:
         return ["pkcsslotd (slot daemon) per run, in private mount and IPC namespaces: opencryptoki 3.8 has its "
                 "configuration, socket and token paths compiled in, so it cannot be pointed at a per-run directory; "
