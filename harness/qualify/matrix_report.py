@@ -17,6 +17,7 @@ from typing import Any
 
 from harness import redact
 from harness.procs import CommandError, run
+from harness.qualify.options import conf_text
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
@@ -86,7 +87,7 @@ def _fold(requirement: str) -> str | None:
     return None
 
 
-def _requirement_order(modules: list[dict[str, Any]], per_module: list[dict[str, tuple[str, str]]]) -> list[str]:
+def _requirement_order(per_module: list[dict[str, tuple[str, str]]]) -> list[str]:
     order = [k for k, _ in SETUP_ROWS]
     for rows in per_module:
         for k in rows:
@@ -108,7 +109,7 @@ def _block_text(module: dict[str, Any]) -> tuple[str, str | None]:
     else:
         return ("no block: " + ("; ".join(search.get("unmet") or []) or module.get("setup_error") or "not searched"),
                 None)
-    shown = used or {k: v for k, v in block.items()}
+    shown = used or block
     return head, "[p11_crypto_plugin]\n" + "\n".join(f"{k} = {v}" for k, v in shown.items())
 
 
@@ -125,7 +126,7 @@ def build_sections(matrix: dict[str, Any]) -> list[Section]:
                 _headline(m, rows)] for m, rows in zip(modules, per_module)]
     sections.append(Section("Verdicts", table=Table(["module", "as qualified", "verdict", "time", "first failure"],
                                                     summary, verdict_columns=(2,))))
-    order = _requirement_order(modules, per_module)
+    order = _requirement_order(per_module)
     labels = dict(SETUP_ROWS)
     rows = [[labels.get(req, req)] + [per.get(req, ("-", "not run"))[0] for per in per_module] for req in order]
     sections.append(Section("Requirements", ["PASS/FAIL per requirement and module; `-`: not run (an earlier stage "
@@ -195,7 +196,7 @@ def _module_sections(m: dict[str, Any]) -> list[Section]:
     attempts = [a for a in search.get("attempts", []) if a["result"] in ("PASS", "FAIL")]
     pruned = [a for a in search.get("attempts", []) if a["result"] == "PRUNED"]
     if attempts or pruned:
-        rows = [[a["group"], ", ".join(f"{k}={_v(v)}" for k, v in a["options"].items()), a["result"],
+        rows = [[a["group"], ", ".join(f"{k}={conf_text(v)}" for k, v in a["options"].items()), a["result"],
                  a.get("error") or "", a.get("requirement") or "", (a.get("why") or "")[:220]] for a in attempts]
         text = [f"{len(attempts)} combinations tried in {search.get('seconds', '?')} s (every group stops at its "
                 f"first pass); {len(pruned)} pruned without a call: "
@@ -203,10 +204,6 @@ def _module_sections(m: dict[str, Any]) -> list[Section]:
         out.append(Section("Option search", text, Table(["group", "combination", "result", "CKR / kind",
                                                          "failed requirement", "why"], rows, (2,)), level=3))
     return out
-
-
-def _v(value: Any) -> str:
-    return ("True" if value else "False") if isinstance(value, bool) else str(value)
 
 
 # --------------------------------------------------------------------------------------

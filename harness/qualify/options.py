@@ -189,6 +189,11 @@ class P11Options:
 def _show(option: str, value: Any) -> str:
     if option in SECRET_OPTIONS and value:
         return "***"
+    return conf_text(value)
+
+
+def conf_text(value: Any) -> str:
+    """A value as barbican.conf spells it."""
     if isinstance(value, bool):
         return "True" if value else "False"
     if isinstance(value, (list, tuple)):

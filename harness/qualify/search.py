@@ -26,6 +26,7 @@ crash on a combination: the crash is that combination's result and the search go
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from harness.qualify.fixes import FLAG_MISSING, NOT_LISTED
-from harness.qualify.options import MECHANISMS, P11Options
+from harness.qualify.options import MECHANISMS, P11Options, conf_text
 from harness.qualify.workers import call_worker, serve
 
 # Which mechanisms a value needs (beyond CKM_AES_KEY_GEN, which Barbican hard-codes).
@@ -148,10 +149,6 @@ class SearchResult:
                 "pruned": sum(a.result == "PRUNED" for a in self.attempts)}
 
 
-def _show(value: Any) -> str:
-    return ("True" if value else "False") if isinstance(value, bool) else str(value)
-
-
 def search(module: str, token_label: str, pin: str, *, threads: int = 8, iterations: int = 100,
            log: Callable[[str], None] = lambda s: None) -> SearchResult:
     t0 = time.monotonic()
@@ -168,9 +165,7 @@ def search(module: str, token_label: str, pin: str, *, threads: int = 8, iterati
     chosen: dict[str, Any] = {}
     closest: dict[str, Any] = {}
     for group in GROUPS:
-        attempts = [Attempt(group.name, dict(c), "PRUNED", NOT_LISTED if "C_GetMechanismList" in (w or "") else
-                            "NOT_USABLE", why=w) if (w := static_prune(c, listed)) else
-                    Attempt(group.name, dict(c), "NOT_TRIED") for c in group.combos]
+        attempts = [_first_look(group, combo, listed) for combo in group.combos]
         todo = [i for i, a in enumerate(attempts) if a.result == "NOT_TRIED"]
         while todo:
             spec = {"module": module, "token_label": token_label, "pin": pin, "base": chosen,
@@ -186,8 +181,9 @@ def search(module: str, token_label: str, pin: str, *, threads: int = 8, iterati
                 break
             # the worker died on the combination after the last it reported: that is its result
             crashed = next(i for i in todo if i not in finished)
-            attempts[crashed].__dict__.update(result="FAIL", error=f"CRASH({done.signal or 'exit'})",
-                                              requirement=", ".join(group.checks), why=done.why)
+            kind = f"CRASH({done.signal})" if done.signal else "TIMEOUT" if done.timed_out else "WORKER_EXIT"
+            attempts[crashed].__dict__.update(result="FAIL", error=kind, requirement=", ".join(group.checks),
+                                              why=done.why)
             todo = [i for i in todo if i not in finished and i != crashed]
         result.attempts += attempts
         passed = next((a for a in attempts if a.result == "PASS"), None)
@@ -203,16 +199,22 @@ def search(module: str, token_label: str, pin: str, *, threads: int = 8, iterati
         log(f"      {group.name}: {_combo_text(passed.options)} passed "
             f"({len(tried)} failed before it, {sum(a.result == 'PRUNED' for a in attempts)} pruned)")
     if not result.unmet:
-        result.block = {k: _show(v) for k, v in chosen.items()}
+        result.block = {k: conf_text(v) for k, v in chosen.items()}
     else:
-        result.closest = {k: _show(v) for k, v in {**chosen, **closest}.items()}
+        result.closest = {k: conf_text(v) for k, v in {**chosen, **closest}.items()}
     result.seconds = round(time.monotonic() - t0, 1)
     return result
 
 
-def _collect(line: str, into: list[dict[str, Any]]) -> None:
-    import json
+def _first_look(group: Group, combo: dict[str, Any], listed: set[str]) -> Attempt:
+    why = static_prune(combo, listed)
+    if why is None:
+        return Attempt(group.name, dict(combo), "NOT_TRIED")
+    kind = NOT_LISTED if "C_GetMechanismList" in why else "NOT_USABLE"
+    return Attempt(group.name, dict(combo), "PRUNED", kind, why=why)
 
+
+def _collect(line: str, into: list[dict[str, Any]]) -> None:
     if line.startswith('{"index"'):
         try:
             into.append(json.loads(line))
@@ -221,7 +223,7 @@ def _collect(line: str, into: list[dict[str, Any]]) -> None:
 
 
 def _combo_text(options: dict[str, Any]) -> str:
-    return ", ".join(f"{k} = {_show(v)}" for k, v in options.items())
+    return ", ".join(f"{k} = {conf_text(v)}" for k, v in options.items())
 
 
 # --------------------------------------------------------------------------------------
@@ -291,8 +293,6 @@ def barbican_probe(module: str, token_label: str, pin: str) -> dict[str, Any]:
 
 
 def _evaluate_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    import json
-
     from harness.qualify.checks import Qualifier, Target
 
     target = Target(spec["module"], token_label=spec["token_label"], pin=spec["pin"])
