@@ -1252,7 +1252,7 @@ class DockerProvider(StartSequence):
         self.rt = Runtime(ctx)
         self.database = DockerSqlite(self.rt) if topo.database == "sqlite" else DockerMariaDB(self.rt)
         self.keystone = DockerKeystone(self.rt, self.database)
-        self.softhsm = self.shim = self.kmip = self.rabbit = None
+        self.softhsm = self.shim = self.kmip = self.rabbit = self.vault = None
         if "pkcs11" in topo.backends:
             self.softhsm = DockerSoftHSM(self.rt)
             if topo.hsm.shim:

@@ -28,7 +28,7 @@ class LocalProvider(StartSequence):
         topo = ctx.topology
         self.database = database_for(ctx)
         self.keystone = Keystone(ctx, self.database)
-        self.softhsm = self.kmip = self.rabbit = self.shim = None
+        self.softhsm = self.kmip = self.rabbit = self.shim = self.vault = None
         if "pkcs11" in topo.backends:
             from harness.services.softhsm import SoftHSM
 
@@ -41,6 +41,10 @@ class LocalProvider(StartSequence):
             from harness.services.kmip import KmipServer
 
             self.kmip = KmipServer(ctx)
+        if "vault" in topo.backends:
+            from harness.services.vault import VaultServer
+
+            self.vault = VaultServer(ctx)
         if topo.async_orders:
             from harness.services.rabbitmq import RabbitMQ
 
@@ -56,16 +60,19 @@ class LocalProvider(StartSequence):
             self.links.add("db", "mariadb")
         if self.kmip:
             self.links.add("kmip", "kmip")
+        if self.vault:
+            self.links.add("vault", "vault")
         if self.rabbit:
             self.links.add("queue", "rabbitmq_amqp")
         self.config = BarbicanConfig(ctx, self.database, self.keystone, softhsm=self.softhsm,
-                                     kmip=self.kmip, rabbit=self.rabbit, shim=self.shim, links=self.links)
+                                     kmip=self.kmip, rabbit=self.rabbit, shim=self.shim, links=self.links,
+                                     vault=self.vault)
         self.nodes = [BarbicanNode(ctx, self.config, i + 1) for i in range(topo.barbican.nodes)]
         self.workers = [BarbicanWorker(ctx, self.config)] if topo.async_orders else []
 
     # -- what exists ----------------------------------------------------------------------
     def services(self) -> list[Service]:
-        extra = [s for s in (self.softhsm, self.kmip, self.rabbit) if s]
+        extra = [s for s in (self.softhsm, self.kmip, self.vault, self.rabbit) if s]
         return [self.proxy, self.database, *extra, self.keystone, *self.nodes, *self.workers]
 
     def adopt(self, records: list[dict], overrides: dict[str, dict]) -> None:

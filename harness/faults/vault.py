@@ -1,0 +1,207 @@
+"""Vault / OpenBao incidents of the vault secret store (Barbican's vault_plugin).
+
+The faults act as Vault's operator would: through OpenBao's HTTP API with the root token
+of the environment (harness/services/vault.py keeps it 0600), or on the fault proxy's
+`vault` link between the API nodes and OpenBao. Undo data never holds a secret: the
+secret_id Barbican needs again is re-read from the credentials file at heal.
+
+What Barbican 23.0.0 (castellan 5.8.0) shows under each, measured:
+
+| fault | a request for a vault secret | log line (barbican.plugin.castellan_secret_store) |
+|---|---|---|
+| vault_sealed | 500 "... failure seen" | KeyManagerError: Service Unavailable |
+| vault_token_revoked | 500 | Forbidden: You are not authorized to complete this action. |
+| vault_secret_id_expired | 500 | KeyManagerError: invalid role or secret ID |
+| vault_policy_revoked | 500 | Forbidden: You are not authorized ... |
+| vault_mount_disabled | GET 500; a POST 201 that stores nothing | ManagedObjectNotFoundError: Key not found, uuid: ... |
+| vault_outage | 500 | KeyManagerError: HTTPConnectionPool(...) ... |
+| vault_latency | slower, nothing fails below castellan's 60 s timeout | |
+"""
+
+from __future__ import annotations
+
+import secrets as _rand
+from pathlib import Path
+from typing import Any
+
+from harness.faults.base import Fault, FaultError, Params
+from harness.faults.network import _LinkDown, _LinkLatency
+from harness.services.vault import ROLE, VaultError
+
+
+class _VaultFault(Fault):
+    requires = "vault"
+
+    @staticmethod
+    def api(env):
+        return env.provider.vault.api
+
+    @staticmethod
+    def spec(env):
+        return env.ctx.topology.vault
+
+
+def _restart_nodes(env) -> None:
+    """A fresh castellan in every API node: it logs in again at its next Vault request."""
+    for node in env.provider.nodes:
+        env.provider.restart_node(node.name, None)
+
+
+class VaultSealed(_VaultFault):
+    """Vault sealed (a restart without auto-unseal, an operator's `bao operator seal`):
+    OpenBao answers every request 503 "Vault is sealed", so Barbican answers 500 for every
+    secret of the vault store (KeyManagerError: Service Unavailable in its log). Nothing
+    is lost: heal unseals with the environment's unseal keys, and Barbican's cached tokens
+    and every secret work again at once."""
+
+    name = "vault_sealed"
+
+    def inject(self, env, undo: dict[str, Any]) -> None:
+        self.api(env).seal()
+
+    def heal(self, env, undo: dict[str, Any]) -> None:
+        api = self.api(env)
+        api.unseal()
+        api.wait_active()
+
+
+class VaultTokenRevoked(_VaultFault):
+    """Barbican's Vault tokens revoked (a leaked-token response, a lease purge): every
+    token issued by the AppRole login is revoked and OpenBao answers Barbican 403; Barbican
+    answers 500 (castellan Forbidden in its log).
+
+    castellan does not log in again on a 403: it keeps the revoked token until the token's
+    TTL (topology vault.token_ttl) has passed, so Barbican stays down although its AppRole
+    credentials are valid (tests/test_vault.py pins this as a strict xfail). Heal does
+    what an operator does: restart the API nodes, which log in afresh."""
+
+    name = "vault_token_revoked"
+
+    def inject(self, env, undo: dict[str, Any]) -> None:
+        self.api(env).request("PUT", "sys/leases/revoke-prefix/auth/approle/login")
+
+    def heal(self, env, undo: dict[str, Any]) -> None:
+        _restart_nodes(env)
+
+
+class VaultSecretIdExpired(_VaultFault):
+    """Barbican's AppRole secret_id expired (secret_id_ttl passed, or it was destroyed), then
+    the API nodes restarted, as happens when their token's TTL ends: every login answers
+    400 "invalid role or secret ID" (OpenBao says the same for an expired and a destroyed
+    secret_id), so Barbican answers 500 for every vault secret. Heal re-issues the same
+    secret_id (what Barbican's config holds) with AppRole's custom-secret-id; the nodes
+    log in at their next request, without a restart."""
+
+    name = "vault_secret_id_expired"
+
+    def inject(self, env, undo: dict[str, Any]) -> None:
+        api = self.api(env)
+        api.request("POST", f"auth/approle/role/{ROLE}/secret-id-accessor/destroy",
+                    json_body={"secret_id_accessor": api.credentials["secret_id_accessor"]})
+        _restart_nodes(env)
+
+    def heal(self, env, undo: dict[str, Any]) -> None:
+        api = self.api(env)
+        creds = api.credentials
+        try:
+            api.request("POST", f"auth/approle/role/{ROLE}/custom-secret-id",
+                        json_body={"secret_id": creds["secret_id"]})
+        except VaultError as exc:
+            # A heal run twice: the secret_id exists again.
+            if "already registered" not in str(exc):
+                raise
+            return
+        accessor = api.request("POST", f"auth/approle/role/{ROLE}/secret-id/lookup",
+                               json_body={"secret_id": creds["secret_id"]}).json()["data"]["secret_id_accessor"]
+        api.update_credentials(secret_id_accessor=accessor)
+
+
+class VaultPolicyRevoked(_VaultFault):
+    """Barbican's Vault policy deleted (a policy clean-up, a botched policy deploy): its
+    tokens still exist but grant nothing, so OpenBao answers 403 and Barbican 500 (castellan
+    Forbidden in its log). Heal writes the policy back; tokens look their policies up at
+    each request, so Barbican works again at once."""
+
+    name = "vault_policy_revoked"
+
+    def prepare(self, env) -> dict[str, Any]:
+        # The policy text names paths and capabilities only: no secret.
+        policy = self.api(env).request("GET", f"sys/policies/acl/{ROLE}").json()["data"]["policy"]
+        return {"policy_name": ROLE, "policy": policy}
+
+    def inject(self, env, undo: dict[str, Any]) -> None:
+        self.api(env).request("DELETE", f"sys/policies/acl/{undo['policy_name']}")
+
+    def heal(self, env, undo: dict[str, Any]) -> None:
+        self.api(env).request("PUT", f"sys/policies/acl/{undo['policy_name']}", json_body={"policy": undo["policy"]})
+
+
+class MountParams(Params):
+    # Enable an empty mount at the same path afterwards (a `secrets disable` + `enable`
+    # by mistake): new secrets work again, old ones stay lost.
+    reenable: bool = False
+
+
+class VaultMountDisabled(_VaultFault):
+    """Barbican's KV mount disabled (`bao secrets disable`): OpenBao deletes every secret
+    in it. Reading any existing vault secret answers 500 (ManagedObjectNotFoundError "Key
+    not found" in Barbican's log): data loss. Worse, a store answers 201 while nothing
+    reached Vault: castellan takes the 404 of the write for success (tests/test_vault.py
+    pins this as a strict xfail); such secrets stay lost after heal.
+
+    Re-enabling the mount brings nothing back. What does is the operator's backup: prepare
+    takes a Raft snapshot (0600 file under the run's vault directory, barrier-encrypted)
+    and heal restores it, which rolls back everything stored after it. Tokens issued
+    during the fault are rolled back too, so heal restarts the API nodes when a login
+    happened in between."""
+
+    name = "vault_mount_disabled"
+    Params = MountParams
+
+    def prepare(self, env) -> dict[str, Any]:
+        api = self.api(env)
+        path = api.dir / "snapshots" / f"before-mount-disabled-{_rand.token_hex(4)}.snap"
+        api.snapshot(path)
+        return {"snapshot": str(path), "mount": self.spec(env).mount}
+
+    def inject(self, env, undo: dict[str, Any]) -> None:
+        api = self.api(env)
+        api.request("DELETE", f"sys/mounts/{undo['mount']}")
+        if self.params.reenable:
+            api.request("POST", f"sys/mounts/{undo['mount']}",
+                        json_body={"type": "kv", "options": {"version": str(self.spec(env).kv_version)}})
+
+    def heal(self, env, undo: dict[str, Any]) -> None:
+        api = self.api(env)
+        snapshot = Path(undo["snapshot"])
+        if not snapshot.is_file():
+            if undo["mount"] in api.request("GET", "sys/mounts").json()["data"]:
+                return  # restored by an earlier heal, which removed the snapshot
+            raise FaultError(f"vault_mount_disabled: snapshot {snapshot} is gone; the mount's data cannot "
+                             "be restored")
+        before = api.token_accessors()
+        api.restore(snapshot)
+        lost_logins = before - api.token_accessors()
+        snapshot.unlink()
+        if lost_logins:
+            _restart_nodes(env)
+
+
+class VaultOutage(_LinkDown):
+    """Vault unreachable from Barbican (network, load balancer, OpenBao down): castellan's
+    connection fails at once (KeyManagerError: HTTPConnectionPool ... in the log) and
+    Barbican answers 500 for every vault secret; nothing is lost."""
+
+    name = "vault_outage"
+    link = "vault"
+    requires = "vault"
+
+
+class VaultLatency(_LinkLatency):
+    """Slow Vault: every answer OpenBao sends Barbican waits `ms` longer. castellan's own
+    timeout (60 s, not settable through Barbican's [vault_plugin]) is far away, so requests
+    slow down and nothing fails."""
+
+    name = "vault_latency"
+    link = "vault"
+    requires = "vault"
