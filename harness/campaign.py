@@ -13,16 +13,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets as _rand
-import subprocess
-import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness import redact
+from harness.conformance_run import run_conformance
 from harness.environment import Environment, runs_dir
 from harness.errors import HarnessError
 from harness.progress import Progress
+from harness.providers import DEFAULT_PROVIDER, check_provider
+from harness.timeline import Event
 
 REPO = Path(__file__).resolve().parent.parent
 ENVIRONMENTS = REPO / "environments"
@@ -33,10 +33,10 @@ PROFILES = {
     "quick": {
         "environments": ["simple-crypto", "pkcs11-softhsm"],
         "scenarios": ["kek-mismatch-one-node", "hsm-latency-500ms", "hsm-wrong-pin-restart", "acl-removed-octavia"],
-        "conformance": ["conformance/api", "-k", "version or (secret and (type or round or two_step))"],
+        "conformance": {"suites": ["conformance/api"], "k": "version or (secret and (type or round or two_step))"},
         "load": {"environment": "pkcs11-softhsm", "users": 8, "spawn_rate": 8, "duration": 30,
-                 "timeline": [{"at": 10, "fault": "hsm_latency",
-                               "params": {"functions": ["C_Encrypt", "C_Decrypt"], "ms": 300}, "heal_at": 20}],
+                 "timeline": [Event(at=10, fault="hsm_latency",
+                                    params={"functions": ["C_Encrypt", "C_Decrypt"], "ms": 300}, heal_at=20)],
                  # Outside the window the environment is healthy: errors there are a finding.
                  # On the aggregate: one name with few requests would gate on a single 500
                  # (Barbican 23's metadata PUT deadlock, tests/test_barbican_deadlocks.py).
@@ -46,11 +46,11 @@ PROFILES = {
         "environments": ["simple-crypto", "pkcs11-softhsm", "multi-store", "kmip", "async-orders",
                          "simple-crypto-secure-rbac"],
         "scenarios": "all",
-        "conformance": ["conformance/api", "conformance/rbac"],
+        "conformance": {"suites": ["conformance/api", "conformance/rbac"]},
         "load": {"environment": "pkcs11-softhsm", "users": 16, "spawn_rate": 8, "duration": 120,
-                 "timeline": [{"at": 30, "fault": "hsm_latency",
-                               "params": {"functions": ["C_Encrypt", "C_Decrypt"], "ms": 300}, "heal_at": 50},
-                              {"at": 70, "fault": "node_kill", "params": {"node": "1"}, "heal_at": 85}],
+                 "timeline": [Event(at=30, fault="hsm_latency",
+                                    params={"functions": ["C_Encrypt", "C_Decrypt"], "ms": 300}, heal_at=50),
+                              Event(at=70, fault="node_kill", params={"node": "1"}, heal_at=85)],
                  "max_error_ratio": ["outside:Aggregated=0.01"]},
     },
 }
@@ -60,7 +60,7 @@ PROFILES = {
 class CampaignResult:
     profile: str
     run_dir: str
-    provider: str = "local"
+    provider: str = DEFAULT_PROVIDER
     passed: bool = False
     round_trips: dict[str, str] = field(default_factory=dict)
     incidents: list[dict] = field(default_factory=list)
@@ -88,37 +88,24 @@ def round_trips(env: Environment) -> tuple[list[str], list[str]]:
     return same, differ
 
 
-def _conformance(env: Environment, args: list[str], out_dir: Path) -> dict:
-    if not (REPO / args[0]).exists():
-        return {"skipped": f"{args[0]} not present"}
-    junit = out_dir / f"conformance-{env.ctx.topology.name}.xml"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--barbican-run", str(env.run_dir),
-           f"--junitxml={junit}", f"--alluredir={out_dir / 'allure-results'}", *args]
-    start = time.monotonic()
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=CONFORMANCE_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        return {"exit": "timeout", "summary": f"no result after {CONFORMANCE_TIMEOUT} s",
-                "seconds": round(time.monotonic() - start, 1)}
-    summary = (proc.stdout.strip().splitlines() or [""])[-1]
-    return {"exit": proc.returncode, "summary": redact.mask(summary), "seconds": round(time.monotonic() - start, 1)}
+def _conformance(env: Environment, spec: dict, out_dir: Path) -> dict:
+    result = run_conformance(env, spec["suites"], k=spec.get("k"), out_dir=out_dir,
+                             name=f"conformance-{env.ctx.topology.name}", timeout=CONFORMANCE_TIMEOUT,
+                             extra=[f"--alluredir={out_dir / 'allure-results'}"])
+    return result.to_dict()
 
 
-PROVIDERS = ("local", "docker")
-
-
-def run_campaign(profile: str, progress: Progress | None = None, provider: str = "local") -> CampaignResult:
+def run_campaign(profile: str, progress: Progress | None = None, provider: str = DEFAULT_PROVIDER) -> CampaignResult:
     """One profile on one provider (local processes or Docker containers, same topologies)."""
     from harness.runner import run_scenario
     from harness.scenario import load_scenario
 
     if profile not in PROFILES:
         raise HarnessError(f"unknown profile '{profile}'; profiles: {', '.join(PROFILES)}")
-    if provider not in PROVIDERS:
-        raise HarnessError(f"unknown provider '{provider}'; providers: {', '.join(PROVIDERS)}")
+    check_provider(provider)
     spec = PROFILES[profile]
     progress = progress or Progress()
-    out_dir = runs_dir() / f"campaign-{profile}{'' if provider == 'local' else '-' + provider}-" \
+    out_dir = runs_dir() / f"campaign-{profile}{'' if provider == DEFAULT_PROVIDER else '-' + provider}-" \
                            f"{dt.datetime.now():%Y%m%d-%H%M%S}-{_rand.token_hex(2)}"
     out_dir.mkdir(parents=True)
     result = CampaignResult(profile, str(out_dir), provider=provider)
@@ -161,7 +148,7 @@ def run_campaign(profile: str, progress: Progress | None = None, provider: str =
         for env in envs.values():
             env.down()
     result.failures += [f"conformance {n}: {c.get('summary')}" for n, c in result.conformance.items()
-                        if c.get("exit") not in (None, 0)]
+                        if not c.get("ok")]
     result.failures += [f"incident {i['incident']}: {'; '.join(i['failures'])}" for i in result.incidents
                         if not i["passed"]]
     result.failures += [f"load: {f}" for f in result.load.get("failures", [])]
@@ -186,10 +173,8 @@ def run_campaign(profile: str, progress: Progress | None = None, provider: str =
 def _load(envs: dict, spec: dict, out_dir: Path, progress) -> dict:
     from harness.load import run_load
     from harness.load.cli import build_thresholds
-    from harness.timeline import TimelineEvent
-
     env = envs[spec["environment"]]
-    events = [TimelineEvent(e["at"], e["fault"], e.get("params", {}), e.get("heal_at")) for e in spec["timeline"]]
+    events = spec["timeline"]
     with progress.step(f"load: {spec['users']} users for {spec['duration']} s on {spec['environment']}"):
         res = run_load(env, users=spec["users"], spawn_rate=spec["spawn_rate"], duration=spec["duration"],
                        timeline_events=events, thresholds=build_thresholds(spec.get("max_error_ratio", []), []),

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.errors import HarnessError
+from harness.providers import DEFAULT_PROVIDER, PROVIDERS, check_provider
 
 app = typer.Typer(help="Stand up real Barbican environments, inject faults, check and report.",
                   no_args_is_help=True, add_completion=False)
@@ -129,7 +130,7 @@ def down(run_id: Optional[str] = typer.Argument(None, help="Run id (default: new
 
 @app.command()
 def campaign(profile: str = typer.Option("quick", help="quick or full"),
-             provider: str = typer.Option("local", help="local processes or docker containers")) -> None:
+             provider: str = typer.Option(DEFAULT_PROVIDER, help=f"one of: {', '.join(PROVIDERS)}")) -> None:
     """The main job: environments up, round trips and a conformance smoke on every node and
     store, four incidents with verdicts and the ledger, load with a fault window, report."""
     from harness.campaign import run_campaign
@@ -191,16 +192,16 @@ def fault_list(as_json: bool = typer.Option(False, "--json", help="one JSON docu
 
     if as_json:
         out.print_json(json.dumps([{"name": name, "parameters": cls.parameters(), "incident": cls.incident(),
-                                    "requires": getattr(cls, "requires", None)}
+                                    "needs": cls.needs()}
                                    for name, cls in sorted(CATALOG.items())]))
         return
     table = Table(show_lines=True)
     table.add_column("fault", no_wrap=True)  # names are what people copy into commands
-    for col in ("parameters", "incident it models"):
+    for col in ("parameters", "needs", "incident it models"):
         table.add_column(col)
     for name, cls in sorted(CATALOG.items()):
         params = "\n".join(f"{k}: {v}" for k, v in cls.parameters().items()) or "-"
-        table.add_row(name, params, cls.incident())
+        table.add_row(name, params, "\n".join(cls.needs()) or "api", cls.incident())
     out.print(table)
 
 
@@ -278,7 +279,7 @@ def scenario_validate(files: list[Path]) -> None:
 @app.command()
 def run(paths: list[Path] = typer.Argument(..., help="Scenario files or directories"),
         provider: Optional[str] = typer.Option(None, "--provider",
-                                               help="local or docker (default: each topology file's)"),
+                                               help=f"{' or '.join(PROVIDERS)} (default: each topology file's)"),
         json_out: bool = typer.Option(False, "--json")) -> None:
     """Run scenarios: environment, seed, fault timeline with probing, heal, verify."""
     from harness.runner import run_many
@@ -286,8 +287,8 @@ def run(paths: list[Path] = typer.Argument(..., help="Scenario files or director
     from harness.topology import load_topology
 
     try:
-        if provider not in (None, "local", "docker"):
-            raise HarnessError(f"--provider '{provider}': use local or docker")
+        if provider is not None:
+            check_provider(provider)
         scenarios = [load_scenario(f) for f in _scenario_files(paths)]  # all checked before any starts
         for s in scenarios:
             runs_on = provider or load_topology(s.environment_path()).provider

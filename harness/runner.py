@@ -17,11 +17,13 @@ from pathlib import Path
 
 from harness import redact
 from harness.environment import Environment, runs_dir
-from harness.faults.engine import FaultEngine, sigterm_as_interrupt
+from harness.faults.engine import sigterm_as_interrupt
 from harness.ledger import Ledger, LedgerChecker
 from harness.progress import Progress
 from harness.scenario import Scenario
 from harness.seeding import seed
+from harness.target import Capability
+from harness.timeline import Timeline, Window
 from harness.triage.diagnose import Diagnoser, Verdict
 
 SETTLE_TIMEOUT = 90.0
@@ -39,6 +41,8 @@ class ScenarioResult:
     ledger: dict | None = None
     operations: list[dict] = field(default_factory=list)
     rng_seed: int = 0
+    # How late each planned inject and heal happened (seconds; the timeline's own thread).
+    drift_s: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,45 +123,36 @@ def _run(scenario: Scenario, env, run_dir: Path, result: ScenarioResult, timelin
     if baseline.category != "healthy":
         result.failures.append(f"not healthy before the fault: {baseline.category} {baseline.evidence[:2]}")
         return
-    engine = FaultEngine(env)
     expect = scenario.expect
     writers = _Writers(env, ledger, scenario.load.writers, scenario.load.interval)
     if scenario.load.writers:
         writers.start()
-    actions = sorted([(e.at, "do", i) for i, e in enumerate(scenario.timeline)]
-                     + [(e.heal_at, "heal", i) for i, e in enumerate(scenario.timeline) if e.heal_at is not None])
-    active: dict[int, str] = {}
-    injected_at: float | None = None
-    t0 = time.monotonic()
+
+    def on_event(kind: str, w: Window) -> None:
+        # On the timeline's thread: it acts on time while this thread probes.
+        if kind == "injecting" and w.kind == "fault":
+            diag.mark_logs()  # only what follows the fault counts as its evidence
+        elif kind == "inject":
+            timeline.append({"t": round(w.injected_at, 2), "kind": "inject", "fault": w.what, "params": w.params,
+                             "fault_id": w.fault_id, "planned_t": w.planned_at, **({"error": w.error} if w.error else {})})
+        elif kind == "heal":
+            timeline.append({"t": round(w.heal_started_at, 2), "kind": "heal", "fault": w.what,
+                             "planned_t": w.planned_heal_at, "healed_t": round(w.healed_at, 2)})
+        elif kind == "operation":
+            timeline.append({"t": round(w.injected_at, 2), "kind": "operation", "operation": w.what,
+                             "result": w.result, "planned_t": w.planned_at, **({"error": w.error} if w.error else {})})
+
+    clock = Timeline(env, scenario.timeline, scenario.end, on_event=on_event, resolve=seeded.resolve,
+                     seed=scenario.rng_seed)
     try:
         with progress.step(f"{scenario.name}: timeline ({scenario.end:.0f} s)"):
-            while True:
-                now = time.monotonic() - t0
-                while actions and actions[0][0] <= now:
-                    _, kind, i = actions.pop(0)
-                    event = scenario.timeline[i]
-                    if kind == "do" and event.fault:
-                        diag.mark_logs()
-                        params = _with_seed(event.fault, {k: seeded.resolve(v) for k, v in event.params.items()},
-                                            scenario.rng_seed + i)
-                        active[i] = engine.inject(event.fault, params)
-                        injected_at = time.monotonic() - t0
-                        timeline.append({"t": round(injected_at, 2), "kind": "inject", "fault": event.fault,
-                                         "params": event.params, "fault_id": active[i]})
-                    elif kind == "do":
-                        out = _operation(env, event.operation)
-                        result.operations.append({"operation": event.operation, **out})
-                        timeline.append({"t": round(time.monotonic() - t0, 2), "kind": "operation",
-                                         "operation": event.operation, "result": out})
-                    elif i in active:
-                        engine.heal(active.pop(i))
-                        timeline.append({"t": round(time.monotonic() - t0, 2), "kind": "heal",
-                                         "fault": event.fault})
-                if now >= scenario.end:
-                    break
+            clock.start()
+            while clock.is_alive():
+                active = clock.active()
                 if active:
                     v = diag.diagnose(orders=orders)
-                    t = round(time.monotonic() - t0, 2)
+                    t = round(clock.now(), 2)
+                    injected_at = max(w.in_effect_at for w in active)
                     timeline.append({"t": t, "kind": "probe", "verdict": _brief(v)})
                     if expect.verdict and result.time_to_verdict_s is None and v.matches(
                             expect.verdict.category, expect.verdict.blast_radius, expect.verdict.affected_nodes) \
@@ -166,12 +161,21 @@ def _run(scenario: Scenario, env, run_dir: Path, result: ScenarioResult, timelin
                         result.observed = v.to_dict()
                     elif result.observed is None or result.time_to_verdict_s is None:
                         result.observed = v.to_dict()
-                time.sleep(scenario.probe_interval)
+                clock.join(timeout=scenario.probe_interval)
     finally:
-        for i, fault_id in list(active.items()):
-            engine.heal(fault_id)
-            timeline.append({"t": round(time.monotonic() - t0, 2), "kind": "heal", "fault": scenario.timeline[i].fault})
+        clock.stop()
+        clock.join()
         writers.halt.set()
+    if clock.error:
+        raise clock.error
+    result.drift_s = [{"what": w.what, **w.drift_s} for w in clock.windows]
+    for w in clock.windows:
+        if w.kind == "operation":
+            result.operations.append({"operation": w.what, **(w.result or {})})
+            if w.error:
+                result.failures.append(f"operation {w.what}: {w.error}")
+        elif w.error:
+            result.failures.append(f"inject {w.what}: {w.error}")
     # Settle: after heal the environment must be healthy again (probes, not /healthcheck).
     with progress.step(f"{scenario.name}: heal and verify"):
         diag.mark_logs()
@@ -181,13 +185,13 @@ def _run(scenario: Scenario, env, run_dir: Path, result: ScenarioResult, timelin
             time.sleep(1)
             after = diag.diagnose(orders=orders)
         result.after_heal = _brief(after)
-        timeline.append({"t": round(time.monotonic() - t0, 2), "kind": "after_heal", "verdict": result.after_heal})
+        timeline.append({"t": round(clock.now(), 2), "kind": "after_heal", "verdict": result.after_heal})
         if after.category != "healthy":
             # Recorded above as the finding; restart the API nodes so that the next
             # scenario sharing this environment starts from a healthy one.
             for node in env.nodes:
-                env.provider.restart_node(node.name, None)
-            timeline.append({"t": round(time.monotonic() - t0, 2), "kind": "recovery",
+                env.facet(Capability.NODE_CONTROL).restart(node.name)
+            timeline.append({"t": round(clock.now(), 2), "kind": "recovery",
                              "action": "restarted every API node after an unhealthy settle"})
         if scenario.load.writers:
             writers.join(timeout=30)
@@ -228,16 +232,6 @@ def _judge(scenario: Scenario, seeded, result: ScenarioResult, after: Verdict, c
                     result.failures.append(f"operation {op['operation']}: {key} = {op.get(key)}, expected {want}")
 
 
-def _with_seed(fault: str, params: dict, seed: int) -> dict:
-    """Faults with random draws (`seed` parameter) get one from the scenario's rng_seed,
-    unless the file sets it: the run can be replayed."""
-    from harness.faults import CATALOG
-
-    if "seed" in CATALOG[fault].Params.model_fields and params.get("seed") is None:
-        return {**params, "seed": seed}
-    return params
-
-
 def _report(run_dir: Path, result: ScenarioResult) -> None:
     """report.html, allure-results/ and junit.xml next to verdict.json."""
     from harness.report import build_report
@@ -248,12 +242,6 @@ def _report(run_dir: Path, result: ScenarioResult) -> None:
         result.failures.append(f"report: {type(exc).__name__}: {exc}")
         result.passed = False
         (run_dir / "verdict.json").write_text(redact.mask(json.dumps(result.to_dict(), indent=2)))
-
-
-def _operation(env, name: str) -> dict:
-    from harness import operations
-
-    return getattr(operations, name)(env)
 
 
 def _brief(v: Verdict) -> dict:

@@ -1,5 +1,6 @@
-"""An existing cloud as a test target: the conformance suites run against it the same way
-they run against an environment the harness started.
+"""An existing cloud as a target (harness.target.Target): the conformance suites and
+triage run against it the same way they run against an environment the harness started.
+Its only capability is the API: nothing else is reachable through clouds.yaml.
 
 A targets file names one clouds.yaml cloud per role the suites act as, e.g.
 
@@ -23,13 +24,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from harness.errors import EndpointUnreachable, HarnessError
 from harness.identity import HTTP_TIMEOUT
-from harness.topology import load_yaml_model
+from harness.target import Capability, Facets
+from harness.topology import Backend, load_yaml_model
 
 
 class TargetsFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     policy: Literal["legacy", "secure-rbac"] = "legacy"
-    backends: list[Literal["simple_crypto", "pkcs11", "kmip"]] = Field(default_factory=lambda: ["simple_crypto"])
+    backends: list[Backend] = Field(default_factory=lambda: ["simple_crypto"])
+    # Whether the cloud runs barbican-worker (orders are processed asynchronously).
+    async_orders: bool = False
     clouds: dict[str, str] = Field(min_length=1)
 
 
@@ -43,6 +47,7 @@ class CloudNode:
 class CloudTarget:
     default_cloud: str
     spec: TargetsFile
+    targets_path: Path | None = None
     _sessions: dict = field(default_factory=dict)
 
     @classmethod
@@ -51,9 +56,37 @@ class CloudTarget:
             spec = load_yaml_model(targets_path, TargetsFile)
         else:
             spec = TargetsFile(clouds={"member": cloud, "creator": cloud})
-        target = cls(cloud, spec)
+        target = cls(cloud, spec, Path(targets_path).resolve() if targets_path else None)
         target.node()  # fail now, with the cloud's name, if the catalog has no key-manager
         return target
+
+    @property
+    def name(self) -> str:
+        return f"cloud '{self.default_cloud}'"
+
+    @property
+    def run_dir(self) -> Path:
+        """Where commands against this cloud write (reports/runs/cloud-<name>)."""
+        from harness.environment import runs_dir
+
+        d = runs_dir() / f"cloud-{self.default_cloud}"
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return d
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return Facets(self.name, {}).capabilities
+
+    def facet(self, capability: Capability, what: str = "this"):
+        return Facets(self.name, {}).get(capability, what)
+
+    @property
+    def async_orders(self) -> bool:
+        return self.spec.async_orders
+
+    def pytest_args(self) -> list[str]:
+        args = ["--barbican-cloud", self.default_cloud]
+        return args + (["--barbican-targets", str(self.targets_path)] if self.targets_path else [])
 
     @property
     def policy(self) -> str:

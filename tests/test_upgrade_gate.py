@@ -16,7 +16,8 @@ import pytest
 from harness import upgrade
 from harness.procs import is_running, marked_processes
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("upgrade")]
+# A release venv is installed with pip on first use (minutes on a fresh machine).
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("upgrade"), pytest.mark.timeout(2400)]
 
 OLDEST = min((r.version for r in upgrade.RELEASES.values() if r.pins and not r.broken), key=upgrade._vkey)
 TO = upgrade.harness_barbican_version()

@@ -17,6 +17,7 @@ import pytest
 
 from harness.faults.engine import FaultEngine
 from harness.ledger import Ledger, LedgerChecker, sha256
+from harness.target import Capability
 from harness.triage.diagnose import Diagnoser, Known
 from tests.faults_support import log_of, payload_status, raw, seed, steady_state
 
@@ -41,7 +42,7 @@ def store(env, node: str, payload: bytes = b"probe"):
 
 def key_id(env, ref: str) -> str:
     """Where Barbican keeps a vault secret: castellan's key id in secret_store_metadata."""
-    with env.provider.database.connect("barbican") as conn, conn.cursor() as cur:
+    with env.facet(Capability.DATABASE).connect("barbican") as conn, conn.cursor() as cur:
         cur.execute("SELECT m.`value` FROM secret_store_metadata m WHERE m.secret_id = %s AND m.`key` = 'key_id'",
                     (ref.rsplit("/", 1)[1],))
         return cur.fetchone()[0]
@@ -66,7 +67,7 @@ def failing_everywhere(env, ref: str) -> None:
 
 # -- the store itself ---------------------------------------------------------------------------
 def test_round_trip_across_nodes_lands_in_openbao(env):
-    api = env.provider.vault.api
+    api = env.facet(Capability.VAULT)
     payload = _rand.token_bytes(48)
     r = store(env, "barbican-1", payload)
     assert r.status_code == 201, r.text
@@ -78,13 +79,13 @@ def test_round_trip_across_nodes_lands_in_openbao(env):
     kid = key_id(env, ref)
     record = api.request("GET", f"barbican/data/{kid}").json()["data"]["data"]
     assert bytes.fromhex(record["value"]) == payload and record["type"] == "opaque"
-    with env.provider.database.connect("barbican") as conn, conn.cursor() as cur:
+    with env.facet(Capability.DATABASE).connect("barbican") as conn, conn.cursor() as cur:
         cur.execute("SELECT COUNT(*) FROM encrypted_data WHERE secret_id = %s", (ref.rsplit("/", 1)[1],))
         assert cur.fetchone()[0] == 0
 
 
 def test_openbao_credentials_stay_in_their_0600_file(env):
-    api = env.provider.vault.api
+    api = env.facet(Capability.VAULT)
     creds = api.credentials
     assert stat.S_IMODE(api.credentials_path.stat().st_mode) == 0o600
     assert stat.S_IMODE(api.dir.stat().st_mode) == 0o700
@@ -114,7 +115,7 @@ def test_vault_sealed_then_unsealed_loses_nothing(env, tmp_path):
         assert ledger.store(env.barbican(node=node), env.writer_role, node, _rand.token_bytes(32))
     before = logs(env)
     with FaultEngine(env).injected("vault_sealed"):
-        assert env.provider.vault.api.seal_status()["sealed"] is True
+        assert env.facet(Capability.VAULT).seal_status()["sealed"] is True
         failing_everywhere(env, ledger.entries()[0].ref)
         # A write refused during the seal must not exist afterwards (the ledger checks it).
         ledger.store(env.barbican(node="barbican-2"), env.writer_role, "barbican-2", _rand.token_bytes(32))
@@ -144,7 +145,7 @@ def test_vault_token_revoked(env):
 def test_barbican_logs_in_again_after_its_token_is_revoked(env):
     """Reproduction: revoke Barbican's tokens with the raw API (as `bao lease revoke -prefix
     auth/approle/login` does), then store: expected to work again within 15 s."""
-    api = env.provider.vault.api
+    api = env.facet(Capability.VAULT)
     assert store(env, "barbican-1").status_code == 201
     api.request("PUT", "sys/leases/revoke-prefix/auth/approle/login")
     try:
@@ -158,7 +159,7 @@ def test_barbican_logs_in_again_after_its_token_is_revoked(env):
         assert status == 201, f"still {status} 15 s after the revocation"
     finally:
         for node in env.nodes:
-            env.provider.restart_node(node.name, None)
+            env.facet(Capability.NODE_CONTROL).restart(node.name)
 
 
 def test_vault_secret_id_expired(env):
@@ -191,7 +192,7 @@ def test_vault_policy_revoked(env):
 
 def test_vault_mount_disabled_loses_data_until_the_snapshot_is_restored(env):
     seeded = seed(env)
-    api = env.provider.vault.api
+    api = env.facet(Capability.VAULT)
     before = logs(env)
     engine = FaultEngine(env)
     with engine.injected("vault_mount_disabled") as fault_id:
@@ -262,7 +263,7 @@ def test_a_deleted_secret_leaves_nothing_in_vault(env):
     ref = r.json()["secret_ref"]
     kid = key_id(env, ref)
     assert raw(env, "DELETE", ref).status_code == 204
-    api = env.provider.vault.api
+    api = env.facet(Capability.VAULT)
     api.request("POST", f"barbican/undelete/{kid}", json_body={"versions": [1]})
     got = api.request("GET", f"barbican/data/{kid}", ok=(200, 404))
     # Compared by hash: a failing assertion must not print the payload.
@@ -279,7 +280,7 @@ def _known(env, count: int = 3) -> tuple[Known, list]:
 def test_triage_sealed_by_hand_is_an_outage(env):
     known, seeded = _known(env)
     diag = Diagnoser(env, known=known, logs_dir=env.run_dir / "logs")
-    api = env.provider.vault.api
+    api = env.facet(Capability.VAULT)
     import requests
 
     # As an operator would: the raw API, not the harness's fault.
@@ -299,7 +300,7 @@ def test_triage_sealed_by_hand_is_an_outage(env):
 def test_triage_a_path_deleted_in_vault_is_data_loss(env):
     known, seeded = _known(env)
     diag = Diagnoser(env, known=known, logs_dir=env.run_dir / "logs")
-    api = env.provider.vault.api
+    api = env.facet(Capability.VAULT)
     lost = seeded[0]
     # `bao kv metadata delete barbican/<id>`: every version of one secret is gone.
     api.request("DELETE", f"barbican/metadata/{key_id(env, lost.ref)}")

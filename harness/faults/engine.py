@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from harness.faults import fault_class
 from harness.faults.base import Fault, FaultError
 from harness.faults.journal import Journal
+from harness.target import traits_of
 from harness.topology import describe_validation_error
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,9 @@ class FaultEngine:
 
     def inject(self, name: str, params: dict[str, Any] | None = None) -> str:
         fault = make_fault(name, params)
-        fault.check(self.env)
+        # Refused before the journal has an entry: a target that cannot take the fault
+        # (a missing capability, backend or node) is left exactly as it was.
+        fault.check(traits_of(self.env))
         fault_id = self.journal.begin(name, fault.params.model_dump())
         undo: dict[str, Any] = {}
         try:

@@ -1,9 +1,9 @@
 """Vault / OpenBao incidents of the vault secret store (Barbican's vault_plugin).
 
-The faults act as Vault's operator would: through OpenBao's HTTP API with the root token
-of the environment (harness/services/vault.py keeps it 0600), or on the fault proxy's
-`vault` link between the API nodes and OpenBao. Undo data never holds a secret: the
-secret_id Barbican needs again is re-read from the credentials file at heal.
+The faults act as Vault's operator would, through the environment's Capability.VAULT facet
+(OpenBao's HTTP API with the root token harness/services/vault.py keeps 0600), or on the
+fault proxy's `vault` link between Barbican and OpenBao. Undo data never holds a secret:
+the facet re-reads the secret_id Barbican needs from its credentials file at heal.
 
 What Barbican 23.0.0 (castellan 5.8.0) shows under each, measured:
 
@@ -26,25 +26,24 @@ from typing import Any
 
 from harness.faults.base import Fault, FaultError, Params
 from harness.faults.network import _LinkDown, _LinkLatency
-from harness.services.vault import ROLE, VaultError
+from harness.target import Capability
+
+VAULT = Capability.VAULT
+NODES = Capability.NODE_CONTROL
 
 
 class _VaultFault(Fault):
-    requires = "vault"
-
-    @staticmethod
-    def api(env):
-        return env.provider.vault.api
-
-    @staticmethod
-    def spec(env):
-        return env.ctx.topology.vault
+    backend = "vault"
+    capabilities = frozenset({Capability.API, VAULT})
 
 
-def _restart_nodes(env) -> None:
-    """A fresh castellan in every API node: it logs in again at its next Vault request."""
-    for node in env.provider.nodes:
-        env.provider.restart_node(node.name, None)
+def _restart_barbican(env) -> None:
+    """A fresh castellan in every API node and worker: it logs in at its next Vault request."""
+    nodes = env.facet(NODES)
+    for node in env.nodes:
+        nodes.restart(node.name)
+    for worker in nodes.workers():
+        nodes.restart_worker(worker)
 
 
 class VaultSealed(_VaultFault):
@@ -57,12 +56,10 @@ class VaultSealed(_VaultFault):
     name = "vault_sealed"
 
     def inject(self, env, undo: dict[str, Any]) -> None:
-        self.api(env).seal()
+        env.facet(VAULT).seal()
 
     def heal(self, env, undo: dict[str, Any]) -> None:
-        api = self.api(env)
-        api.unseal()
-        api.wait_active()
+        env.facet(VAULT).unseal()
 
 
 class VaultTokenRevoked(_VaultFault):
@@ -73,15 +70,16 @@ class VaultTokenRevoked(_VaultFault):
     castellan does not log in again on a 403: it keeps the revoked token until the token's
     TTL (topology vault.token_ttl) has passed, so Barbican stays down although its AppRole
     credentials are valid (tests/test_vault.py pins this as a strict xfail). Heal does
-    what an operator does: restart the API nodes, which log in afresh."""
+    what an operator does: restart the API nodes (and workers), which log in afresh."""
 
     name = "vault_token_revoked"
+    capabilities = frozenset({Capability.API, VAULT, NODES})
 
     def inject(self, env, undo: dict[str, Any]) -> None:
-        self.api(env).request("PUT", "sys/leases/revoke-prefix/auth/approle/login")
+        env.facet(VAULT).revoke_logins()
 
     def heal(self, env, undo: dict[str, Any]) -> None:
-        _restart_nodes(env)
+        _restart_barbican(env)
 
 
 class VaultSecretIdExpired(_VaultFault):
@@ -93,27 +91,14 @@ class VaultSecretIdExpired(_VaultFault):
     log in at their next request, without a restart."""
 
     name = "vault_secret_id_expired"
+    capabilities = frozenset({Capability.API, VAULT, NODES})
 
     def inject(self, env, undo: dict[str, Any]) -> None:
-        api = self.api(env)
-        api.request("POST", f"auth/approle/role/{ROLE}/secret-id-accessor/destroy",
-                    json_body={"secret_id_accessor": api.credentials["secret_id_accessor"]})
-        _restart_nodes(env)
+        env.facet(VAULT).destroy_secret_id()
+        _restart_barbican(env)
 
     def heal(self, env, undo: dict[str, Any]) -> None:
-        api = self.api(env)
-        creds = api.credentials
-        try:
-            api.request("POST", f"auth/approle/role/{ROLE}/custom-secret-id",
-                        json_body={"secret_id": creds["secret_id"]})
-        except VaultError as exc:
-            # A heal run twice: the secret_id exists again.
-            if "already registered" not in str(exc):
-                raise
-            return
-        accessor = api.request("POST", f"auth/approle/role/{ROLE}/secret-id/lookup",
-                               json_body={"secret_id": creds["secret_id"]}).json()["data"]["secret_id_accessor"]
-        api.update_credentials(secret_id_accessor=accessor)
+        env.facet(VAULT).reissue_secret_id()
 
 
 class VaultPolicyRevoked(_VaultFault):
@@ -126,14 +111,13 @@ class VaultPolicyRevoked(_VaultFault):
 
     def prepare(self, env) -> dict[str, Any]:
         # The policy text names paths and capabilities only: no secret.
-        policy = self.api(env).request("GET", f"sys/policies/acl/{ROLE}").json()["data"]["policy"]
-        return {"policy_name": ROLE, "policy": policy}
+        return {"policy": env.facet(VAULT).policy()}
 
     def inject(self, env, undo: dict[str, Any]) -> None:
-        self.api(env).request("DELETE", f"sys/policies/acl/{undo['policy_name']}")
+        env.facet(VAULT).delete_policy()
 
     def heal(self, env, undo: dict[str, Any]) -> None:
-        self.api(env).request("PUT", f"sys/policies/acl/{undo['policy_name']}", json_body={"policy": undo["policy"]})
+        env.facet(VAULT).write_policy(undo["policy"])
 
 
 class MountParams(Params):
@@ -157,34 +141,33 @@ class VaultMountDisabled(_VaultFault):
 
     name = "vault_mount_disabled"
     Params = MountParams
+    capabilities = frozenset({Capability.API, VAULT, NODES})
 
     def prepare(self, env) -> dict[str, Any]:
-        api = self.api(env)
-        path = api.dir / "snapshots" / f"before-mount-disabled-{_rand.token_hex(4)}.snap"
-        api.snapshot(path)
-        return {"snapshot": str(path), "mount": self.spec(env).mount}
+        path = env.run_dir / "vault" / "snapshots" / f"before-mount-disabled-{_rand.token_hex(4)}.snap"
+        env.facet(VAULT).snapshot(path)
+        return {"snapshot": str(path)}
 
     def inject(self, env, undo: dict[str, Any]) -> None:
-        api = self.api(env)
-        api.request("DELETE", f"sys/mounts/{undo['mount']}")
+        vault = env.facet(VAULT)
+        vault.disable_mount()
         if self.params.reenable:
-            api.request("POST", f"sys/mounts/{undo['mount']}",
-                        json_body={"type": "kv", "options": {"version": str(self.spec(env).kv_version)}})
+            vault.enable_mount()
 
     def heal(self, env, undo: dict[str, Any]) -> None:
-        api = self.api(env)
+        vault = env.facet(VAULT)
         snapshot = Path(undo["snapshot"])
         if not snapshot.is_file():
-            if undo["mount"] in api.request("GET", "sys/mounts").json()["data"]:
+            if vault.mount in vault.mounts():
                 return  # restored by an earlier heal, which removed the snapshot
             raise FaultError(f"vault_mount_disabled: snapshot {snapshot} is gone; the mount's data cannot "
                              "be restored")
-        before = api.token_accessors()
-        api.restore(snapshot)
-        lost_logins = before - api.token_accessors()
+        before = vault.token_accessors()
+        vault.restore(snapshot)
+        lost_logins = before - vault.token_accessors()
         snapshot.unlink()
         if lost_logins:
-            _restart_nodes(env)
+            _restart_barbican(env)
 
 
 class VaultOutage(_LinkDown):
@@ -194,7 +177,7 @@ class VaultOutage(_LinkDown):
 
     name = "vault_outage"
     link = "vault"
-    requires = "vault"
+    backend = "vault"
 
 
 class VaultLatency(_LinkLatency):
@@ -204,4 +187,4 @@ class VaultLatency(_LinkLatency):
 
     name = "vault_latency"
     link = "vault"
-    requires = "vault"
+    backend = "vault"

@@ -16,7 +16,6 @@ import re
 from pathlib import Path
 from typing import Optional
 
-import yaml
 
 from harness.errors import HarnessError
 from harness.load.thresholds import Threshold, parse_error_ratio, parse_p95
@@ -37,48 +36,6 @@ def parse_duration(text: str | float | int) -> float:
     if value <= 0:
         raise HarnessError(f"--duration '{text}': must be more than 0 s")
     return value
-
-
-def read_timeline(path: Path) -> tuple[list, float | None]:
-    """The `timeline:` of a scenario file as TimelineEvents (and its `duration:` if any).
-
-    Only faults: a timeline `operation` (KEK rotation ...) or a parameter naming a seeded
-    item ("@secret[0]") belongs to the scenario runner, which seeds those items."""
-    from harness.faults.engine import make_fault
-    from harness.timeline import TimelineEvent
-
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise HarnessError(f"--scenario {path}: cannot read it: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("timeline"), list):
-        raise HarnessError(f"--scenario {path}: expected a top-level 'timeline:' list of "
-                           "{at, fault, params, heal_at}")
-    events = []
-    for i, item in enumerate(data["timeline"]):
-        where = f"{path}: timeline[{i}]"
-        if not isinstance(item, dict):
-            raise HarnessError(f"{where}: expected a mapping {{at, fault, params, heal_at}}")
-        if "operation" in item:
-            raise HarnessError(f"{where}: operations ({item['operation']}) run only in scenarios "
-                               "(barbican-harness run); a load timeline takes faults")
-        unknown = set(item) - {"at", "fault", "params", "heal_at"}
-        if unknown:
-            raise HarnessError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: at, fault, params, heal_at")
-        if "fault" not in item or "at" not in item:
-            raise HarnessError(f"{where}: 'at' and 'fault' are required")
-        params = item.get("params") or {}
-        refs = [k for k, v in params.items() if isinstance(v, str) and v.startswith("@")]
-        if refs:
-            raise HarnessError(f"{where}: params {refs} name seeded items, which only the scenario runner makes")
-        make_fault(item["fault"], params)  # unknown fault or bad parameter: reported before anything starts
-        at = float(item["at"])
-        heal_at = float(item["heal_at"]) if item.get("heal_at") is not None else None
-        if heal_at is not None and heal_at <= at:
-            raise HarnessError(f"{where}: heal_at ({heal_at:g}) must come after at ({at:g})")
-        events.append(TimelineEvent(at, item["fault"], params, heal_at))
-    duration = data.get("duration")
-    return events, float(duration) if duration else None
 
 
 def build_thresholds(max_error_ratio: list[str], max_p95_ms: list[str]) -> list[Threshold]:
@@ -112,6 +69,7 @@ def load_command(run_id: Optional[str], env_path: Optional[Path], scenario: Opti
     from harness.load.driver import run_load
     from harness.progress import RichProgress
     from harness.report import build_report
+    from harness.timeline import read_fault_timeline
 
     console = console or Console(stderr=True, soft_wrap=True)
     out = out or Console(soft_wrap=True)
@@ -120,7 +78,7 @@ def load_command(run_id: Optional[str], env_path: Optional[Path], scenario: Opti
                            "or --env PATH (a topology to bring up for this load)")
     thresholds = build_thresholds(max_error_ratio or [], max_p95_ms or [])
     weights = parse_weights(weight or [])
-    events, scenario_duration = read_timeline(scenario) if scenario else ([], None)
+    events, scenario_duration = read_fault_timeline(scenario) if scenario else ([], None)
     if duration is None and scenario_duration is None:
         raise HarnessError("load: --duration is required (or a scenario with a 'duration:')")
     seconds = parse_duration(duration) if duration is not None else scenario_duration

@@ -2,7 +2,7 @@
 + the integrity ledger.
 
     result = run_load(env, users=20, spawn_rate=10, duration=60,
-                      timeline_events=[TimelineEvent(15, "hsm_latency", {...}, heal_at=30)],
+                      timeline_events=[Event(at=15, fault="hsm_latency", params={...}, heal_at=30)],
                       thresholds=[Threshold("error_ratio", 0.01, phase="outside")])
 
 Steps: the writer role makes the consumers' fixtures (TLS containers with an ACL, LUKS
@@ -37,7 +37,10 @@ from harness.load.series import AGGREGATED, Series, overlaps
 from harness.load.thresholds import Threshold, Verdict, evaluate
 from harness.progress import Progress
 from harness.redact import mask
-from harness.timeline import TimelineEvent, TimelineRunner
+from harness.target import Capability
+from harness.target import traits_of
+from harness.timeline import Event, Timeline
+from harness.wait import wait_until
 
 CONFIG_ENV = "BARBICAN_LOAD_CONFIG"
 RESULT_FILE = "result.json"
@@ -118,13 +121,13 @@ def _roles(env) -> dict[str, str]:
 
 
 def run_load(env, users: int, spawn_rate: float, duration: float, workers: int = 0,
-             timeline_events: list[TimelineEvent] | tuple = (), thresholds: list[Threshold] | tuple = (),
+             timeline_events: list[Event] | tuple = (), thresholds: list[Threshold] | tuple = (),
              out_dir: Path | str | None = None, *, weights: dict[str, int] | None = None, seed: int | None = None,
              wait: tuple[float, float] = (0.1, 0.5), request_timeout: float = 15.0,
              fixtures: tuple[int, int] = (4, 16), consumer_probability: float = 0.2,
              stop_timeout: float = 30.0, start_timeout: float = 120.0, check_ledger: bool = True,
              progress: Progress | None = None) -> LoadResult:
-    from harness.faults.engine import sigterm_as_interrupt
+    from harness.faults.engine import make_fault, sigterm_as_interrupt
 
     if users < 1 or spawn_rate <= 0 or duration <= 0 or workers < 0:
         raise HarnessError("load: users >= 1, spawn rate > 0, duration > 0 and workers >= 0 are required")
@@ -134,13 +137,18 @@ def run_load(env, users: int, spawn_rate: float, duration: float, workers: int =
     seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
     weights = {**DEFAULT_WEIGHTS, **(weights or {})}
     events = sorted(timeline_events, key=lambda e: e.at)
+    traits = traits_of(env)
     for e in events:
         if e.at >= duration:
             raise HarnessError(f"load: fault '{e.fault}' at {e.at:g} s is after the end of the load ({duration:g} s)")
+        if e.operation:
+            raise HarnessError(f"load: operation '{e.operation}': a load timeline takes faults only")
+        # Before anything starts: a fault this target cannot take is refused now.
+        make_fault(e.fault, e.params).check(traits)
     result = LoadResult(out, {
         "users": users, "spawn_rate": spawn_rate, "duration": duration, "workers": workers, "seed": seed,
         "weights": weights, "wait": list(wait), "thresholds": [t.to_dict() for t in thresholds],
-        "timeline": [{"at": e.at, "fault": e.fault, "params": e.params, "heal_at": e.heal_at} for e in events],
+        "timeline": [e.model_dump(exclude_none=True) for e in events],
         "run_id": env.run_id, "started": dt.datetime.now(dt.timezone.utc).isoformat()})
     result.environment = _environment_facts(env)
 
@@ -165,13 +173,12 @@ def run_load(env, users: int, spawn_rate: float, duration: float, workers: int =
         "run_time": duration,
     })
 
-    shim = getattr(env.provider, "shim", None)
-    sampler = HsmSampler(shim.control) if shim is not None else None
+    sampler = HsmSampler(env.facet(Capability.HSM_SHIM)) if Capability.HSM_SHIM in env.capabilities else None
     # Node URLs are IP literals: resolve them in-line rather than through gevent's thread pool.
     procs = LocustProcesses(out, env.ctx.environ(**{CONFIG_ENV: str(config_path), "GEVENT_RESOLVER": "block"}), users=users,
                             spawn_rate=spawn_rate, host=env.nodes[0].url, workers=workers,
                             stop_timeout=stop_timeout)
-    timeline: TimelineRunner | None = None
+    timeline: Timeline | None = None
     try:
         with sigterm_as_interrupt():
             if sampler:
@@ -181,7 +188,7 @@ def run_load(env, users: int, spawn_rate: float, duration: float, workers: int =
                 result.locust["pids"] = procs.pids()
                 result.started_wall = procs.wait_started(started_file, start_timeout)
             if events:
-                timeline = TimelineRunner(env, list(events), duration)
+                timeline = Timeline(env, list(events), duration, seed=seed)
                 timeline.start()
             faults = ", ".join(e.fault for e in events) or "no faults"
             with progress.step(f"load: {users} users for {duration:g} s ({faults})"):
@@ -247,19 +254,11 @@ def _environment_facts(env) -> dict:
 
 def _wait_serving(env, role: str, timeout: float = 60.0) -> None:
     """Before the ledger check, every node answers again (a killed node was restarted)."""
-    deadline = time.monotonic() + timeout
     sess = env.session(role)
     for node in env.nodes:
-        while True:
-            try:
-                r = sess.get(node.url + "/v1/secrets", params={"limit": 1}, raise_exc=False, timeout=10)
-                if r.status_code == 200:
-                    break
-            except Exception:  # noqa: BLE001 - retried until the deadline
-                pass
-            if time.monotonic() > deadline:
-                raise HarnessError(f"ledger check: {node.name} does not answer after heal ({timeout:.0f} s)")
-            time.sleep(0.5)
+        wait_until(lambda node=node: sess.get(node.url + "/v1/secrets", params={"limit": 1}, raise_exc=False,
+                                              timeout=10).status_code == 200,
+                   timeout=timeout, interval=0.5, what=f"ledger check: {node.name} answers after heal")
 
 
 def _ledger_counts(ledger: Ledger) -> dict:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from harness import redact
 from harness.errors import HarnessError, MissingDependency
 from harness.ports import free_port
 from harness.services.base import Service
+from harness.wait import wait_until
 
 HOST = "127.0.0.1"
 API_TIMEOUT = 10.0  # s, every request the harness sends to OpenBao
@@ -70,12 +70,17 @@ def barbican_policy(mount: str, kv_version: int) -> str:
 
 class VaultAPI:
     """The operator's access to one OpenBao server: its HTTP API with the root token, and
-    the credentials file. Shared by the local and Docker services and by the faults."""
+    the credentials file. Shared by the local and Docker services; the faults reach it as
+    the environment's Capability.VAULT facet (harness.target.VaultAdmin)."""
 
     def __init__(self, ctx, url: str):
         self.ctx = ctx
         self.url = url.rstrip("/")
+        self.spec = ctx.topology.vault
+        self.mount = self.spec.mount
         self._creds: dict[str, Any] | None = None
+        if self.credentials_path.is_file():
+            self.credentials  # noqa: B018 - registers them with the redactor in this process
 
     # -- credentials (0600, never logged) -----------------------------------------------------
     @property
@@ -142,7 +147,7 @@ class VaultAPI:
         return self.request("GET", "sys/seal-status", token=None).json()
 
     # -- life cycle ------------------------------------------------------------------------------
-    def bootstrap(self, spec) -> None:
+    def bootstrap(self) -> None:
         """Initialise (first start only), unseal, and give Barbican its mount, policy and
         AppRole. Idempotent: a restarted server is only unsealed."""
         status = self.seal_status()
@@ -151,48 +156,41 @@ class VaultAPI:
                                 json_body={"secret_shares": KEY_SHARES, "secret_threshold": KEY_THRESHOLD}).json()
             self._save({"unseal_keys": body["keys"], "root_token": body["root_token"]})
         self.unseal()
-        self.wait_active()
         if "role_id" not in self.credentials:
-            self._configure(spec)
+            self._configure()
 
     def unseal(self) -> None:
-        """Submit unseal keys until the threshold is met (nothing to do when unsealed)."""
-        if not self.seal_status()["sealed"]:
-            return
-        for key in self.credentials["unseal_keys"][:KEY_THRESHOLD]:
-            body = self.request("PUT", "sys/unseal", token=None, json_body={"key": key}).json()
-            if not body["sealed"]:
-                return
-        raise VaultError("OpenBao is still sealed after the threshold of unseal keys")
+        """Submit unseal keys until the threshold is met, then wait until the node serves."""
+        if self.seal_status()["sealed"]:
+            for key in self.credentials["unseal_keys"][:KEY_THRESHOLD]:
+                if not self.request("PUT", "sys/unseal", token=None, json_body={"key": key}).json()["sealed"]:
+                    break
+            else:
+                raise VaultError("OpenBao is still sealed after the threshold of unseal keys")
+        self.wait_active()
 
     def seal(self) -> None:
         self.request("PUT", "sys/seal")
 
     def wait_active(self, timeout: float = 30.0) -> None:
         """Unsealed and serving: /sys/health answers 200 (a standby or sealed node does not)."""
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            try:
-                r = requests.get(f"{self.url}/v1/sys/health", timeout=2)
-                if r.status_code == 200:
-                    return
-                last = f"HTTP {r.status_code}"
-            except requests.RequestException as exc:
-                last = type(exc).__name__
-            time.sleep(0.1)
-        raise VaultError(f"OpenBao at {self.url} not active within {timeout:.0f} s (last: {last})")
+        def active() -> bool:
+            status = requests.get(f"{self.url}/v1/sys/health", timeout=2).status_code
+            if status != 200:
+                raise VaultError(f"HTTP {status}")  # 503 sealed, 429 standby, 501 not initialised
+            return True
 
-    def _configure(self, spec) -> None:
-        self.request("POST", f"sys/mounts/{spec.mount}",
-                     json_body={"type": "kv", "options": {"version": str(spec.kv_version)},
-                                "description": "Barbican's secrets (barbican-harness)"})
-        self.request("PUT", f"sys/policies/acl/{ROLE}",
-                     json_body={"policy": barbican_policy(spec.mount, spec.kv_version)})
+        wait_until(active, timeout=timeout, what=f"OpenBao at {self.url} active (/v1/sys/health 200)",
+                   interval=0.1, error=VaultError)
+
+    def _configure(self) -> None:
+        self.enable_mount()
+        self.write_policy(barbican_policy(self.mount, self.spec.kv_version))
         self.request("POST", "sys/auth/approle", json_body={"type": "approle"})
+        ttl = self.spec.token_ttl
         self.request("POST", f"auth/approle/role/{ROLE}", json_body={
-            "token_policies": [ROLE], "token_ttl": f"{spec.token_ttl}s",
-            "token_max_ttl": f"{4 * spec.token_ttl}s", "secret_id_ttl": "0", "token_type": "service"})
+            "token_policies": [ROLE], "token_ttl": f"{ttl}s", "token_max_ttl": f"{4 * ttl}s",
+            "secret_id_ttl": "0", "token_type": "service"})
         role_id = self.request("GET", f"auth/approle/role/{ROLE}/role-id").json()["data"]["role_id"]
         secret = self.request("POST", f"auth/approle/role/{ROLE}/secret-id").json()["data"]
         self._save({**self.credentials, "role_id": role_id, "secret_id": secret["secret_id"],
@@ -208,30 +206,70 @@ class VaultAPI:
         redact.register(token)
         return token
 
-    def probe(self, spec) -> None:
+    def probe(self) -> None:
         """What Barbican does, as Barbican: log in, write, read back, delete one key."""
         token = self.login()
         data = os.urandom(16).hex()
-        path = f"{spec.mount}/data/harness-probe" if spec.kv_version == 2 else f"{spec.mount}/harness-probe"
-        self.request("POST", path, token=token, json_body={"data": {"v": data}} if spec.kv_version == 2 else {"v": data})
+        v2 = self.spec.kv_version == 2
+        path = f"{self.mount}/data/harness-probe" if v2 else f"{self.mount}/harness-probe"
+        self.request("POST", path, token=token, json_body={"data": {"v": data}} if v2 else {"v": data})
         got = self.request("GET", path, token=token).json()["data"]
-        if (got["data"] if spec.kv_version == 2 else got)["v"] != data:
+        if (got["data"] if v2 else got)["v"] != data:
             raise VaultError("OpenBao returned another value than the probe wrote")
         self.request("DELETE", path, token=token)
         self.request("POST", "auth/token/revoke-self", token=token)
 
-    def barbican_options(self, spec, url: str) -> dict[str, str]:
+    def barbican_options(self, url: str) -> dict[str, str]:
         """[vault_plugin] of barbican.conf, reaching OpenBao at `url` (the proxy's link)."""
         c = self.credentials
         return {
             "vault_url": url,
-            "kv_mountpoint": spec.mount,
-            "kv_version": str(spec.kv_version),
+            "kv_mountpoint": self.mount,
+            "kv_version": str(self.spec.kv_version),
             "approle_role_id": c["role_id"],
             "approle_secret_id": c["secret_id"],
         }
 
-    # -- operator procedures the faults use ------------------------------------------------------
+    # -- operator procedures the faults use (harness.target.VaultAdmin) -------------------------
+    def revoke_logins(self) -> None:
+        self.request("PUT", "sys/leases/revoke-prefix/auth/approle/login")
+
+    def destroy_secret_id(self) -> None:
+        self.request("POST", f"auth/approle/role/{ROLE}/secret-id-accessor/destroy",
+                     json_body={"secret_id_accessor": self.credentials["secret_id_accessor"]})
+
+    def reissue_secret_id(self) -> None:
+        """The secret_id Barbican's config holds, valid again (AppRole custom-secret-id);
+        nothing to do when it still is."""
+        secret_id = self.credentials["secret_id"]
+        found = self.request("POST", f"auth/approle/role/{ROLE}/secret-id/lookup", ok=(200, 204),
+                             json_body={"secret_id": secret_id})
+        if found.status_code == 200:
+            return
+        data = self.request("POST", f"auth/approle/role/{ROLE}/custom-secret-id",
+                            json_body={"secret_id": secret_id}).json()["data"]
+        self._save({**self.credentials, "secret_id_accessor": data["secret_id_accessor"]})
+
+    def policy(self) -> str:
+        return self.request("GET", f"sys/policies/acl/{ROLE}").json()["data"]["policy"]
+
+    def write_policy(self, text: str) -> None:
+        self.request("PUT", f"sys/policies/acl/{ROLE}", json_body={"policy": text})
+
+    def delete_policy(self) -> None:
+        self.request("DELETE", f"sys/policies/acl/{ROLE}")
+
+    def mounts(self) -> list[str]:
+        return sorted(m.rstrip("/") for m in self.request("GET", "sys/mounts").json()["data"])
+
+    def disable_mount(self) -> None:
+        self.request("DELETE", f"sys/mounts/{self.mount}")
+
+    def enable_mount(self) -> None:
+        self.request("POST", f"sys/mounts/{self.mount}",
+                     json_body={"type": "kv", "options": {"version": str(self.spec.kv_version)},
+                                "description": "Barbican's secrets (barbican-harness)"})
+
     def token_accessors(self) -> set[str]:
         """Accessors of every live token (an accessor cannot authenticate: not a secret)."""
         return set(self.request("LIST", "auth/token/accessors").json()["data"]["keys"])
@@ -267,10 +305,6 @@ class VaultServer(Service):
         self.api = VaultAPI(ctx, f"http://{HOST}:{ctx.ports['vault']}")
 
     @property
-    def spec(self):
-        return self.ctx.topology.vault
-
-    @property
     def dir(self) -> Path:
         return self.ctx.run_dir / "vault"
 
@@ -300,10 +334,10 @@ class VaultServer(Service):
 
     def bootstrap(self) -> None:
         try:
-            self.api.bootstrap(self.spec)
-            self.api.probe(self.spec)
+            self.api.bootstrap()
+            self.api.probe()
         except VaultError as exc:
             raise self.fail(str(exc)) from None
 
     def barbican_options(self, link_port: int | None) -> dict[str, str]:
-        return self.api.barbican_options(self.spec, f"http://{HOST}:{link_port or self.ctx.ports['vault']}")
+        return self.api.barbican_options(f"http://{HOST}:{link_port or self.ctx.ports['vault']}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets as _rand
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -97,14 +98,17 @@ class Diagnoser:
         self._fresh_role: str | None = None
         self._offsets: dict[Path, int] = {}
         self._hung: set[str] = set()  # node URLs that timed out in the current probe round
+        # mark_logs may come from another thread (the scenario's timeline, at an inject).
+        self._offsets_lock = threading.Lock()
         if logs_dir:
             self.mark_logs()
 
     # -- logs -----------------------------------------------------------------------------
     def mark_logs(self) -> None:
         """From now on, only new log lines count as evidence."""
-        for path in self._log_files():
-            self._offsets[path] = path.stat().st_size
+        with self._offsets_lock:
+            for path in self._log_files():
+                self._offsets[path] = path.stat().st_size
 
     def _log_files(self) -> list[Path]:
         if not self.logs_dir:
@@ -113,12 +117,16 @@ class Diagnoser:
 
     def _new_log_lines(self) -> list[tuple[str, str]]:
         out = []
-        for path in self._log_files():
-            start = self._offsets.get(path, 0)
-            with open(path, "rb") as f:
-                f.seek(start)
-                data = f.read()
-            self._offsets[path] = start + len(data)
+        with self._offsets_lock:
+            chunks = []
+            for path in self._log_files():
+                start = self._offsets.get(path, 0)
+                with open(path, "rb") as f:
+                    f.seek(start)
+                    data = f.read()
+                self._offsets[path] = start + len(data)
+                chunks.append((path, data))
+        for path, data in chunks:
             node = path.name.removesuffix("-app.log")
             out += [(node, line) for line in data.decode(errors="replace").splitlines()]
         return out
