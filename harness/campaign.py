@@ -43,7 +43,7 @@ PROFILES = {
                  "max_error_ratio": ["outside:Aggregated=0.01"]},
     },
     "full": {
-        "environments": ["simple-crypto", "pkcs11-softhsm", "multi-store", "kmip", "async-orders",
+        "environments": ["simple-crypto", "pkcs11-softhsm", "multi-store", "kmip", "vault", "async-orders",
                          "simple-crypto-secure-rbac"],
         "scenarios": "all",
         "conformance": {"suites": ["conformance/api", "conformance/rbac"]},

@@ -84,6 +84,24 @@ def test_round_trip_across_nodes_lands_in_openbao(env):
         assert cur.fetchone()[0] == 0
 
 
+def test_concurrent_requests_on_a_threaded_node_all_succeed(env):
+    """castellan shares one requests.Session (and one cached token) between the 4 threads of
+    a uWSGI process: 40 concurrent store+get pairs on one node must all round-trip."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def pair(_):
+        payload = _rand.token_bytes(32)
+        r = store(env, "barbican-1", payload)
+        if r.status_code != 201:
+            return f"store {r.status_code}"
+        got = payload_status(env, r.json()["secret_ref"], "barbican-1")
+        return "ok" if got.status_code == 200 and got.content == payload else f"get {got.status_code}"
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(pair, range(40)))
+    assert outcomes == ["ok"] * 40, sorted(set(outcomes))
+
+
 def test_openbao_credentials_stay_in_their_0600_file(env):
     api = env.facet(Capability.VAULT)
     creds = api.credentials

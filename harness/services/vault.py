@@ -111,9 +111,6 @@ class VaultAPI:
         tmp.replace(self.credentials_path)
         self._creds = creds
 
-    def update_credentials(self, **changes: str) -> None:
-        self._save({**self.credentials, **changes})
-
     @staticmethod
     def _register(creds: dict[str, Any]) -> None:
         redact.register(*creds.get("unseal_keys", []), creds.get("root_token", ""),
@@ -149,7 +146,8 @@ class VaultAPI:
     # -- life cycle ------------------------------------------------------------------------------
     def bootstrap(self) -> None:
         """Initialise (first start only), unseal, and give Barbican its mount, policy and
-        AppRole. Idempotent: a restarted server is only unsealed."""
+        AppRole; then prove it as Barbican (`probe`). Idempotent: a restarted server is
+        only unsealed."""
         status = self.seal_status()
         if not status["initialized"]:
             body = self.request("PUT", "sys/init", token=None, timeout=60,
@@ -158,6 +156,7 @@ class VaultAPI:
         self.unseal()
         if "role_id" not in self.credentials:
             self._configure()
+        self.probe()
 
     def unseal(self) -> None:
         """Submit unseal keys until the threshold is met, then wait until the node serves."""
@@ -293,6 +292,18 @@ class VaultAPI:
         self.wait_active()
 
 
+def prepare_server(ctx, *, listen: str, port: int, cluster_port: int, advertise: str) -> Path:
+    """The server's directory (0700), Raft data directory and config; returns the config.
+    `listen` is the address it binds, `advertise` the name others reach it by."""
+    d = ctx.run_dir / "vault"
+    d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    (d / "data").mkdir(mode=0o700, exist_ok=True)
+    return ctx.render("openbao.hcl.j2", d / "openbao.hcl", run_id=ctx.run_id, data_dir=d / "data", node_id="bao1",
+                      listen=f"{listen}:{port}", cluster_listen=f"{listen}:{cluster_port}",
+                      api_addr=f"http://{advertise}:{port}", cluster_addr=f"https://{advertise}:{cluster_port}")
+
+
 class VaultServer(Service):
     """OpenBao as a local process on a free loopback port."""
 
@@ -312,14 +323,8 @@ class VaultServer(Service):
         bao_binary()
 
     def prepare(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)
-        (self.dir / "data").mkdir(mode=0o700, exist_ok=True)
-        port, cluster = self.ctx.ports["vault"], self.ctx.ports["vault-cluster"]
-        self.ctx.render("openbao.hcl.j2", self.dir / "openbao.hcl", run_id=self.ctx.run_id,
-                        data_dir=self.dir / "data", node_id="bao1",
-                        listen=f"{HOST}:{port}", cluster_listen=f"{HOST}:{cluster}",
-                        api_addr=f"http://{HOST}:{port}", cluster_addr=f"https://{HOST}:{cluster}")
+        prepare_server(self.ctx, listen=HOST, port=self.ctx.ports["vault"],
+                       cluster_port=self.ctx.ports["vault-cluster"], advertise=HOST)
 
     def start(self) -> None:
         # The server needs none of the caller's VAULT_*/BAO_* settings (a BAO_TOKEN or
@@ -335,7 +340,6 @@ class VaultServer(Service):
     def bootstrap(self) -> None:
         try:
             self.api.bootstrap()
-            self.api.probe()
         except VaultError as exc:
             raise self.fail(str(exc)) from None
 
