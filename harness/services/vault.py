@@ -304,7 +304,24 @@ def prepare_server(ctx, *, listen: str, port: int, cluster_port: int, advertise:
                       api_addr=f"http://{advertise}:{port}", cluster_addr=f"https://{advertise}:{cluster_port}")
 
 
-class VaultServer(Service):
+class OpenBaoService:
+    """What the OpenBao service of either provider shares (a mixin before Service or
+    ContainerService): healthy = the API answers; then the operator's bootstrap."""
+
+    api: VaultAPI
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        # seal-status answers 200 sealed or not, initialised or not: the API is up.
+        self.wait_http(f"{self.api.url}/v1/sys/seal-status", 200, timeout)
+
+    def bootstrap(self) -> None:
+        try:
+            self.api.bootstrap()
+        except VaultError as exc:
+            raise self.fail(str(exc)) from None
+
+
+class VaultServer(OpenBaoService, Service):
     """OpenBao as a local process on a free loopback port."""
 
     name = "vault"
@@ -332,16 +349,6 @@ class VaultServer(Service):
         env = {k: v for k, v in self.ctx.environ().items() if not k.startswith(("VAULT_", "BAO_"))}
         self.spawn([bao_binary(), "server", f"-config={self.dir / 'openbao.hcl'}"], env=env,
                    ports=[self.ctx.ports["vault"], self.ctx.ports["vault-cluster"]])
-
-    def wait_healthy(self, timeout: float = 60.0) -> None:
-        # seal-status answers 200 sealed or not, initialised or not: the API is up.
-        self.wait_http(f"{self.api.url}/v1/sys/seal-status", 200, timeout)
-
-    def bootstrap(self) -> None:
-        try:
-            self.api.bootstrap()
-        except VaultError as exc:
-            raise self.fail(str(exc)) from None
 
     def barbican_options(self, link_port: int | None) -> dict[str, str]:
         return self.api.barbican_options(f"http://{HOST}:{link_port or self.ctx.ports['vault']}")
