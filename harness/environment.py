@@ -162,6 +162,23 @@ class Environment:
     def pytest_args(self) -> list[str]:
         return ["--barbican-run", str(self.run_dir)]
 
+    foreign = False  # the harness made it: faults need no permission beyond the command
+
+    def environ(self, **extra: str) -> dict:
+        """The environment for a process working on this target (carries the run marker)."""
+        return self.ctx.environ(**extra)
+
+    def facts(self) -> dict:
+        """What reports say about the target."""
+        from harness.targets import barbican_build
+
+        nodes = self.nodes
+        build = barbican_build(self.session(), nodes[0].url) if nodes else "unknown"
+        return {"run_id": self.run_id, "target": "harness environment", "topology": self.ctx.topology.name,
+                "provider": self.state.get("provider", "local"), "backends": list(self.backends),
+                "policy": self.policy, "barbican_version": build,
+                "nodes": [{"name": n.name, "url": n.url} for n in nodes], "keystone_url": self.keystone_url}
+
     def save_state(self) -> None:
         if self.provider is not None:
             # One record per process name: a restarted service replaces its old record.

@@ -165,10 +165,10 @@ class Timeline(threading.Thread):
     def __init__(self, target, events: list[Event], duration: float, *,
                  on_event: EventHook = lambda kind, w: None,
                  resolve: Callable[[Any], Any] = lambda v: v, seed: int | None = None,
-                 operation: Callable[[str], dict] | None = None):
+                 operation: Callable[[str], dict] | None = None, permission=None):
         super().__init__(daemon=True, name="fault-timeline")
         self.target = target
-        self.engine = FaultEngine(target)
+        self.engine = FaultEngine(target, permission)
         self.events = list(events)
         self.duration = duration
         self.on_event = on_event

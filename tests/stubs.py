@@ -13,6 +13,7 @@ class StubTarget:
         self.nodes = [type("Node", (), {"name": n})() for n in nodes]
         self.backends, self.async_orders = list(backends), False
         self.actions: list[tuple[str, float]] = []  # what test faults record
+        self.foreign = False
 
     @property
     def capabilities(self):

@@ -88,6 +88,22 @@ class Fault:
             if value is not None:
                 node_in(traits, value)
 
+    # -- what it touches (the fault engine's safety rules on targets it does not own) ----
+    def changes_beyond_api(self) -> bool:
+        """Anything but API calls (a restart, a config edit, a token change, SQL)."""
+        return bool(set(self.capabilities) - {Capability.API})
+
+    def scope(self, traits: Traits) -> list[str]:
+        """The nodes it touches: the node it names, every node, or none (API data)."""
+        if not set(self.capabilities) - {Capability.API, Capability.DATABASE}:
+            return []
+        node = getattr(self.params, "node", None)
+        return [node_in(traits, node)] if node is not None else list(traits.nodes)
+
+    def refs(self) -> list[str]:
+        """The secrets and containers it changes through the API (API-state faults)."""
+        return [v for k, v in self.params.model_dump().items() if k in ("ref", "container_ref") and v]
+
     def prepare(self, env) -> dict[str, Any]:
         return {}
 

@@ -61,8 +61,10 @@ def parse_weights(items: list[str]) -> dict[str, int]:
 def load_command(run_id: Optional[str], env_path: Optional[Path], scenario: Optional[Path], users: int,
                  spawn_rate: float, duration: Optional[str], workers: int = 0,
                  max_error_ratio: list[str] | None = None, max_p95_ms: list[str] | None = None, *,
-                 seed: Optional[int] = None, weight: list[str] | None = None, console=None, out=None) -> int:
-    """The body of `barbican-harness load`; returns the exit code (raises HarnessError on usage errors)."""
+                 seed: Optional[int] = None, weight: list[str] | None = None, console=None, out=None,
+                 target=None, permission=None, dry_run: bool = False) -> int:
+    """The body of `barbican-harness load`; returns the exit code (raises HarnessError on usage
+    errors). `target`: a cloud or deployment opened by the caller (instead of --run/--env)."""
     from rich.console import Console
 
     from harness.environment import Environment
@@ -73,20 +75,31 @@ def load_command(run_id: Optional[str], env_path: Optional[Path], scenario: Opti
 
     console = console or Console(stderr=True, soft_wrap=True)
     out = out or Console(soft_wrap=True)
-    if bool(run_id) == bool(env_path):
-        raise HarnessError("load: name exactly one target: --run RUN_ID (an environment that is up) "
-                           "or --env PATH (a topology to bring up for this load)")
+    if [bool(run_id), bool(env_path), target is not None].count(True) != 1:
+        raise HarnessError("load: name exactly one target: --run RUN_ID (an environment that is up), "
+                           "--env PATH (a topology to bring up for this load), --cloud NAME or --deployment FILE")
     thresholds = build_thresholds(max_error_ratio or [], max_p95_ms or [])
     weights = parse_weights(weight or [])
     events, scenario_duration = read_fault_timeline(scenario) if scenario else ([], None)
     if duration is None and scenario_duration is None:
         raise HarnessError("load: --duration is required (or a scenario with a 'duration:')")
     seconds = parse_duration(duration) if duration is not None else scenario_duration
+    if run_id:
+        target = Environment.attach(run_id)
+    if dry_run:
+        if target is None:
+            raise HarnessError("load: --dry-run plans a load on a target that is up (--run, --cloud, --deployment)")
+        from harness.load.driver import DEFAULT_WEIGHTS
+        from harness.plan import load_plan
+
+        out.print(load_plan(target, users, seconds, {**DEFAULT_WEIGHTS, **weights}, events, thresholds).render(),
+                  markup=False, highlight=False)
+        return 0
     with RichProgress(console) as progress:
-        env = Environment.attach(run_id) if run_id else Environment.up(env_path, progress=progress)
+        env = target if target is not None else Environment.up(env_path, progress=progress)
         try:
             result = run_load(env, users, spawn_rate, seconds, workers, events, thresholds, progress=progress,
-                              seed=seed, weights=weights)
+                              seed=seed, weights=weights, permission=permission)
             with progress.step("report"):
                 report = build_report(env.run_dir)
         finally:

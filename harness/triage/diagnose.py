@@ -210,10 +210,9 @@ class Diagnoser:
         """A brand-new token, on a session of its own: the probes' sessions keep their
         tokens, as long-running clients (Nova, Octavia) keep theirs. Returns (status, session)."""
         try:
-            from keystoneauth1 import session as ks_session
+            from harness.identity import session_for
 
-            sess = self.target.session(self.role)
-            new = ks_session.Session(auth=type(sess.auth)(**_auth_kwargs(sess.auth)), timeout=HTTP_TIMEOUT)
+            new = session_for(self.target.keystone_url, self.target.credentials[self.role], timeout=HTTP_TIMEOUT)
             new.get_token()
             return "ok", new
         except Exception as exc:  # noqa: BLE001
@@ -338,14 +337,6 @@ class Diagnoser:
         except Exception:  # noqa: BLE001 - the database may be what is down
             return {}
         return out
-
-
-def _auth_kwargs(auth) -> dict:
-    """The constructor arguments of a keystoneauth v3.Password plugin (for a copy)."""
-    pw = auth.auth_methods[0]
-    return {"auth_url": auth.auth_url, "username": pw.username, "password": pw.password,
-            "user_domain_name": pw.user_domain_name, "project_name": auth.project_name,
-            "project_domain_name": auth.project_domain_name}
 
 
 class NodeHung(Exception):
