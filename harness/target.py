@@ -163,6 +163,7 @@ class VaultAdmin(Protocol):
     def revoke_logins(self) -> None: ...            # every token Barbican's AppRole login issued
     def destroy_secret_id(self) -> None: ...        # Barbican's secret_id, as if it had expired
     def reissue_secret_id(self) -> None: ...        # the same value Barbican's config holds
+    def unlock_logins(self) -> int: ...             # lift the user lockout of failed logins
     def policy(self) -> str: ...                    # Barbican's policy (HCL: paths, no secret)
     def write_policy(self, text: str) -> None: ...
     def delete_policy(self) -> None: ...

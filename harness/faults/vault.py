@@ -11,7 +11,7 @@ What Barbican 23.0.0 (castellan 5.8.0) shows under each, measured:
 |---|---|---|
 | vault_sealed | 500 "... failure seen" | KeyManagerError: Service Unavailable |
 | vault_token_revoked | 500 | Forbidden: You are not authorized to complete this action. |
-| vault_secret_id_expired | 500 | KeyManagerError: invalid role or secret ID |
+| vault_secret_id_expired | 500 | KeyManagerError: invalid role or secret ID, then (lockout) Forbidden |
 | vault_policy_revoked | 500 | Forbidden: You are not authorized ... |
 | vault_mount_disabled | GET 500; a POST 201 that stores nothing | ManagedObjectNotFoundError: Key not found, uuid: ... |
 | vault_outage | 500 | KeyManagerError: HTTPConnectionPool(...) ... |
@@ -24,7 +24,7 @@ import secrets as _rand
 from pathlib import Path
 from typing import Any
 
-from harness.faults.base import Fault, FaultError, Params
+from harness.faults.base import Fault, FaultError, Params, node_name
 from harness.faults.network import _LinkDown, _LinkLatency
 from harness.target import Capability
 
@@ -82,23 +82,44 @@ class VaultTokenRevoked(_VaultFault):
         _restart_barbican(env)
 
 
+class SecretIdParams(Params):
+    # The node that restarts (must log in again) while the secret_id is invalid; the others
+    # keep their cached token and keep working. Default: every node and worker.
+    node: str | None = None
+
+
 class VaultSecretIdExpired(_VaultFault):
     """Barbican's AppRole secret_id expired (secret_id_ttl passed, or it was destroyed), then
-    the API nodes restarted, as happens when their token's TTL ends: every login answers
-    400 "invalid role or secret ID" (OpenBao says the same for an expired and a destroyed
-    secret_id), so Barbican answers 500 for every vault secret. Heal re-issues the same
-    secret_id (what Barbican's config holds) with AppRole's custom-secret-id; the nodes
-    log in at their next request, without a restart."""
+    API nodes restarted, as happens when their token's TTL ends: their login answers 400
+    "invalid role or secret ID" (OpenBao says the same for an expired and a destroyed
+    secret_id), so they answer 500 for every vault secret, while a node that did not
+    restart still works on its cached token.
+
+    castellan logs in again at every request, without backoff: after 5 failures OpenBao's
+    user lockout locks Barbican's role_id for 15 minutes, and logins get 403 "permission
+    denied" (castellan Forbidden) even once the secret_id is valid again. Heal does what an
+    operator must: re-issue the same secret_id (what Barbican's config holds, with AppRole's
+    custom-secret-id) and unlock the role (`sys/locked-users/.../unlock`); the nodes log in
+    at their next request, without a restart."""
 
     name = "vault_secret_id_expired"
+    Params = SecretIdParams
     capabilities = frozenset({Capability.API, VAULT, NODES})
+
+    def prepare(self, env) -> dict[str, Any]:
+        return {"node": node_name(env, self.params.node) if self.params.node else None}
 
     def inject(self, env, undo: dict[str, Any]) -> None:
         env.facet(VAULT).destroy_secret_id()
-        _restart_barbican(env)
+        if undo["node"]:
+            env.facet(NODES).restart(undo["node"])
+        else:
+            _restart_barbican(env)
 
     def heal(self, env, undo: dict[str, Any]) -> None:
-        env.facet(VAULT).reissue_secret_id()
+        vault = env.facet(VAULT)
+        vault.reissue_secret_id()
+        vault.unlock_logins()
 
 
 class VaultPolicyRevoked(_VaultFault):

@@ -249,6 +249,18 @@ class VaultAPI:
                             json_body={"secret_id": secret_id}).json()["data"]
         self._save({**self.credentials, "secret_id_accessor": data["secret_id_accessor"]})
 
+    def unlock_logins(self) -> int:
+        """Lift OpenBao's user lockout (5 failed logins lock an AppRole role_id for 15 min, and
+        then even the right secret_id gets 403); returns how many were unlocked."""
+        unlocked = 0
+        body = self.request("GET", "sys/locked-users").json()["data"]
+        for ns in body.get("by_namespace") or []:
+            for mount in ns.get("mount_accessors") or []:
+                for alias in mount.get("alias_identifiers") or []:
+                    self.request("POST", f"sys/locked-users/{mount['mount_accessor']}/unlock/{alias}")
+                    unlocked += 1
+        return unlocked
+
     def policy(self) -> str:
         return self.request("GET", f"sys/policies/acl/{ROLE}").json()["data"]["policy"]
 
