@@ -56,6 +56,16 @@ def logs(env) -> dict[str, str]:
     return {n.name: log_of(env, n.name) for n in env.nodes}
 
 
+def status_within(env, node: str, seconds: float) -> int:
+    """Store once a second until one is accepted or `seconds` pass; the last status."""
+    deadline = time.monotonic() + seconds
+    while True:
+        status = store(env, node).status_code
+        if status == 201 or time.monotonic() > deadline:
+            return status
+        time.sleep(1)
+
+
 def failing_everywhere(env, ref: str) -> None:
     """The vault store's outage signature on every node: 500 for store and read."""
     for node in env.nodes:
@@ -167,13 +177,7 @@ def test_barbican_logs_in_again_after_its_token_is_revoked(env):
     assert store(env, "barbican-1").status_code == 201
     api.request("PUT", "sys/leases/revoke-prefix/auth/approle/login")
     try:
-        deadline = time.monotonic() + 15
-        status = None
-        while time.monotonic() < deadline:
-            status = store(env, "barbican-1").status_code
-            if status == 201:
-                break
-            time.sleep(1)
+        status = status_within(env, "barbican-1", 15)
         assert status == 201, f"still {status} 15 s after the revocation"
     finally:
         for node in env.nodes:
@@ -216,13 +220,7 @@ def test_barbican_works_again_once_its_secret_id_is_valid_again(env):
         env.facet(Capability.NODE_CONTROL).restart("barbican-1")
         assert [store(env, "barbican-1").status_code for _ in range(6)] == [500] * 6
         vault.reissue_secret_id()
-        deadline = time.monotonic() + 15
-        status = None
-        while time.monotonic() < deadline:
-            status = store(env, "barbican-1").status_code
-            if status == 201:
-                break
-            time.sleep(1)
+        status = status_within(env, "barbican-1", 15)
         assert status == 201, f"still {status} 15 s after the secret_id was re-issued"
     finally:
         vault.reissue_secret_id()
