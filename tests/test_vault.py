@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from harness.faults.engine import FaultEngine
+from harness.known_bugs.catalogue import known_bug
 from harness.ledger import Ledger, LedgerChecker, sha256
 from harness.target import Capability
 from harness.triage.diagnose import Diagnoser, Known
@@ -167,9 +168,7 @@ def test_vault_token_revoked(env):
     steady_state(env, seeded)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "castellan's VaultKeyManager never logs in again on a 403: a revoked token is used until "
-    "its TTL (1 h here) ends, although Barbican's AppRole credentials are still valid"))
+@known_bug("vault-no-relogin-after-403")
 def test_barbican_logs_in_again_after_its_token_is_revoked(env):
     """Reproduction: revoke Barbican's tokens with the raw API (as `bao lease revoke -prefix
     auth/approle/login` does), then store: expected to work again within 15 s."""
@@ -207,10 +206,7 @@ def test_vault_secret_id_expired_and_the_lockout_it_causes(env):
     steady_state(env, seeded)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "castellan logs in again at every request with no backoff: a few requests with an expired "
-    "secret_id trip OpenBao's user lockout (5 failures), and Barbican stays locked out for 15 "
-    "minutes after the secret_id is valid again"))
+@known_bug("vault-login-storm-lockout")
 def test_barbican_works_again_once_its_secret_id_is_valid_again(env):
     """Reproduction: destroy Barbican's secret_id (as its TTL would), restart node 1, send it
     6 requests, re-issue the same secret_id: node 1 is expected to work again within 15 s."""
@@ -271,10 +267,7 @@ def test_vault_mount_reenabled_empty(env):
     steady_state(env, seeded)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "castellan takes the 404 OpenBao answers to a write on a disabled mount for success: "
-    "Barbican answers 201 for a secret that was never stored, and it stays lost after the "
-    "mount's data is restored"))
+@known_bug("vault-write-404-is-success")
 def test_a_store_barbican_acknowledges_while_the_mount_is_disabled_is_readable_after_heal(env):
     """Reproduction: `bao secrets disable barbican`, POST a secret, restore the mount."""
     with FaultEngine(env).injected("vault_mount_disabled"):
@@ -303,9 +296,7 @@ def test_vault_latency_slows_but_does_not_fail(env):
     steady_state(env, seeded)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "castellan's delete is a KV v2 soft delete: the payload's version stays in OpenBao and "
-    "`bao kv undelete` brings it back after Barbican reported the secret deleted"))
+@known_bug("vault-kv2-soft-delete")
 def test_a_deleted_secret_leaves_nothing_in_vault(env):
     payload = _rand.token_bytes(32)
     r = store(env, "barbican-1", payload)
