@@ -131,13 +131,14 @@ class VaultAPI:
             r = requests.request(method, f"{self.url}/v1/{path}", headers=headers, json=json_body, data=data,
                                  timeout=timeout, stream=stream)
         except requests.RequestException as exc:
-            raise VaultError(f"OpenBao {method} /v1/{path}: {type(exc).__name__}") from None
+            raise VaultError(redact.mask(f"OpenBao {method} /v1/{path}: {type(exc).__name__}")) from None
         if r.status_code not in ok:
             try:
                 errors = "; ".join(r.json().get("errors", [])) or r.text[:200]
             except ValueError:
                 errors = r.text[:200]
-            raise VaultError(f"OpenBao {method} /v1/{path}: HTTP {r.status_code} {redact.mask(errors)}")
+            # Masked: a path can hold a role_id (sys/locked-users/.../unlock/<role_id>).
+            raise VaultError(redact.mask(f"OpenBao {method} /v1/{path}: HTTP {r.status_code} {errors}"))
         return r
 
     def seal_status(self) -> dict:
