@@ -3,8 +3,6 @@ environment can do, and that every vault fault has its scenario."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 
@@ -15,12 +13,7 @@ from harness.services.vault import barbican_policy
 from harness.target import Capability
 from harness.topology import load_topology
 from tests.conftest import REPO, topology
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    p = tmp_path / "t.yaml"
-    p.write_text(text)
-    return p
+from tests.test_topology import write
 
 
 def test_a_vault_store_gets_the_default_openbao_settings():
