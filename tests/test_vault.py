@@ -6,7 +6,6 @@ and heals what it breaks, so the next test starts from a healthy environment."""
 
 from __future__ import annotations
 
-import json
 import os
 import secrets as _rand
 import stat
