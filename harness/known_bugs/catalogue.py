@@ -164,6 +164,62 @@ BUGS: tuple[KnownBug, ...] = (
         pinned_by=("tests/test_kmip_threads.py::test_concurrent_kmip_reads_on_a_threaded_node_all_succeed",),
     ),
     KnownBug(
+        id="vault-no-relogin-after-403",
+        title="vault store: after its Vault token is revoked Barbican stays down until the token's TTL ends",
+        cause="castellan's VaultKeyManager (5.8.0, Barbican's vault_plugin) caches its AppRole token until the "
+              "token's lease_duration has passed and treats Vault's 403 as final: it never logs in again, so a "
+              "revoked token keeps every vault secret at 500 (castellan Forbidden) although the AppRole "
+              "credentials are valid; only a restart of the API processes helps before the TTL",
+        present_means="with Barbican's tokens revoked (`sys/leases/revoke-prefix/auth/approle/login`), a store "
+                      "still answers 500 15 s later",
+        conditions="vault secret store with AppRole authentication",
+        code_in=(),
+        not_checkable="needs Vault's operator to revoke Barbican's token; Barbican's API cannot do it",
+        pinned_by=("tests/test_vault.py::test_barbican_logs_in_again_after_its_token_is_revoked",),
+    ),
+    KnownBug(
+        id="vault-write-404-is-success",
+        title="vault store: a secret stored while the KV mount is gone answers 201 and is lost",
+        cause="castellan's VaultKeyManager (5.8.0) raises only on 403 and 5xx answers: the 404 Vault gives a "
+              "write to a path with no mount (KV mount disabled) is taken for success, so Barbican records a "
+              "secret whose payload was never stored; it answers 500 for ever, even after the mount's data is "
+              "restored",
+        present_means="with Barbican's KV mount disabled, POST /v1/secrets answers 201 and the secret is never "
+                      "readable",
+        conditions="vault secret store whose policy covers the mount's paths",
+        code_in=(),
+        not_checkable="needs Vault's operator to disable the mount (destructive)",
+        pinned_by=("tests/test_vault.py::"
+                   "test_a_store_barbican_acknowledges_while_the_mount_is_disabled_is_readable_after_heal",),
+    ),
+    KnownBug(
+        id="vault-login-storm-lockout",
+        title="vault store: an expired AppRole secret_id locks Barbican out of Vault for 15 minutes after the fix",
+        cause="castellan's VaultKeyManager (5.8.0) logs in again at every request, with no backoff, while its "
+              "secret_id is invalid; after 5 failed logins OpenBao's (and Vault's) user lockout refuses the "
+              "role_id for 15 minutes, so the outage outlasts the re-issued secret_id (operators must unlock "
+              "it with sys/locked-users/.../unlock)",
+        present_means="after a few requests with an invalid secret_id and its re-issue, stores still answer "
+                      "500 (castellan Forbidden) 15 s later",
+        conditions="vault secret store with AppRole authentication, OpenBao 2.x or Vault >= 1.13",
+        code_in=(),
+        not_checkable="needs Vault's operator to invalidate Barbican's secret_id",
+        pinned_by=("tests/test_vault.py::test_barbican_works_again_once_its_secret_id_is_valid_again",),
+    ),
+    KnownBug(
+        id="vault-kv2-soft-delete",
+        title="vault store: a deleted secret's payload stays in Vault (KV v2 soft delete)",
+        cause="castellan's VaultKeyManager (5.8.0) deletes `<mount>/data/<id>`, which on a KV v2 mount only "
+              "marks the latest version deleted: the payload stays in Vault's storage and `kv undelete` brings "
+              "it back byte-identical after Barbican reported the secret deleted (no destroy, no metadata "
+              "delete)",
+        present_means="after DELETE /v1/secrets/{id}, `POST <mount>/undelete/<key_id>` restores the payload",
+        conditions="vault secret store on a KV v2 mount (Barbican's default kv_version)",
+        code_in=(),
+        not_checkable="needs read access to Barbican's KV mount in Vault",
+        pinned_by=("tests/test_vault.py::test_a_deleted_secret_leaves_nothing_in_vault",),
+    ),
+    KnownBug(
         id="db-outage-secret-get-no-response",
         title="with the database unreachable, GET /v1/secrets/{id} gets no HTTP response",
         cause="with the database unreachable, GET /v1/secrets/{id} fails inside SecretsController._lookup (pecan "
