@@ -140,17 +140,23 @@ class KollaDeployment:
                 c.remove(force=True)
             except Exception:  # noqa: BLE001 - removed already
                 pass
-        for n in self.client.networks.list(filters={"label": f"{LABEL}={self.tag}"}):
+        for n in [*self.client.networks.list(filters={"label": f"{LABEL}={self.tag}"}),
+                  *self.client.volumes.list(filters={"label": f"{LABEL}={self.tag}"})]:
             try:
                 n.remove()
             except Exception:  # noqa: BLE001
                 pass
 
+    def volume(self, purpose: str) -> str:
+        """A named volume, as Kolla keeps a service's data and logs (not in the container's layer)."""
+        return self.client.volumes.create(f"{self.prefix}_{purpose}", labels=self.labels).name
+
     def _create(self, service: str, image: str, command, *, alias: str, files: dict | None = None,
-                ports: dict | None = None, environment: dict | None = None):
+                ports: dict | None = None, environment: dict | None = None, volumes: dict | None = None):
         c = self.client.containers.create(
             image, command, name=self.name(service), hostname=alias, labels=self.labels,
             environment=environment or {}, ports=ports or {}, detach=True,
+            volumes={name: {"bind": path, "mode": "rw"} for path, name in (volumes or {}).items()},
             network=self.network.name,
             networking_config={self.network.name: self.client.api.create_endpoint_config(aliases=[alias])})
         if files:
@@ -170,6 +176,7 @@ class KollaDeployment:
             "--init-file=/etc/kolla/mariadb/init.sql", "--innodb-buffer-pool-size=64M",
             "--max-connections=500", "--innodb-flush-log-at-trx-commit=2", "--innodb-log-file-size=16M"],
             alias="mariadb", files={"/etc/kolla/mariadb/init.sql": (init.encode(), 0o600)},
+            volumes={"/var/lib/harness-mariadb": self.volume("mariadb")},  # filled from the image's datadir
             ports={"3306/tcp": ("127.0.0.1", self.ports["mariadb"])})
         c.start()
 
@@ -279,7 +286,8 @@ class KollaDeployment:
         start = f"mkdir -p {Path(BARBICAN_LOG_FILE).parent} && exec uwsgi --ini /etc/barbican/barbican-api-uwsgi.ini"
         for i, service in ((1, "barbican_api"), (2, "barbican_api_2")):
             c = self._create(service, self.python, ["sh", "-c", start], alias=f"barbican-api-{i}", files=files(i),
-                             ports={"9311/tcp": ("127.0.0.1", self.ports[f"barbican-{i}"])})
+                             ports={"9311/tcp": ("127.0.0.1", self.ports[f"barbican-{i}"])},
+                             volumes={"/var/log/kolla": self.volume(f"kolla_logs_{i}")})
             c.start()
         for i, service in ((1, "barbican_api"), (2, "barbican_api_2")):
             _wait(lambda: requests.get(self.node_url(i) + "/", timeout=3).status_code == 300, 240,
