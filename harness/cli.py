@@ -416,18 +416,44 @@ def qualify_hsm(
 
 @app.command("upgrade-gate")
 def upgrade_gate(
-        from_version: str = typer.Option(..., "--from", help="Barbican release the environment starts on, e.g. 14.0.0"),
-        to_version: str = typer.Option(..., "--to", help="Barbican release it is upgraded to, e.g. 23.0.0"),
-        env_path: Optional[Path] = typer.Option(None, "--env", help="Topology file (default environments/simple-crypto.yaml)"),
+        from_source: Optional[str] = typer.Option(None, "--from", help="Build the environment starts on: pypi:VERSION "
+                                                  "(or VERSION), wheel:PATH, sdist:PATH, git:PATH[@REF]"),
+        to_source: Optional[str] = typer.Option(None, "--to", help="Build it is upgraded to (same forms)"),
+        path: Optional[str] = typer.Option(None, "--path", help="A,B,C: upgrade hop by hop (instead of --from/--to); "
+                                           "the ledger is verified after each hop"),
+        env_path: Optional[Path] = typer.Option(None, "--env", help="Topology file (default environments/simple-crypto"
+                                                ".yaml; with --rolling simple-crypto-3.yaml)"),
+        provider: Optional[str] = typer.Option(None, "--provider", help="local or docker (default: the topology's)"),
         from_config: str = typer.Option("harness", "--from-config",
                                         help="harness (explicit KEK) or default-kek (no kek line on FROM: the 2025.2 trap)"),
         break_mode: str = typer.Option("none", "--break", help="none or kek-change (TO gets another KEK)"),
+        rolling: bool = typer.Option(False, "--rolling", help="Rolling upgrade under Locust load, node by node"),
+        users: int = typer.Option(10, "--users", min=1, help="--rolling: Locust users"),
+        max_error_ratio: list[str] = typer.Option([], "--max-error-ratio", help="--rolling: [PHASE:]RATIO per phase "
+                                                  "(from, db, node, to); default 0 in every phase"),
+        max_p95_ms: list[str] = typer.Option([], "--max-p95-ms", help="--rolling: [PHASE:]MS per phase"),
+        seed: Optional[int] = typer.Option(None, "--seed", help="--rolling: the load's seed"),
+        weight: list[str] = typer.Option([], "--weight", help="--rolling: NAME=N user class mix (default octavia=2 "
+                                         "luks=4 crud=0 orders=1 store_get=3; crud hits Barbican's metadata deadlock)"),
+        no_conformance: bool = typer.Option(False, "--no-conformance", help="Skip conformance/api on TO"),
         json_out: bool = typer.Option(False, "--json", help="Print the JSON report")) -> None:
-    """Upgrade gate: secrets seeded on FROM must read back byte-identical on TO, then conformance/api on TO.
-    Exit 0 PASS, 1 FAIL, 2 ERROR (the gate could not run); report in the run dir (upgrade-gate.json/.txt)."""
-    from harness.upgrade import upgrade_gate_command
+    """Upgrade gate between any builds: secrets seeded on FROM must read back byte-identical after
+    every hop, new secrets must work, then conformance/api on TO; --rolling also judges each phase
+    of a rolling upgrade under load (zero-downtime: yes/no). Exit 0 PASS, 1 FAIL, 2 ERROR (the gate
+    could not run); report in the run dir (upgrade-gate.json/.txt, report.html)."""
+    from harness.upgrade.command import rolling_plan, upgrade_gate_command, upgrade_path
 
-    raise typer.Exit(upgrade_gate_command(from_version, to_version, env_path, from_config, break_mode, json_out))
+    try:
+        hops = upgrade_path(from_source, to_source, path)
+        plan = rolling_plan(users, max_error_ratio, max_p95_ms, seed, weight) if rolling else None
+        if not rolling and (max_error_ratio or max_p95_ms or weight):
+            raise HarnessError("--max-error-ratio, --max-p95-ms and --weight are options of --rolling")
+        code = upgrade_gate_command(hops, env_path, provider=provider, from_config=from_config,
+                                    break_mode=break_mode, rolling=plan, conformance=not no_conformance,
+                                    json_out=json_out)
+    except HarnessError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
 
 
 def main() -> None:

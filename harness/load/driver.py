@@ -33,6 +33,7 @@ from harness.ledger import Ledger, LedgerChecker
 from harness.load.fixtures import make_fixtures
 from harness.load.hsm import HsmSampler
 from harness.load.locust_procs import LocustProcesses
+from harness.load.rotation import rotation_file
 from harness.load.series import AGGREGATED, Series, overlaps
 from harness.load.thresholds import Threshold, Verdict, evaluate
 from harness.progress import Progress
@@ -162,7 +163,7 @@ def run_load(env, users: int, spawn_rate: float, duration: float, workers: int =
         "roles": roles, "weights": weights, "seed": seed, "wait": list(wait), "timeout": request_timeout,
         "consumer_probability": consumer_probability, "fixtures": fx.to_dict(),
         "ledger_dir": str(ledger.directory), "series_dir": str(series_dir), "started_file": str(started_file),
-        "run_time": duration,
+        "run_time": duration, "rotation_file": str(rotation_file(env.run_dir)),
     })
 
     shim = getattr(env.provider, "shim", None)
@@ -234,14 +235,8 @@ def run_load(env, users: int, spawn_rate: float, duration: float, workers: int =
 
 def _environment_facts(env) -> dict:
     topo = env.ctx.topology
-    try:
-        from importlib.metadata import version
-
-        barbican_version = version("barbican")
-    except Exception:  # noqa: BLE001 - informative only
-        barbican_version = "unknown"
     return {"run_id": env.run_id, "topology": topo.name, "provider": env.state.get("provider", "local"),
-            "backends": list(env.backends), "policy": env.policy, "barbican_version": barbican_version,
+            "backends": list(env.backends), "policy": env.policy, "barbican_version": env.ctx.barbican_build.label,
             "nodes": [{"name": n.name, "url": n.url} for n in env.nodes], "keystone_url": env.keystone_url}
 
 
