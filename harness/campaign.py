@@ -107,8 +107,10 @@ def _conformance(env: Environment, args: list[str], out_dir: Path) -> dict:
 PROVIDERS = ("local", "docker")
 
 
-def run_campaign(profile: str, progress: Progress | None = None, provider: str = "local") -> CampaignResult:
-    """One profile on one provider (local processes or Docker containers, same topologies)."""
+def run_campaign(profile: str, progress: Progress | None = None, provider: str = "local",
+                 barbican: str | None = None) -> CampaignResult:
+    """One profile on one provider (local processes or Docker containers, same topologies),
+    on the Barbican build `barbican` (default: the harness's own release)."""
     from harness.runner import run_scenario
     from harness.scenario import load_scenario
 
@@ -131,7 +133,8 @@ def run_campaign(profile: str, progress: Progress | None = None, provider: str =
     try:
         for name in spec["environments"]:
             with progress.step(f"{name}: up"):
-                envs[name] = Environment.up(ENVIRONMENTS / f"{name}.yaml", progress=progress, provider=provider)
+                envs[name] = Environment.up(ENVIRONMENTS / f"{name}.yaml", progress=progress, provider=provider,
+                                            barbican=barbican)
             with progress.step(f"{name}: round trips on every node"):
                 same, differ = round_trips(envs[name])
                 result.round_trips[name] = f"{len(same)} byte-identical" + (f", {len(differ)} differ" if differ else "")
@@ -142,7 +145,8 @@ def run_campaign(profile: str, progress: Progress | None = None, provider: str =
             topo = scenario.environment_path().stem
             if topo not in envs:
                 with progress.step(f"{topo}: up"):
-                    envs[topo] = Environment.up(scenario.environment_path(), progress=progress, provider=provider)
+                    envs[topo] = Environment.up(scenario.environment_path(), progress=progress, provider=provider,
+                                                barbican=barbican)
             with progress.step(f"incident: {scenario.name}"):
                 r = run_scenario(scenario, env=envs[topo])
             expected = scenario.expect.verdict

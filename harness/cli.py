@@ -32,7 +32,9 @@ def _fail(exc: HarnessError) -> None:
 def up(topology: Path = typer.Argument(..., help="Topology file, e.g. environments/simple-crypto.yaml"),
        json_out: bool = typer.Option(False, "--json", help="Print one JSON document for scripts"),
        provider: Optional[str] = typer.Option(None, help="Override the topology's provider"),
-       keep_on_failure: bool = typer.Option(False, help="Leave a failed environment running to debug it")) -> None:
+       keep_on_failure: bool = typer.Option(False, help="Leave a failed environment running to debug it"),
+       barbican: Optional[str] = typer.Option(None, "--barbican", help="Barbican build: pypi:VERSION, wheel:PATH, sdist:PATH, "
+                                                             "git:PATH[@REF] (default: the topology's, else the harness's)")) -> None:
     """Bring an environment up and leave it running; prints its endpoints."""
     from harness.environment import Environment
     from harness.progress import RichProgress
@@ -40,7 +42,7 @@ def up(topology: Path = typer.Argument(..., help="Topology file, e.g. environmen
     try:
         with RichProgress(console) as progress:
             env = Environment.up(topology, progress=progress, provider=provider,
-                                     keep_on_failure=keep_on_failure)
+                                 keep_on_failure=keep_on_failure, barbican=barbican)
     except HarnessError as exc:
         _fail(exc)
     summary = env.summary()
@@ -129,7 +131,9 @@ def down(run_id: Optional[str] = typer.Argument(None, help="Run id (default: new
 
 @app.command()
 def campaign(profile: str = typer.Option("quick", help="quick or full"),
-             provider: str = typer.Option("local", help="local processes or docker containers")) -> None:
+             provider: str = typer.Option("local", help="local processes or docker containers"),
+             barbican: Optional[str] = typer.Option(None, "--barbican", help="Barbican build: pypi:VERSION, wheel:PATH, sdist:PATH, "
+                                                             "git:PATH[@REF] (default: the topology's, else the harness's)")) -> None:
     """The main job: environments up, round trips and a conformance smoke on every node and
     store, four incidents with verdicts and the ledger, load with a fault window, report."""
     from harness.campaign import run_campaign
@@ -137,7 +141,7 @@ def campaign(profile: str = typer.Option("quick", help="quick or full"),
 
     try:
         with RichProgress(console) as progress:
-            result = run_campaign(profile, progress, provider=provider)
+            result = run_campaign(profile, progress, provider=provider, barbican=barbican)
     except HarnessError as exc:
         _fail(exc)
     table = Table(title=f"campaign ({profile}, {provider}): incidents")
@@ -279,6 +283,8 @@ def scenario_validate(files: list[Path]) -> None:
 def run(paths: list[Path] = typer.Argument(..., help="Scenario files or directories"),
         provider: Optional[str] = typer.Option(None, "--provider",
                                                help="local or docker (default: each topology file's)"),
+        barbican: Optional[str] = typer.Option(None, "--barbican", help="Barbican build: pypi:VERSION, wheel:PATH, sdist:PATH, "
+                                                             "git:PATH[@REF] (default: the topology's, else the harness's)"),
         json_out: bool = typer.Option(False, "--json")) -> None:
     """Run scenarios: environment, seed, fault timeline with probing, heal, verify."""
     from harness.runner import run_many
@@ -299,7 +305,7 @@ def run(paths: list[Path] = typer.Argument(..., help="Scenario files or director
     from harness.progress import RichProgress
 
     with RichProgress(console) as progress:
-        results = run_many(scenarios, progress, provider=provider)
+        results = run_many(scenarios, progress, provider=provider, barbican=barbican)
     if json_out:
         out.print_json(json.dumps([{"name": r.name, "passed": r.passed, "failures": r.failures,
                                     "verdict": r.observed and {k: r.observed[k] for k in
@@ -372,13 +378,16 @@ def load(run_id: Optional[str] = typer.Option(None, "--run", help="Run id of an 
          max_p95_ms: list[str] = typer.Option([], "--max-p95-ms", help="(inside:|outside:)(NAME=)MS"),
          seed: Optional[int] = typer.Option(None, "--seed"),
          weight: list[str] = typer.Option([], "--weight", help="NAME=N: user class mix (octavia, luks, crud, "
-                                          "orders, store_get; default 2/4/3/1/0), repeatable")) -> None:
+                                          "orders, store_get; default 2/4/3/1/0), repeatable"),
+         barbican: Optional[str] = typer.Option(None, "--barbican", help="Barbican build: pypi:VERSION, wheel:PATH, sdist:PATH, "
+                                                             "git:PATH[@REF] (default: the topology's, else the harness's)")) -> None:
     """Locust load with a fault timeline; thresholds inside/outside fault windows; ledger; report."""
     from harness.load.cli import load_command
 
     try:
         code = load_command(run_id, env_path, scenario, users, spawn_rate, duration, workers,
-                            max_error_ratio, max_p95_ms, seed=seed, weight=weight, console=console, out=out)
+                            max_error_ratio, max_p95_ms, seed=seed, weight=weight, barbican=barbican,
+                            console=console, out=out)
     except HarnessError as exc:
         _fail(exc)
     raise typer.Exit(code)

@@ -78,7 +78,7 @@ class _Writers(threading.Thread):
 
 
 def run_scenario(scenario: Scenario, env: Environment | None = None,
-                 progress: Progress | None = None) -> ScenarioResult:
+                 progress: Progress | None = None, barbican: str | None = None) -> ScenarioResult:
     progress = progress or Progress()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = runs_dir() / f"scenario-{scenario.name}-{stamp}-{_rand.token_hex(2)}"
@@ -87,7 +87,7 @@ def run_scenario(scenario: Scenario, env: Environment | None = None,
     own_env = env is None
     if own_env:
         with progress.step(f"{scenario.name}: environment up"):
-            env = Environment.up(scenario.environment_path(), progress=progress)
+            env = Environment.up(scenario.environment_path(), progress=progress, barbican=barbican)
     timeline: list[dict] = []
     try:
         with sigterm_as_interrupt():
@@ -274,9 +274,9 @@ def _copy_logs(env, run_dir: Path) -> None:
 
 
 def run_many(scenarios: list[Scenario], progress: Progress | None = None,
-             provider: str | None = None) -> list[ScenarioResult]:
+             provider: str | None = None, barbican: str | None = None) -> list[ScenarioResult]:
     """The catalog: scenarios with the same topology share one environment. `provider`
-    overrides the topology files' (local or docker)."""
+    overrides the topology files' (local or docker), `barbican` their Barbican build."""
     progress = progress or Progress()
     results = []
     by_env: dict[Path, list[Scenario]] = {}
@@ -284,7 +284,7 @@ def run_many(scenarios: list[Scenario], progress: Progress | None = None,
         by_env.setdefault(s.environment_path(), []).append(s)
     for path, group in by_env.items():
         with progress.step(f"environment {path.name} up"):
-            env = Environment.up(path, progress=progress, provider=provider)
+            env = Environment.up(path, progress=progress, provider=provider, barbican=barbican)
         try:
             for s in group:
                 results.append(run_scenario(s, env=env, progress=progress))

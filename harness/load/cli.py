@@ -104,7 +104,8 @@ def parse_weights(items: list[str]) -> dict[str, int]:
 def load_command(run_id: Optional[str], env_path: Optional[Path], scenario: Optional[Path], users: int,
                  spawn_rate: float, duration: Optional[str], workers: int = 0,
                  max_error_ratio: list[str] | None = None, max_p95_ms: list[str] | None = None, *,
-                 seed: Optional[int] = None, weight: list[str] | None = None, console=None, out=None) -> int:
+                 seed: Optional[int] = None, weight: list[str] | None = None, barbican: Optional[str] = None,
+                 console=None, out=None) -> int:
     """The body of `barbican-harness load`; returns the exit code (raises HarnessError on usage errors)."""
     from rich.console import Console
 
@@ -118,6 +119,9 @@ def load_command(run_id: Optional[str], env_path: Optional[Path], scenario: Opti
     if bool(run_id) == bool(env_path):
         raise HarnessError("load: name exactly one target: --run RUN_ID (an environment that is up) "
                            "or --env PATH (a topology to bring up for this load)")
+    if barbican and not env_path:
+        raise HarnessError("load: --barbican chooses the build of an environment --env brings up; "
+                           "a running one (--run) already has its build")
     thresholds = build_thresholds(max_error_ratio or [], max_p95_ms or [])
     weights = parse_weights(weight or [])
     events, scenario_duration = read_timeline(scenario) if scenario else ([], None)
@@ -125,7 +129,7 @@ def load_command(run_id: Optional[str], env_path: Optional[Path], scenario: Opti
         raise HarnessError("load: --duration is required (or a scenario with a 'duration:')")
     seconds = parse_duration(duration) if duration is not None else scenario_duration
     with RichProgress(console) as progress:
-        env = Environment.attach(run_id) if run_id else Environment.up(env_path, progress=progress)
+        env = Environment.attach(run_id) if run_id else Environment.up(env_path, progress=progress, barbican=barbican)
         try:
             result = run_load(env, users, spawn_rate, seconds, workers, events, thresholds, progress=progress,
                               seed=seed, weights=weights)
