@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from harness.environment import Environment  # noqa: E402
 from harness.progress import Progress  # noqa: E402
+from harness.providers import DEFAULT_PROVIDER, PROVIDERS  # noqa: E402
 
 
 class RssSampler(threading.Thread):
@@ -102,7 +103,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--topologies", nargs="+", default=["simple-crypto", "pkcs11-softhsm"])
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--providers", nargs="+", default=["local"], choices=["local", "docker"],
+    ap.add_argument("--providers", nargs="+", default=[DEFAULT_PROVIDER], choices=list(PROVIDERS),
                     help="docker: run `barbican-harness images build` first, or the first up includes the build")
     args = ap.parse_args()
     results = [bench_one(t, p) for _ in range(args.repeat) for t in args.topologies for p in args.providers]

@@ -2,10 +2,12 @@
 """Is Locust the bottleneck? req/s of the store+get mix driven by Locust vs a plain
 concurrent client loop against the same Barbican: the raw ceiling on this machine.
 
-    .venv/bin/python bench/load_ceiling.py [--run RUN_ID] [--users 8] [--duration 10] [--rounds 2] [--warmup 3] [--json]
+    .venv/bin/python bench/load_ceiling.py [--run RUN_ID | --cloud NAME --targets FILE] [--users 8]
+        [--duration 10] [--rounds 2] [--warmup 3] [--json]
 
 One simple-crypto environment (brought up and down here unless --run names one that is
-up). Both sides do exactly the same work with the same concurrency: POST a 32-byte
+up), or an existing cloud (--cloud with its targets file; what both sides write there is
+named under one prefix and deleted at the end, as every command does on a cloud). Both sides do exactly the same work with the same concurrency: POST a 32-byte
 secret with a unique ledger name (recorded in the integrity ledger before and after),
 then GET its payload through the other API node and compare the sha256; requests
 alternate over the nodes; no think time; one TCP connection per request (the harness's
@@ -44,6 +46,8 @@ from harness.environment import Environment  # noqa: E402
 from harness.ledger import Ledger  # noqa: E402
 from harness.load.driver import run_load  # noqa: E402
 from harness.load.series import Series  # noqa: E402
+from harness.targets import open_target  # noqa: E402
+from harness.writes import Writes, clean_up_all, new_prefix  # noqa: E402
 
 
 def _cpu(who: int) -> float:
@@ -98,7 +102,8 @@ def locust_side(env, users: int, duration: float, warmup: float) -> dict:
 def _call(url: str, method: str, headers: dict, body: bytes | None = None) -> tuple[int, bytes]:
     """One request on its own connection, closed as soon as the answer is read."""
     u = urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=15)
+    kind = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+    conn = kind(u.hostname, u.port, timeout=15)
     try:
         conn.request(method, u.path + (f"?{u.query}" if u.query else ""), body=body, headers=headers)
         resp = conn.getresponse()
@@ -108,7 +113,10 @@ def _call(url: str, method: str, headers: dict, body: bytes | None = None) -> tu
 
 
 def plain_side(env, users: int, duration: float, warmup: float) -> dict:
-    ledger = Ledger(Path(env.run_dir) / "load" / f"ceiling-plain-{int(time.time())}" / "ledger")
+    prefix = new_prefix() if env.foreign else None
+    if prefix:
+        Writes(env.run_dir).open(prefix, [env.writer_role], "bench load_ceiling (plain side)")
+    ledger = Ledger(Path(env.run_dir) / "load" / f"ceiling-plain-{int(time.time())}" / "ledger", prefix=prefix)
     role = env.writer_role
     nodes = [n.url for n in env.nodes]
     counts: dict[int, list[int]] = {}
@@ -174,6 +182,8 @@ def plain_side(env, users: int, duration: float, warmup: float) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", help="use this environment (up) instead of bringing up simple-crypto")
+    ap.add_argument("--cloud", help="an existing cloud (clouds.yaml name) instead of an environment")
+    ap.add_argument("--targets", help="with --cloud: the targets file (a cloud per role, node URLs)")
     ap.add_argument("--users", type=int, default=8, help="concurrent users / threads (default 8)")
     ap.add_argument("--duration", type=float, default=10, help="measured seconds per side and round (default 10)")
     ap.add_argument("--rounds", type=int, default=2, help="alternating plain/locust rounds (default 2)")
@@ -181,7 +191,10 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    env = Environment.attach(args.run) if args.run else Environment.up(REPO / "environments" / "simple-crypto.yaml")
+    if args.cloud:
+        env = open_target(cloud=args.cloud, targets=args.targets)
+    else:
+        env = Environment.attach(args.run) if args.run else Environment.up(REPO / "environments" / "simple-crypto.yaml")
     rounds: list[dict] = []
     try:
         # Alternating rounds: the machine's other load drifts, and both sides see the same drift.
@@ -190,7 +203,9 @@ def main() -> int:
             loc = locust_side(env, args.users, args.duration, args.warmup)
             rounds.append({"plain": plain, "locust": loc})
     finally:
-        if not args.run:
+        if env.foreign:
+            clean_up_all(env)  # the plain side's secrets (the Locust side cleans up after itself)
+        elif not args.run:
             env.down()
 
     def total(side: str) -> dict:
@@ -203,7 +218,7 @@ def main() -> int:
 
     plain, loc = total("plain"), total("locust")
     ratio = loc["rps"] / plain["rps"] if plain["rps"] else 0.0
-    figures = {"environment": env.ctx.topology.name, "users": args.users, "duration_s": args.duration,
+    figures = {"environment": env.name, "users": args.users, "duration_s": args.duration,
                "rounds": [{k: round(v["rps"], 1) for k, v in r.items()} for r in rounds],
                "locust": loc, "plain": plain, "ratio": round(ratio, 3), "goal": 0.9}
     if args.json:

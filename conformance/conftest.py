@@ -289,6 +289,10 @@ class Http:
             headers["OpenStack-API-Version"] = f"key-manager {microversion}"
         if role == "writer":
             role = self.writer
+        if role is not None and role not in self.target.roles:
+            # Only an existing cloud lacks roles (its targets file names what it has); an
+            # environment of the harness has every role, so nothing is skipped there.
+            pytest.skip(f"{self.target.name} has no role '{role}' (its targets file names none)")
         if role is not None and token is None:
             token = self.target.session(role).get_token()
         if token is not None:

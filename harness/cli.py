@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.errors import HarnessError
+from harness.providers import DEFAULT_PROVIDER, PROVIDERS, check_provider
 
 app = typer.Typer(help="Stand up real Barbican environments, inject faults, check and report.",
                   no_args_is_help=True, add_completion=False)
@@ -28,13 +29,25 @@ def _fail(exc: HarnessError) -> None:
     raise typer.Exit(2)
 
 
+# -- the target of a command: an environment (--run), an existing cloud, a deployment -------
+RUN_OPT = typer.Option(None, "--run", help="Run id of an environment of this harness (default: the newest up)")
+CLOUD_OPT = typer.Option(None, "--cloud", help="An existing cloud (a clouds.yaml name)")
+TARGETS_OPT = typer.Option(None, "--targets", help="With --cloud: the targets file naming a cloud per role")
+DEPLOYMENT_OPT = typer.Option(None, "--deployment", help="A deployment file (Kolla-style containers)")
+DESTRUCTIVE_OPT = typer.Option(False, "--allow-destructive",
+                               help="On a cloud or deployment: allow changes beyond API calls on the harness's data")
+MAX_NODES_OPT = typer.Option(1, "--max-nodes", min=1, help="On a cloud or deployment: nodes one fault may touch")
+DRY_RUN_OPT = typer.Option(False, "--dry-run", help="Print the plan and change nothing")
+BARBICAN_OPT = typer.Option(None, "--barbican", help="Barbican build: pypi:VERSION, wheel:PATH, sdist:PATH or "
+                                                     "git:PATH[@REF] (default: the topology's, else the harness's)")
+
+
 @app.command()
 def up(topology: Path = typer.Argument(..., help="Topology file, e.g. environments/simple-crypto.yaml"),
        json_out: bool = typer.Option(False, "--json", help="Print one JSON document for scripts"),
        provider: Optional[str] = typer.Option(None, help="Override the topology's provider"),
        keep_on_failure: bool = typer.Option(False, help="Leave a failed environment running to debug it"),
-       barbican: Optional[str] = typer.Option(None, "--barbican", help="Barbican build: pypi:VERSION, wheel:PATH, sdist:PATH, "
-                                                             "git:PATH[@REF] (default: the topology's, else the harness's)")) -> None:
+       barbican: Optional[str] = BARBICAN_OPT) -> None:
     """Bring an environment up and leave it running; prints its endpoints."""
     from harness.environment import Environment
     from harness.progress import RichProgress
@@ -130,21 +143,35 @@ def down(run_id: Optional[str] = typer.Argument(None, help="Run id (default: new
 
 
 @app.command()
-def campaign(profile: str = typer.Option("quick", help="quick or full"),
-             provider: str = typer.Option("local", help="local processes or docker containers"),
-             barbican: Optional[str] = typer.Option(None, "--barbican", help="Barbican build: pypi:VERSION, wheel:PATH, sdist:PATH, "
-                                                             "git:PATH[@REF] (default: the topology's, else the harness's)")) -> None:
+def campaign(profile: str = typer.Option("quick", help="quick, full, or preprod (on a target that is up)"),
+             provider: str = typer.Option(DEFAULT_PROVIDER, help=f"one of: {', '.join(PROVIDERS)}"),
+             run_id: Optional[str] = typer.Option(None, "--run", help="preprod: an environment of this harness"),
+             cloud: Optional[str] = CLOUD_OPT, targets: Optional[Path] = TARGETS_OPT,
+             deployment: Optional[Path] = DEPLOYMENT_OPT, allow_destructive: bool = DESTRUCTIVE_OPT,
+             max_nodes: int = MAX_NODES_OPT, dry_run: bool = DRY_RUN_OPT,
+             barbican: Optional[str] = BARBICAN_OPT) -> None:
     """The main job: environments up, round trips and a conformance smoke on every node and
-    store, four incidents with verdicts and the ledger, load with a fault window, report."""
-    from harness.campaign import run_campaign
+    store, four incidents with verdicts and the ledger, load with a fault window, report.
+    --profile preprod runs on a target that is up (--cloud, --deployment, --run) instead."""
+    from harness.campaign import PROFILES, run_campaign
     from harness.progress import RichProgress
 
     try:
+        target = _target(run_id, cloud, targets, deployment) if (run_id or cloud or deployment) else None
+        permission = _permission(allow_destructive, max_nodes)
+        if dry_run:
+            from harness.campaign import campaign_plan
+
+            out.print(campaign_plan(profile, target, permission).render(), markup=False, highlight=False)
+            return
+        if profile not in PROFILES:
+            raise HarnessError(f"--profile '{profile}': profiles: {', '.join(PROFILES)}")
         with RichProgress(console) as progress:
-            result = run_campaign(profile, progress, provider=provider, barbican=barbican)
+            result = run_campaign(profile, progress, provider=provider, target=target, permission=permission,
+                                  barbican=barbican)
     except HarnessError as exc:
         _fail(exc)
-    table = Table(title=f"campaign ({profile}, {provider}): incidents")
+    table = Table(title=f"campaign ({profile}, {result.provider}): incidents")
     for col in ("incident", "expected", "observed", "outage or data loss", "evidence", "result"):
         table.add_column(col)
     for i in result.incidents:
@@ -154,6 +181,8 @@ def campaign(profile: str = typer.Option("quick", help="quick or full"),
                       str(i["outage_or_data_loss"]), (i["evidence"] or [""])[0][:80],
                       "[green]PASS[/green]" if i["passed"] else "[red]FAIL[/red]")
     out.print(table)
+    for name, why in result.not_applicable.items():
+        out.print(f"not run on this target: {name}: {why}", markup=False, highlight=False)
     for name, rt in result.round_trips.items():
         out.print(f"{name}: round trips {rt}; conformance {result.conformance.get(name, {}).get('summary', '-')}")
     if result.load:
@@ -195,46 +224,72 @@ def fault_list(as_json: bool = typer.Option(False, "--json", help="one JSON docu
 
     if as_json:
         out.print_json(json.dumps([{"name": name, "parameters": cls.parameters(), "incident": cls.incident(),
-                                    "requires": getattr(cls, "requires", None)}
+                                    "needs": cls.needs()}
                                    for name, cls in sorted(CATALOG.items())]))
         return
     table = Table(show_lines=True)
     table.add_column("fault", no_wrap=True)  # names are what people copy into commands
-    for col in ("parameters", "incident it models"):
+    for col in ("parameters", "needs", "incident it models"):
         table.add_column(col)
     for name, cls in sorted(CATALOG.items()):
         params = "\n".join(f"{k}: {v}" for k, v in cls.parameters().items()) or "-"
-        table.add_row(name, params, cls.incident())
+        table.add_row(name, params, "\n".join(cls.needs()) or "api", cls.incident())
     out.print(table)
+
+
+def _target(run_id=None, cloud=None, targets=None, deployment=None):
+    """The one way the CLI opens a target; a state directory's id (cloud-NAME,
+    deployment-NAME) reopens that cloud or deployment."""
+    from harness.environment import runs_dir
+    from harness.targets import TARGET_FILE, open_target, reopen_target
+
+    if run_id and (runs_dir() / run_id / TARGET_FILE).is_file() and not (cloud or deployment):
+        return reopen_target(runs_dir() / run_id)
+    return open_target(run_id, cloud, targets, deployment)
+
+
+def _permission(allow_destructive: bool, max_nodes: int):
+    from harness.faults.engine import Permission
+
+    return Permission(allow_destructive=allow_destructive, max_nodes=max_nodes)
 
 
 @fault_app.command("inject")
 def fault_inject(name: str, node: Optional[str] = typer.Option(None, "--node"),
                  param: list[str] = typer.Option([], "--param", help="key=value (repeatable)"),
-                 run_id: Optional[str] = typer.Option(None, "--run")) -> None:
+                 run_id: Optional[str] = RUN_OPT, cloud: Optional[str] = CLOUD_OPT,
+                 targets: Optional[Path] = TARGETS_OPT, deployment: Optional[Path] = DEPLOYMENT_OPT,
+                 allow_destructive: bool = DESTRUCTIVE_OPT, max_nodes: int = MAX_NODES_OPT,
+                 dry_run: bool = DRY_RUN_OPT) -> None:
     """Inject a fault and leave it in place (heal it with `fault heal`)."""
-    from harness.environment import Environment
-    from harness.faults.engine import FaultEngine
+    from harness.faults.engine import FaultEngine, make_fault
+    from harness.plan import fault_plan
 
     try:
-        env = Environment.attach(run_id)
-        fault_id = FaultEngine(env).inject(name, _parse_params(node, param))
+        target = _target(run_id, cloud, targets, deployment)
+        engine = FaultEngine(target, _permission(allow_destructive, max_nodes))
+        fault = make_fault(name, _parse_params(node, param))
+        engine.check(fault)
+        if dry_run:
+            out.print(fault_plan(target, fault).render(), markup=False, highlight=False)
+            return
+        fault_id = engine.inject(name, _parse_params(node, param))
     except HarnessError as exc:
         _fail(exc)
-    out.print(f"injected {fault_id} (heal: barbican-harness fault heal {fault_id})")
+    out.print(f"injected {fault_id} (heal: barbican-harness fault heal {fault_id} --run {target.run_id})")
 
 
 @fault_app.command("heal")
 def fault_heal(fault_id: Optional[str] = typer.Argument(None), all_: bool = typer.Option(False, "--all"),
-               run_id: Optional[str] = typer.Option(None, "--run")) -> None:
+               run_id: Optional[str] = RUN_OPT, cloud: Optional[str] = CLOUD_OPT,
+               targets: Optional[Path] = TARGETS_OPT, deployment: Optional[Path] = DEPLOYMENT_OPT) -> None:
     """Heal one injected fault, or all of them."""
-    from harness.environment import Environment
     from harness.faults.engine import FaultEngine
 
     if not fault_id and not all_:
         _fail(HarnessError("name a fault id or pass --all"))
     try:
-        engine = FaultEngine(Environment.attach(run_id))
+        engine = FaultEngine(_target(run_id, cloud, targets, deployment))
         healed = engine.heal_all() if all_ else (engine.heal(fault_id) or [fault_id])
     except HarnessError as exc:
         _fail(exc)
@@ -242,9 +297,24 @@ def fault_heal(fault_id: Optional[str] = typer.Argument(None), all_: bool = type
 
 
 @app.command()
-def heal(run_id: Optional[str] = typer.Argument(None)) -> None:
-    """Restore everything a crashed run left injected (from the fault journal)."""
-    fault_heal(None, True, run_id)
+def heal(run_id: Optional[str] = typer.Argument(None, help="Run id, or cloud-NAME / deployment-NAME"),
+         cloud: Optional[str] = CLOUD_OPT, targets: Optional[Path] = TARGETS_OPT,
+         deployment: Optional[Path] = DEPLOYMENT_OPT) -> None:
+    """Restore everything a crashed run left: heal every injected fault (from the fault
+    journal) and, on a cloud or deployment, delete what the harness wrote there."""
+    from harness.faults.engine import FaultEngine
+    from harness.writes import clean_up_all
+
+    try:
+        target = _target(run_id, cloud, targets, deployment)
+        healed = FaultEngine(target).heal_all()
+        cleaned = clean_up_all(target) if target.foreign else {}
+    except HarnessError as exc:
+        _fail(exc)
+    out.print(f"healed: {', '.join(healed) or 'nothing to heal'}")
+    for prefix, removed in cleaned.items():
+        out.print(f"deleted what {prefix} wrote: {removed['secrets']} secret(s), {removed['containers']} "
+                  f"container(s)" + (f", {removed['failed']} could not be deleted" if removed["failed"] else ""))
 
 
 scenario_app = typer.Typer(help="Scenario files.", no_args_is_help=True)
@@ -282,30 +352,54 @@ def scenario_validate(files: list[Path]) -> None:
 @app.command()
 def run(paths: list[Path] = typer.Argument(..., help="Scenario files or directories"),
         provider: Optional[str] = typer.Option(None, "--provider",
-                                               help="local or docker (default: each topology file's)"),
-        barbican: Optional[str] = typer.Option(None, "--barbican", help="Barbican build: pypi:VERSION, wheel:PATH, sdist:PATH, "
-                                                             "git:PATH[@REF] (default: the topology's, else the harness's)"),
+                                               help=f"{' or '.join(PROVIDERS)} (default: each topology file's)"),
+        run_id: Optional[str] = typer.Option(None, "--run", help="Run on this environment instead of bringing "
+                                                                "up each scenario's topology"),
+        cloud: Optional[str] = CLOUD_OPT, targets: Optional[Path] = TARGETS_OPT,
+        deployment: Optional[Path] = DEPLOYMENT_OPT, allow_destructive: bool = DESTRUCTIVE_OPT,
+        max_nodes: int = MAX_NODES_OPT, dry_run: bool = DRY_RUN_OPT, barbican: Optional[str] = BARBICAN_OPT,
         json_out: bool = typer.Option(False, "--json")) -> None:
-    """Run scenarios: environment, seed, fault timeline with probing, heal, verify."""
-    from harness.runner import run_many
+    """Run scenarios: environment (or the target given), seed, fault timeline with probing,
+    heal, verify."""
+    from harness.runner import preflight, run_many, run_on_target
     from harness.scenario import load_scenario
     from harness.topology import load_topology
 
+    on_target = bool(run_id or cloud or deployment)
     try:
-        if provider not in (None, "local", "docker"):
-            raise HarnessError(f"--provider '{provider}': use local or docker")
+        if provider is not None:
+            check_provider(provider)
+        if on_target and (provider or barbican):
+            raise HarnessError("--provider and --barbican choose how each scenario's topology comes up; with "
+                               "--run, --cloud or --deployment the scenarios run on that target instead")
         scenarios = [load_scenario(f) for f in _scenario_files(paths)]  # all checked before any starts
-        for s in scenarios:
-            runs_on = provider or load_topology(s.environment_path()).provider
-            if runs_on not in s.providers:
-                raise HarnessError(f"{s.path}: scenario '{s.name}' runs on {', '.join(s.providers)} only, "
-                                   f"not on {runs_on} (use --provider {s.providers[0]})")
+        if on_target:
+            target = _target(run_id, cloud, targets, deployment)
+            permission = _permission(allow_destructive, max_nodes)
+            preflight(target, scenarios, permission)  # refused here, before anything is written
+            if dry_run:
+                from harness.plan import scenario_plan
+
+                for s in scenarios:
+                    out.print(scenario_plan(target, s).render(), markup=False, highlight=False)
+                return
+        else:
+            if dry_run:
+                raise HarnessError("--dry-run plans a run on a target (--run, --cloud or --deployment)")
+            for s in scenarios:
+                runs_on = provider or load_topology(s.environment_path()).provider
+                if runs_on not in s.providers:
+                    raise HarnessError(f"{s.path}: scenario '{s.name}' runs on {', '.join(s.providers)} only, "
+                                       f"not on {runs_on} (use --provider {s.providers[0]})")
     except HarnessError as exc:
         _fail(exc)
     from harness.progress import RichProgress
 
     with RichProgress(console) as progress:
-        results = run_many(scenarios, progress, provider=provider, barbican=barbican)
+        if on_target:
+            results = run_on_target(scenarios, target, progress, permission)
+        else:
+            results = run_many(scenarios, progress, provider=provider, barbican=barbican)
     if json_out:
         out.print_json(json.dumps([{"name": r.name, "passed": r.passed, "failures": r.failures,
                                     "verdict": r.observed and {k: r.observed[k] for k in
@@ -369,6 +463,9 @@ def diagnose(run_id: Optional[str] = typer.Option(None, "--run", help="An enviro
 @app.command()
 def load(run_id: Optional[str] = typer.Option(None, "--run", help="Run id of an environment that is up"),
          env_path: Optional[Path] = typer.Option(None, "--env", help="Topology to bring up for this load (down after)"),
+         cloud: Optional[str] = CLOUD_OPT, targets: Optional[Path] = TARGETS_OPT,
+         deployment: Optional[Path] = DEPLOYMENT_OPT, allow_destructive: bool = DESTRUCTIVE_OPT,
+         max_nodes: int = MAX_NODES_OPT, dry_run: bool = DRY_RUN_OPT,
          scenario: Optional[Path] = typer.Option(None, "--scenario", help="YAML with a top-level timeline: of faults"),
          users: int = typer.Option(..., "--users", min=1),
          spawn_rate: float = typer.Option(..., "--spawn-rate"),
@@ -379,15 +476,16 @@ def load(run_id: Optional[str] = typer.Option(None, "--run", help="Run id of an 
          seed: Optional[int] = typer.Option(None, "--seed"),
          weight: list[str] = typer.Option([], "--weight", help="NAME=N: user class mix (octavia, luks, crud, "
                                           "orders, store_get; default 2/4/3/1/0), repeatable"),
-         barbican: Optional[str] = typer.Option(None, "--barbican", help="Barbican build: pypi:VERSION, wheel:PATH, sdist:PATH, "
-                                                             "git:PATH[@REF] (default: the topology's, else the harness's)")) -> None:
+         barbican: Optional[str] = BARBICAN_OPT) -> None:
     """Locust load with a fault timeline; thresholds inside/outside fault windows; ledger; report."""
     from harness.load.cli import load_command
 
     try:
+        target = _target(None, cloud, targets, deployment) if (cloud or deployment) else None
         code = load_command(run_id, env_path, scenario, users, spawn_rate, duration, workers,
-                            max_error_ratio, max_p95_ms, seed=seed, weight=weight, barbican=barbican,
-                            console=console, out=out)
+                            max_error_ratio, max_p95_ms, seed=seed, weight=weight, console=console, out=out,
+                            target=target, permission=_permission(allow_destructive, max_nodes), dry_run=dry_run,
+                            barbican=barbican)
     except HarnessError as exc:
         _fail(exc)
     raise typer.Exit(code)

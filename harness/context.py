@@ -47,7 +47,6 @@ class EnvSecrets:
     hsm_pin: str = field(default_factory=lambda: str(_rand.randbelow(10**8)).zfill(8))
     hsm_so_pin: str = field(default_factory=lambda: str(_rand.randbelow(10**8)).zfill(8))
     rabbit_password: str = field(default_factory=password)
-    kmip_password: str = field(default_factory=password)
 
     def register(self) -> "EnvSecrets":
         redact.register(*asdict(self).values())

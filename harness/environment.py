@@ -15,7 +15,6 @@ import json
 import os
 import secrets as _rand
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +24,12 @@ from harness import identity
 from harness.context import EnvSecrets, RunContext
 from harness.errors import EnvironmentNotFound, HarnessError, ServiceStartError
 from harness.ports import port_is_free
-from harness.procs import is_running
+from harness.procs import is_running, log_tail
 from harness.progress import Progress
+from harness.providers import provider_class
+from harness.target import Capability, Facets, Traits, traits_of
 from harness.topology import Topology, load_topology
+from harness.wait import wait_until
 
 STATE_FILE = "state.json"
 SECRETS_FILE = "secrets.json"
@@ -60,6 +62,7 @@ class Environment:
         self.credentials = identity.seeded_credentials(
             ctx.secrets.user_password, ctx.secrets.admin_password, ctx.secrets.barbican_service_password)
         self._sessions: dict[str, object] = {}
+        self._facets: Facets | None = None
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -77,6 +80,7 @@ class Environment:
         if provider:
             topology = topology.model_copy(update={"provider": provider})
         progress = progress or Progress()
+        provider_cls = provider_class(topology.provider)
         # The build: parsed before anything starts (a missing file or commit is one line),
         # installed once per machine; its canonical source is what the state records.
         text, base = (barbican, None) if barbican else (topology.barbican.source,
@@ -90,7 +94,6 @@ class Environment:
                 build = resolve(source)
         else:
             build = resolve(None)
-        provider_class = _provider_class(topology.provider)
         run_id = run_id or new_run_id(topology)
         run_dir = runs_dir() / run_id
         secrets = EnvSecrets().register()
@@ -100,7 +103,7 @@ class Environment:
             "topology": topology.model_dump(), "provider": topology.provider, "status": "starting",
             "created": dt.datetime.now(dt.timezone.utc).isoformat(),
         })
-        env.provider = provider_class(ctx, on_change=env.save_state)
+        env.provider = provider_cls(ctx, on_change=env.save_state)
         for service in (*env.provider.nodes, *env.provider.workers) if barbican_overrides else ():
             service.overrides = dict(barbican_overrides)
         env.provider.check()  # missing packages are reported before anything is written or started
@@ -140,7 +143,7 @@ class Environment:
         build = Build.from_state(state["build"]) if state.get("build") else None
         ctx = RunContext(state["run_id"], run_dir, topology, secrets, ports=dict(state.get("ports", {})), build=build)
         env = cls(ctx, state=state)
-        env.provider = _provider_class(state.get("provider", "local"))(ctx, on_change=env.save_state)
+        env.provider = provider_class(state.get("provider", "local"))(ctx, on_change=env.save_state)
         env.provider.adopt(state.get("processes", []), state.get("overrides", {}))
         return env
 
@@ -158,6 +161,50 @@ class Environment:
     @property
     def run_dir(self) -> Path:
         return self.ctx.run_dir
+
+    @property
+    def name(self) -> str:
+        return f"{self.run_id} ({self.ctx.topology.provider} provider)"
+
+    # -- capabilities (harness.target) -----------------------------------------------------
+    @property
+    def _facet_table(self) -> Facets:
+        if self._facets is None:
+            from harness.providers.facets import provider_facets
+
+            self._facets = Facets(self.name, provider_facets(self.provider))
+        return self._facets
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return self._facet_table.capabilities
+
+    def facet(self, capability: Capability, what: str = "this"):
+        return self._facet_table.get(capability, what)
+
+    @property
+    def traits(self) -> Traits:
+        return traits_of(self)
+
+    def pytest_args(self) -> list[str]:
+        return ["--barbican-run", str(self.run_dir)]
+
+    foreign = False  # the harness made it: faults need no permission beyond the command
+
+    def environ(self, **extra: str) -> dict:
+        """The environment for a process working on this target (carries the run marker)."""
+        return self.ctx.environ(**extra)
+
+    def facts(self) -> dict:
+        """What reports say about the target."""
+        from harness.targets import barbican_build
+
+        nodes = self.nodes
+        build = barbican_build(self.session(), nodes[0].url) if nodes else "unknown"
+        return {"run_id": self.run_id, "target": "harness environment", "topology": self.ctx.topology.name,
+                "provider": self.state.get("provider", "local"), "backends": list(self.backends),
+                "policy": self.policy, "barbican_version": build,
+                "nodes": [{"name": n.name, "url": n.url} for n in nodes], "keystone_url": self.keystone_url}
 
     def save_state(self) -> None:
         if self.provider is not None:
@@ -207,7 +254,7 @@ class Environment:
         """Every recorded process with whether it still runs."""
         return [{**p, "running": is_running(p["pid"], p["create_time"])} for p in self.state.get("processes", [])]
 
-    # -- what the suites need to know about a target (same names as targets.CloudTarget) ---
+    # -- what the suites need to know about a target (harness.target.Target) ---------------
     @property
     def policy(self) -> str:
         return self.ctx.topology.policy
@@ -221,6 +268,10 @@ class Environment:
     @property
     def roles(self) -> list[str]:
         return sorted(self.credentials)
+
+    @property
+    def async_orders(self) -> bool:
+        return self.ctx.topology.async_orders
 
     # -- clients --------------------------------------------------------------------------
     @property
@@ -269,21 +320,19 @@ class Environment:
                 continue
             reader = nodes[(i + 1) % len(nodes)]
             payload = _rand.token_hex(16)
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    secret = self.barbican(node=node.name).secrets.create(
-                        name=f"readiness-{node.name}", payload=payload, payload_content_type="text/plain")
-                    ref = secret.store()
-                    got = self.barbican(node=reader.name).secrets.get(ref).payload
-                    self.barbican(node=node.name).secrets.delete(ref)
-                    break
-                except Exception as exc:  # noqa: BLE001 - retried until the deadline
-                    if time.monotonic() > deadline:
-                        raise ServiceStartError(
-                            f"{node.name}: store+get did not work within {timeout:.0f} s: {exc}") from None
-                    time.sleep(0.5)
-            if got != payload:
+
+            def round_trip(node=node, reader=reader, payload=payload):
+                secret = self.barbican(node=node.name).secrets.create(
+                    name=f"readiness-{node.name}", payload=payload, payload_content_type="text/plain")
+                ref = secret.store()
+                got = self.barbican(node=reader.name).secrets.get(ref).payload
+                self.barbican(node=node.name).secrets.delete(ref)
+                return {"same": got == payload}
+
+            done = wait_until(round_trip, timeout=timeout, interval=0.5, error=ServiceStartError,
+                              what=f"{node.name}: store and read back through {reader.name}",
+                              log=lambda node=node: log_tail(self.ctx.logs_dir / f"{node.name}-app.log", 15))
+            if not done["same"]:
                 raise ServiceStartError(f"{node.name}: stored secret read back different through {reader.name}")
         if self.ctx.topology.async_orders and not only:
             self._verify_order_active(timeout)
@@ -316,19 +365,21 @@ class Environment:
         order = client.orders.create_key(name="readiness-order", algorithm="aes", bit_length=256,
                                          mode="cbc", payload_content_type="application/octet-stream")
         ref = order.submit()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            order = client.orders.get(ref)
-            if order.status == "ACTIVE":
-                # Legacy policy lets only a project admin delete orders.
-                admin = self.barbican("admin")
-                admin.secrets.delete(order.secret_ref)
-                admin.orders.delete(ref)
-                return
-            if order.status == "ERROR":
-                raise ServiceStartError("readiness key order went to ERROR (see barbican-worker log)")
-            time.sleep(0.3)
-        raise ServiceStartError(f"readiness key order still PENDING after {timeout:.0f} s")
+        status = {}
+
+        def active():
+            status["now"] = client.orders.get(ref)
+            return status["now"].status == "ACTIVE"
+
+        wait_until(active, timeout=timeout, interval=0.3, error=ServiceStartError,
+                   what="readiness key order turns ACTIVE through barbican-worker",
+                   gave_up=lambda: "the order went to ERROR" if getattr(status.get("now"), "status", "") == "ERROR"
+                   else None,
+                   log=lambda: log_tail(self.ctx.logs_dir / "barbican-worker-1.log", 15))
+        # Legacy policy lets only a project admin delete orders.
+        admin = self.barbican("admin")
+        admin.secrets.delete(status["now"].secret_ref)
+        admin.orders.delete(ref)
 
     def cloud_names(self) -> dict[str, dict[str, str]]:
         """Cloud name per role and node in clouds.yaml (node 'default' = the catalog's first)."""
@@ -416,19 +467,6 @@ class Environment:
             "pids": pids,
             "processes": self.processes(),
         }
-
-
-def _provider_class(name: str):
-    """Providers are imported on demand: the docker SDK is not needed for local runs."""
-    if name == "local":
-        from harness.providers.local import LocalProvider
-
-        return LocalProvider
-    if name == "docker":
-        from harness.providers.docker import DockerProvider
-
-        return DockerProvider
-    raise HarnessError(f"unknown provider '{name}'; providers: local, docker")
 
 
 def find_run_dir(run: str | Path | None) -> Path:

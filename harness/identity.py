@@ -8,7 +8,7 @@ the key-manager service with one endpoint per Barbican node (one region per node
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from keystoneauth1 import session as ks_session
 from keystoneauth1.identity import v3
@@ -29,11 +29,6 @@ class Credential:
     project: str
     password: str
     domain: str = "Default"
-
-    def to_public_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("password")
-        return d
 
 
 def seeded_credentials(password: str, admin_password: str, service_password: str) -> dict[str, Credential]:

@@ -45,7 +45,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -54,6 +53,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import procs
 from harness.errors import HarnessError, MissingDependency
 from harness.progress import Progress
 
@@ -130,22 +130,9 @@ def _locked(name: str = "build") -> Iterator[None]:
 
 
 def _run(argv: list[str], log: Log, what: str, timeout: float = 1800, **kw) -> None:
-    """Run a host command, streaming its output to `log`; raise with its tail on failure."""
-    tail: list[str] = []
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            stdin=subprocess.DEVNULL, **kw)
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        tail = (tail + [line])[-25:]
-        log(line)
-        if time.monotonic() > deadline:
-            proc.kill()
-            break
-    rc = proc.wait()
-    if rc != 0:
-        raise ImageBuildError(f"{what} failed (exit {rc}):\n" + "\n".join(tail))
+    """Run a host command, streaming its output to `log` (harness.procs.run: a silent child
+    times out too); raise ImageBuildError with its tail on failure."""
+    procs.run(argv, timeout=timeout, what=what, stream=log, error=ImageBuildError, **kw)
 
 
 # -- wheelhouse ---------------------------------------------------------------------------
@@ -154,10 +141,8 @@ def frozen_requirements(python: str = sys.executable, exclude: Iterable[str] = (
     """A venv's pins (`pip freeze --all`), without the editable harness itself and the
     packages named in `exclude` (a Barbican build brings its own wheel)."""
     skip = {"barbican-harness", *(n.lower() for n in exclude)}
-    out = subprocess.run([python, "-m", "pip", "freeze", "--all", "--exclude-editable"],
-                         capture_output=True, text=True, timeout=120)
-    if out.returncode != 0:
-        raise ImageBuildError(f"pip freeze failed: {out.stderr.strip()[-500:]}")
+    out = procs.run([python, "-m", "pip", "freeze", "--all", "--exclude-editable"], timeout=120,
+                    what="pip freeze", error=ImageBuildError)
     reqs = []
     for line in out.stdout.splitlines():
         line = line.strip()

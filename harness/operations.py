@@ -12,7 +12,11 @@ from harness import redact
 from harness.context import fernet_key
 from harness.environment import SECRETS_FILE
 from harness.errors import HarnessError, ServiceStartError
+from harness.target import Capability
 
+CONFIG, DATABASE, MANAGE = Capability.CONFIG_WRITE, Capability.DATABASE, Capability.MANAGE
+# What every procedure here needs of its target.
+NEEDS = frozenset({Capability.API, CONFIG, DATABASE, MANAGE})
 SIMPLE_CRYPTO_PLUGIN = "barbican.plugin.crypto.simple_crypto.SimpleCryptoPlugin"
 
 
@@ -23,7 +27,7 @@ def unreadable_simple_crypto_pkeks(env, kek: str) -> list[str]:
     rotation (e.g. its pKEK was made by a node running with another KEK), so rewrap_pkek
     can only report an error for it, and that error is not the rotation's doing."""
     master = Fernet(kek.encode())
-    with env.provider.database.connect("barbican") as conn, conn.cursor() as cur:
+    with env.facet(DATABASE).connect("barbican") as conn, conn.cursor() as cur:
         cur.execute("SELECT project_id, plugin_meta FROM kek_data WHERE plugin_name = %s AND deleted = 0",
                     (SIMPLE_CRYPTO_PLUGIN,))
         rows = cur.fetchall()
@@ -62,9 +66,10 @@ def rotate_simple_crypto_kek(env) -> dict:
     old, new = env.ctx.secrets.kek, fernet_key()
     redact.register(new)
     lost_before = unreadable_simple_crypto_pkeks(env, old)
+    config, manage = env.facet(CONFIG), env.facet(MANAGE)
     for node in env.nodes:
-        env.provider.restart_node(node.name, {"keks": [new, old]})
-    output = env.provider.nodes[0].manage("simple_crypto", "rewrap_pkek")
+        config.restart_with(node.name, {"keks": [new, old]})
+    output = manage.run(env.nodes[0].name, "simple_crypto", "rewrap_pkek")
     failed_now = _projects_with_errors(output) - set(lost_before)
     not_rewrapped = sorted(set(unreadable_simple_crypto_pkeks(env, new)) - set(lost_before))
     if failed_now or not_rewrapped:
@@ -76,7 +81,7 @@ def rotate_simple_crypto_kek(env) -> dict:
     env.ctx.secrets.kek = new
     env.ctx.secrets.save(env.run_dir / SECRETS_FILE)
     for node in env.nodes:
-        env.provider.restart_node(node.name, {})
+        config.restart_with(node.name, {})
     return {"rewrapped_projects": len(re.findall(r"(?m)^Retrieving KEKs for Project ", output)),
             "unreadable_before_rotation": len(lost_before)}
 
@@ -89,17 +94,18 @@ def rotate_mkek_with_rewrap(env, label: str | None = None) -> dict:
     False, and a wrong unwrap_key call) yet exits 0. So success is judged from the data:
     every project KEK's metadata must name the new MKEK afterwards."""
     label = label or f"barbican_mkek_{fernet_key()[:6].lower().replace('-', 'x').replace('_', 'x')}"
-    first = env.provider.nodes[0]
-    first.manage("hsm", "gen_mkek", "--label", label)
+    config, manage = env.facet(CONFIG), env.facet(MANAGE)
+    first = env.nodes[0].name
+    manage.run(first, "hsm", "gen_mkek", "--label", label)
     for node in env.nodes:
-        env.provider.restart_node(node.name, {**env.provider.node(node.name).overrides, "p11": {"mkek_label": label}})
+        config.restart_with(node.name, {**config.overrides(node.name), "p11": {"mkek_label": label}})
     # Run on the node as the operator would (local process or `docker exec`); the output,
     # stderr included, is in logs/barbican-manage.log either way.
     try:
-        output, exit_ok = first.manage("hsm", "rewrap_pkek", timeout=180), True
+        output, exit_ok = manage.run(first, "hsm", "rewrap_pkek", timeout=180), True
     except ServiceStartError as exc:
         output, exit_ok = str(exc), False
-    with env.provider.database.connect("barbican") as conn, conn.cursor() as cur:
+    with env.facet(DATABASE).connect("barbican") as conn, conn.cursor() as cur:
         cur.execute("SELECT plugin_meta FROM kek_data WHERE plugin_name LIKE %s AND deleted = 0", ("%P11%",))
         labels = [json.loads(row[0]).get("mkek_label") for row in cur.fetchall() if row[0]]
     log = env.ctx.logs_dir / "barbican-manage.log"

@@ -34,13 +34,13 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def wait_port_open(port: int, timeout: float, host: str = "127.0.0.1") -> bool:
-    import time
+    from harness.wait import WaitTimeout, wait_until
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.1)
-    return False
+    def connects() -> bool:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+
+    try:
+        return wait_until(connects, timeout=timeout, interval=0.1, what=f"{host}:{port} accepts connections")
+    except WaitTimeout:
+        return False

@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -152,26 +154,88 @@ def log_tail(path: Path, lines: int = 30) -> str:
     return mask("\n".join(text.splitlines()[-lines:]))
 
 
-def run_command(argv: list[str], *, log_path: Path, env: dict | None = None, cwd: Path | None = None,
-                timeout: float = 120.0, what: str | None = None) -> str:
-    """Run a one-shot command (keystone-manage, barbican-manage ...) with a timeout.
-    Output goes to the log (masked); a failure raises with the tail of that output."""
+class CommandError(ServiceStartError):
+    """A one-shot command failed or did not finish in time (the message has its tail)."""
+
+
+@dataclass
+class Completed:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(argv: list[str], *, timeout: float, what: str | None = None, env: dict | None = None,
+        cwd: Path | str | None = None, input: str | None = None, log_path: Path | None = None,
+        stream: Callable[[str], None] | None = None, check: bool = True,
+        error: type[Exception] = CommandError) -> Completed:
+    """The one way the harness runs a one-shot command.
+
+    The child gets a session of its own, its output is read by threads (so a child that
+    prints nothing still times out), and on the deadline its whole process group is
+    killed. `input` goes to its stdin (how secrets reach a command: never on its command
+    line). `stream` sees every output line as it comes; `log_path` gets the masked command
+    line, output and exit code. With `check`, a non-zero exit raises `error` with the end
+    of the output; a timeout always raises."""
     what = what or " ".join(argv[:3])
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        proc = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
+                                start_new_session=True, text=True, errors="replace")
+    except (FileNotFoundError, PermissionError) as exc:
+        raise error(f"{what}: cannot run {argv[0]}: {exc}") from None
+    out: dict[str, list[str]] = {"stdout": [], "stderr": []}
+
+    def pump(name: str, pipe) -> None:
+        for line in pipe:
+            out[name].append(line)
+            if stream is not None:
+                stream(line.rstrip("\n"))
+        pipe.close()
+
+    readers = [threading.Thread(target=pump, args=(n, getattr(proc, n)), daemon=True) for n in out]
+    for r in readers:
+        r.start()
+    if input is not None:
+        try:
+            proc.stdin.write(input)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise ServiceStartError(f"{what}: no answer after {timeout:.0f} s") from None
-    except FileNotFoundError as exc:
-        raise ServiceStartError(f"{what}: cannot run {argv[0]}: {exc}") from None
-    output = mask(proc.stdout + proc.stderr)
-    with open(log_path, "a") as log:
-        log.write(f"$ {mask(' '.join(argv))}\n{output}\n[exit {proc.returncode}]\n")
-    if proc.returncode != 0:
-        tail = "\n".join(output.splitlines()[-15:])
-        raise ServiceStartError(f"{what} failed (exit {proc.returncode}):\n{tail}")
-    return proc.stdout
+        timed_out = True
+    finally:
+        if timed_out or proc.poll() is None:  # also on Ctrl-C: nothing is left running
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
+    for r in readers:
+        r.join(timeout=5)  # a grandchild holding the pipe must not hold us
+    stdout, stderr = "".join(out["stdout"]), "".join(out["stderr"])
+    output = mask(stdout + stderr)
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a") as log:
+            log.write(f"$ {mask(' '.join(map(str, argv)))}\n{output}\n[exit {proc.returncode}]\n")
+    tail = "\n".join(output.splitlines()[-15:])
+    if timed_out:
+        raise error(f"{what}: no answer after {timeout:.0f} s (killed)\n{tail}".rstrip())
+    if check and proc.returncode != 0:
+        raise error(f"{what} failed (exit {proc.returncode}):\n{tail}")
+    return Completed(list(map(str, argv)), proc.returncode, stdout, stderr)
+
+
+def run_command(argv: list[str], *, log_path: Path, env: dict | None = None, cwd: Path | None = None,
+                timeout: float = 120.0, what: str | None = None, input: str | None = None) -> str:
+    """A service's one-shot set-up command (keystone-manage, barbican-manage ...): output
+    logged (masked), stdout returned, a failure raised with the tail of the output."""
+    return run(argv, timeout=timeout, what=what, env=env, cwd=cwd, input=input, log_path=log_path).stdout
 
 
 def marked_processes(run_id: str) -> list[psutil.Process]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
+from harness.providers import PROVIDERS
 
 
 def pytest_addoption(parser):
@@ -36,8 +37,8 @@ def pytest_addoption(parser):
     group.addoption("--barbican-cloud", default=None, help="Existing cloud (clouds.yaml name)")
     group.addoption("--barbican-targets", default=None, help="Targets file naming a cloud per role")
     group.addoption("--soak", action="store_true", default=False, help="Run long soak tests too")
-    group.addoption("--scenario-providers", default="local,docker",
-                    help="Providers to run the scenario catalog on (comma-separated: local, docker)")
+    group.addoption("--scenario-providers", default=",".join(PROVIDERS),
+                    help=f"Providers to run the scenario catalog on (comma-separated: {', '.join(PROVIDERS)})")
 
 
 def pytest_configure(config):

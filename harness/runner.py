@@ -17,11 +17,18 @@ from pathlib import Path
 
 from harness import redact
 from harness.environment import Environment, runs_dir
-from harness.faults.engine import FaultEngine, sigterm_as_interrupt
+from harness.faults.engine import sigterm_as_interrupt
 from harness.ledger import Ledger, LedgerChecker
 from harness.progress import Progress
+from harness.report.verdicts import Check, VerdictFile, short_verdict
 from harness.scenario import Scenario
 from harness.seeding import seed
+from harness.errors import HarnessError
+from harness.faults.engine import FaultEngine, Permission, make_fault
+from harness.seeding import SEED_ROLES
+from harness.target import Capability
+from harness.writes import Writes, clean_up, new_prefix
+from harness.timeline import Timeline, Window
 from harness.triage.diagnose import Diagnoser, Verdict
 
 SETTLE_TIMEOUT = 90.0
@@ -39,6 +46,8 @@ class ScenarioResult:
     ledger: dict | None = None
     operations: list[dict] = field(default_factory=list)
     rng_seed: int = 0
+    # How late each planned inject and heal happened (seconds; the timeline's own thread).
+    drift_s: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,8 +86,12 @@ class _Writers(threading.Thread):
             self.ledger.store(client, self.env.writer_role, node, payload, tags=["load"])
 
 
-def run_scenario(scenario: Scenario, env: Environment | None = None,
-                 progress: Progress | None = None, barbican: str | None = None) -> ScenarioResult:
+def run_scenario(scenario: Scenario, env=None, progress: Progress | None = None,
+                 permission: Permission | None = None, barbican: str | None = None) -> ScenarioResult:
+    """One scenario on a target: an environment of the harness (brought up from the
+    scenario's topology when none is given), an existing cloud or a deployment. On a
+    target the harness does not own, what it writes is named under a prefix recorded
+    first (harness.writes) and deleted at the end; its faults obey `permission`."""
     progress = progress or Progress()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = runs_dir() / f"scenario-{scenario.name}-{stamp}-{_rand.token_hex(2)}"
@@ -89,75 +102,78 @@ def run_scenario(scenario: Scenario, env: Environment | None = None,
         with progress.step(f"{scenario.name}: environment up"):
             env = Environment.up(scenario.environment_path(), progress=progress, barbican=barbican)
     timeline: list[dict] = []
+    writes = Writes(env.run_dir) if env.foreign else None
+    prefix = new_prefix() if env.foreign else None
     try:
         with sigterm_as_interrupt():
-            _run(scenario, env, run_dir, result, timeline, progress)
+            if writes is not None:
+                writes.open(prefix, [env.writer_role, *SEED_ROLES(env)], f"scenario {scenario.name}")
+            _run(scenario, env, run_dir, result, timeline, progress, permission, prefix)
     except Exception as exc:  # noqa: BLE001 - a harness failure fails the scenario, with its reason
         result.failures.append(f"harness error: {type(exc).__name__}: {exc}")
     finally:
+        if writes is not None:
+            with progress.step(f"{scenario.name}: delete what it wrote ({prefix})"):
+                removed = clean_up(env, prefix, [env.writer_role, *SEED_ROLES(env)])
+                if not removed["failed"]:
+                    writes.close(prefix, removed)
+                timeline.append({"t": None, "kind": "clean_up", "prefix": prefix, "removed": removed})
         (run_dir / "timeline.json").write_text(redact.mask(json.dumps(timeline, indent=2)))
         result.passed = not result.failures
-        (run_dir / "verdict.json").write_text(redact.mask(json.dumps(result.to_dict(), indent=2)))
+        _write_result(scenario, run_dir, result)
         _copy_logs(env, run_dir)
-        _report(run_dir, result)
+        _report(scenario, run_dir, result)
         if own_env:
             env.down()
     return result
 
 
-def _run(scenario: Scenario, env, run_dir: Path, result: ScenarioResult, timeline: list, progress) -> None:
-    ledger = Ledger(run_dir / "ledger")
+def _run(scenario: Scenario, env, run_dir: Path, result: ScenarioResult, timeline: list, progress,
+         permission: Permission | None, prefix: str | None) -> None:
+    ledger = Ledger(run_dir / "ledger", prefix=prefix)
     with progress.step(f"{scenario.name}: seed"):
         seeded = seed(env, ledger, scenario.seed.secrets, scenario.seed.tls_containers, scenario.seed.luks_keys)
     seeded.known.save(run_dir / "known.json")
     # Also where `barbican-harness diagnose --run ENV` looks: the environment's last seed.
     seeded.known.save(Path(env.run_dir) / "known.json")
-    diag = Diagnoser(env, known=seeded.known, logs_dir=env.run_dir / "logs")
-    orders = env.ctx.topology.async_orders
+    logs = env.facet(Capability.SERVICE_LOGS).dir() if Capability.SERVICE_LOGS in env.capabilities else None
+    diag = Diagnoser(env, known=seeded.known, logs_dir=logs)
+    orders = env.async_orders
     baseline = diag.diagnose(orders=orders)
     timeline.append({"t": 0.0, "kind": "baseline", "verdict": _brief(baseline)})
     if baseline.category != "healthy":
         result.failures.append(f"not healthy before the fault: {baseline.category} {baseline.evidence[:2]}")
         return
-    engine = FaultEngine(env)
     expect = scenario.expect
     writers = _Writers(env, ledger, scenario.load.writers, scenario.load.interval)
     if scenario.load.writers:
         writers.start()
-    actions = sorted([(e.at, "do", i) for i, e in enumerate(scenario.timeline)]
-                     + [(e.heal_at, "heal", i) for i, e in enumerate(scenario.timeline) if e.heal_at is not None])
-    active: dict[int, str] = {}
-    injected_at: float | None = None
-    t0 = time.monotonic()
+
+    def on_event(kind: str, w: Window) -> None:
+        # On the timeline's thread: it acts on time while this thread probes.
+        if kind == "injecting" and w.kind == "fault":
+            diag.mark_logs()  # only what follows the fault counts as its evidence
+        elif kind == "inject":
+            timeline.append({"t": round(w.injected_at, 2), "kind": "inject", "fault": w.what, "params": w.params,
+                             "fault_id": w.fault_id, "planned_t": w.planned_at, **({"error": w.error} if w.error else {})})
+        elif kind == "heal":
+            timeline.append({"t": round(w.heal_started_at, 2), "kind": "heal", "fault": w.what,
+                             "planned_t": w.planned_heal_at, "healed_t": round(w.healed_at, 2)})
+        elif kind == "operation":
+            timeline.append({"t": round(w.injected_at, 2), "kind": "operation", "operation": w.what,
+                             "result": w.result, "planned_t": w.planned_at, **({"error": w.error} if w.error else {})})
+
+    clock = Timeline(env, scenario.timeline, scenario.end, on_event=on_event, resolve=seeded.resolve,
+                     seed=scenario.rng_seed, permission=permission)
     try:
         with progress.step(f"{scenario.name}: timeline ({scenario.end:.0f} s)"):
-            while True:
-                now = time.monotonic() - t0
-                while actions and actions[0][0] <= now:
-                    _, kind, i = actions.pop(0)
-                    event = scenario.timeline[i]
-                    if kind == "do" and event.fault:
-                        diag.mark_logs()
-                        params = _with_seed(event.fault, {k: seeded.resolve(v) for k, v in event.params.items()},
-                                            scenario.rng_seed + i)
-                        active[i] = engine.inject(event.fault, params)
-                        injected_at = time.monotonic() - t0
-                        timeline.append({"t": round(injected_at, 2), "kind": "inject", "fault": event.fault,
-                                         "params": event.params, "fault_id": active[i]})
-                    elif kind == "do":
-                        out = _operation(env, event.operation)
-                        result.operations.append({"operation": event.operation, **out})
-                        timeline.append({"t": round(time.monotonic() - t0, 2), "kind": "operation",
-                                         "operation": event.operation, "result": out})
-                    elif i in active:
-                        engine.heal(active.pop(i))
-                        timeline.append({"t": round(time.monotonic() - t0, 2), "kind": "heal",
-                                         "fault": event.fault})
-                if now >= scenario.end:
-                    break
+            clock.start()
+            while clock.is_alive():
+                active = clock.active()
                 if active:
                     v = diag.diagnose(orders=orders)
-                    t = round(time.monotonic() - t0, 2)
+                    t = round(clock.now(), 2)
+                    injected_at = max(w.in_effect_at for w in active)
                     timeline.append({"t": t, "kind": "probe", "verdict": _brief(v)})
                     if expect.verdict and result.time_to_verdict_s is None and v.matches(
                             expect.verdict.category, expect.verdict.blast_radius, expect.verdict.affected_nodes) \
@@ -166,12 +182,21 @@ def _run(scenario: Scenario, env, run_dir: Path, result: ScenarioResult, timelin
                         result.observed = v.to_dict()
                     elif result.observed is None or result.time_to_verdict_s is None:
                         result.observed = v.to_dict()
-                time.sleep(scenario.probe_interval)
+                clock.join(timeout=scenario.probe_interval)
     finally:
-        for i, fault_id in list(active.items()):
-            engine.heal(fault_id)
-            timeline.append({"t": round(time.monotonic() - t0, 2), "kind": "heal", "fault": scenario.timeline[i].fault})
+        clock.stop()
+        clock.join()
         writers.halt.set()
+    if clock.error:
+        raise clock.error
+    result.drift_s = [{"what": w.what, **w.drift_s} for w in clock.windows]
+    for w in clock.windows:
+        if w.kind == "operation":
+            result.operations.append({"operation": w.what, **(w.result or {})})
+            if w.error:
+                result.failures.append(f"operation {w.what}: {w.error}")
+        elif w.error:
+            result.failures.append(f"inject {w.what}: {w.error}")
     # Settle: after heal the environment must be healthy again (probes, not /healthcheck).
     with progress.step(f"{scenario.name}: heal and verify"):
         diag.mark_logs()
@@ -181,13 +206,13 @@ def _run(scenario: Scenario, env, run_dir: Path, result: ScenarioResult, timelin
             time.sleep(1)
             after = diag.diagnose(orders=orders)
         result.after_heal = _brief(after)
-        timeline.append({"t": round(time.monotonic() - t0, 2), "kind": "after_heal", "verdict": result.after_heal})
-        if after.category != "healthy":
+        timeline.append({"t": round(clock.now(), 2), "kind": "after_heal", "verdict": result.after_heal})
+        if after.category != "healthy" and not env.foreign and Capability.NODE_CONTROL in env.capabilities:
             # Recorded above as the finding; restart the API nodes so that the next
             # scenario sharing this environment starts from a healthy one.
             for node in env.nodes:
-                env.provider.restart_node(node.name, None)
-            timeline.append({"t": round(time.monotonic() - t0, 2), "kind": "recovery",
+                env.facet(Capability.NODE_CONTROL).restart(node.name)
+            timeline.append({"t": round(clock.now(), 2), "kind": "recovery",
                              "action": "restarted every API node after an unhealthy settle"})
         if scenario.load.writers:
             writers.join(timeout=30)
@@ -228,17 +253,7 @@ def _judge(scenario: Scenario, seeded, result: ScenarioResult, after: Verdict, c
                     result.failures.append(f"operation {op['operation']}: {key} = {op.get(key)}, expected {want}")
 
 
-def _with_seed(fault: str, params: dict, seed: int) -> dict:
-    """Faults with random draws (`seed` parameter) get one from the scenario's rng_seed,
-    unless the file sets it: the run can be replayed."""
-    from harness.faults import CATALOG
-
-    if "seed" in CATALOG[fault].Params.model_fields and params.get("seed") is None:
-        return {**params, "seed": seed}
-    return params
-
-
-def _report(run_dir: Path, result: ScenarioResult) -> None:
+def _report(scenario: Scenario, run_dir: Path, result: ScenarioResult) -> None:
     """report.html, allure-results/ and junit.xml next to verdict.json."""
     from harness.report import build_report
 
@@ -247,13 +262,25 @@ def _report(run_dir: Path, result: ScenarioResult) -> None:
     except Exception as exc:  # noqa: BLE001 - a run without its report has failed
         result.failures.append(f"report: {type(exc).__name__}: {exc}")
         result.passed = False
-        (run_dir / "verdict.json").write_text(redact.mask(json.dumps(result.to_dict(), indent=2)))
+        _write_result(scenario, run_dir, result)
 
 
-def _operation(env, name: str) -> dict:
-    from harness import operations
+def _write_result(scenario: Scenario, run_dir: Path, result: ScenarioResult) -> None:
+    """scenario.json (the whole record) and verdict.json (the judgement, one check)."""
+    (run_dir / "scenario.json").write_text(redact.mask(json.dumps(result.to_dict(), indent=2)))
+    observed = result.observed or {}
+    expected = scenario.expect.verdict.model_dump(exclude_none=True) if scenario.expect.verdict else {}
+    row = {"scenario": result.name, "expected": short_verdict(expected), "observed": short_verdict(observed),
+           "outage or data loss": observed.get("incident"), "evidence": "; ".join(observed.get("evidence") or [])[:300],
+           "to verdict (s)": result.time_to_verdict_s,
+           "ledger": "nothing lost" if (result.ledger or {}).get("ok") else "LOSS" if result.ledger else "-",
+           "result": "PASS" if result.passed else "FAIL"}
+    message = "; ".join(result.failures) or f"passed: verdict {observed.get('category', '-')}"
+    details = {"expected": expected, "observed": observed, "time_to_verdict_s": result.time_to_verdict_s,
+               "failures": result.failures, "after_heal": result.after_heal, "ledger": result.ledger}
+    VerdictFile("scenario", result.name, result.passed, list(result.failures),
+                [Check("scenario", result.name, result.passed, message, row, details)]).write(run_dir)
 
-    return getattr(operations, name)(env)
 
 
 def _brief(v: Verdict) -> dict:
@@ -262,10 +289,10 @@ def _brief(v: Verdict) -> dict:
 
 
 def _copy_logs(env, run_dir: Path) -> None:
-    """Masked copies of the environment's logs (the environment may be reused or gone)."""
-    if env is None:
+    """Masked copies of the target's logs (the environment may be reused or gone)."""
+    if env is None or Capability.SERVICE_LOGS not in env.capabilities:
         return
-    src = env.run_dir / "logs"
+    src = env.facet(Capability.SERVICE_LOGS).dir()
     dst = run_dir / "logs"
     dst.mkdir(exist_ok=True)
     for path in src.glob("*.log"):
@@ -293,4 +320,33 @@ def run_many(scenarios: list[Scenario], progress: Progress | None = None,
     return results
 
 
-__all__ = ["ScenarioResult", "run_scenario", "run_many"]
+def preflight(target, scenarios, permission) -> None:
+    """Every fault of every scenario checked against the target and the permission, before
+    anything is written (seeded references are checked when they exist: they are the
+    harness's own by construction)."""
+    engine = FaultEngine(target, permission)
+    for s in scenarios:
+        for i, e in enumerate(s.timeline):
+            if e.operation:
+                from harness.operations import NEEDS
+
+                missing = sorted(c.value for c in NEEDS - target.capabilities)
+                if missing:
+                    raise HarnessError(f"{s.path}: timeline[{i}]: operation {e.operation} needs "
+                                       f"{', '.join(missing)}; {target.name} has not")
+                continue
+            params = {k: ("https://placeholder/v1/secrets/x" if str(v).startswith("@") else v)
+                      for k, v in e.params.items()}
+            try:
+                engine.check(make_fault(e.fault, params), refs=False)
+            except HarnessError as exc:
+                raise HarnessError(f"{s.path}: timeline[{i}]: {exc}") from None
+
+
+def run_on_target(scenarios: list[Scenario], target, progress: Progress | None = None,
+                  permission: Permission | None = None) -> list[ScenarioResult]:
+    """Scenarios on a target that is up already (an environment, a cloud, a deployment)."""
+    return [run_scenario(s, env=target, progress=progress, permission=permission) for s in scenarios]
+
+
+__all__ = ["ScenarioResult", "run_scenario", "run_many", "run_on_target"]

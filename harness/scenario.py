@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from harness.errors import TopologyError
-from harness.topology import load_topology, load_yaml_model
+from harness.errors import HarnessError, TopologyError
+from harness.providers import PROVIDERS
+from harness.timeline import MAX_TIMELINE_S, Event, end_of
+from harness.topology import ProviderName, load_topology, load_yaml_model
 
 REF = re.compile(r"^@(secret|tls_container|tls_key|luks_key)\[(\d+)\]$")
 CATEGORIES = ("healthy", "kek_mismatch_or_key_loss", "hsm_unreachable", "hsm_degraded", "backend_degraded",
@@ -42,22 +44,6 @@ class SeedSpec(_Strict):
     secrets: int = Field(6, ge=0, le=200)  # mixed types, across projects and nodes
     tls_containers: int = Field(1, ge=0, le=20)  # read by the service user through an ACL
     luks_keys: int = Field(1, ge=0, le=50)  # symmetric keys with a consumer
-
-
-class Event(_Strict):
-    at: float = Field(ge=0)
-    fault: str | None = None
-    operation: Literal["rotate_simple_crypto_kek", "rotate_mkek_with_rewrap"] | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-    heal_at: float | None = Field(None, ge=0)
-
-    @model_validator(mode="after")
-    def _one_action(self):
-        if (self.fault is None) == (self.operation is None):
-            raise ValueError("each timeline event needs exactly one of 'fault' or 'operation'")
-        if self.heal_at is not None and self.heal_at <= self.at:
-            raise ValueError(f"heal_at ({self.heal_at}) must come after at ({self.at})")
-        return self
 
 
 class VerdictExpect(_Strict):
@@ -98,11 +84,11 @@ class Scenario(_Strict):
     seed: SeedSpec = Field(default_factory=SeedSpec)
     load: LoadSpec = Field(default_factory=LoadSpec)
     timeline: list[Event] = Field(min_length=1)
-    duration: float | None = Field(None, gt=0)  # default: last event + 10 s
+    duration: float | None = Field(None, gt=0, le=MAX_TIMELINE_S)  # default: last event + 10 s
     probe_interval: float = Field(0.5, gt=0)
     expect: Expect = Field(default_factory=Expect)
     # Where the scenario can run: a network partition needs containers to cut off.
-    providers: list[Literal["local", "docker"]] = Field(default_factory=lambda: ["local", "docker"], min_length=1)
+    providers: list[ProviderName] = Field(default_factory=lambda: list(PROVIDERS), min_length=1)
 
     # Filled in by load_scenario: where the file and its environment are.
     path: Path | None = None
@@ -113,13 +99,13 @@ class Scenario(_Strict):
 
     @property
     def end(self) -> float:
-        last = max(max(e.at, e.heal_at or 0) for e in self.timeline)
-        return self.duration or last + 10
+        return self.duration or end_of(self.timeline) + 10
 
 
 def load_scenario(path: str | Path) -> Scenario:
     """Parse and check everything that can be checked without starting a service."""
     from harness.faults.engine import make_fault
+    from harness.providers.facets import environment_traits
 
     path = Path(path)
     scenario = load_yaml_model(path, Scenario)
@@ -145,10 +131,11 @@ def load_scenario(path: str | Path) -> Scenario:
                 fault = make_fault(event.fault, params)
             except Exception as exc:  # FaultError: names the allowed faults / parameters
                 raise TopologyError(f"{where}.fault': {exc}") from None
-            requires = fault.requires
-            if requires and not (topology.async_orders if requires == "async_orders" else requires in topology.backends):
-                raise TopologyError(f"{where}.fault': '{event.fault}' needs {requires}; "
-                                    f"{env_path.name} has {topology.backends}")
+            for provider in scenario.providers:
+                try:
+                    fault.check(environment_traits(topology, provider, name=f"{env_path.name} on {provider}"))
+                except HarnessError as exc:
+                    raise TopologyError(f"{where}.fault': {exc}") from None
     for name in scenario.expect.integrity.lost:
         m = REF.match("@" + name)
         if not m or int(m.group(2)) >= counts[m.group(1)]:

@@ -8,6 +8,7 @@ import secrets as _rand
 import uuid
 from dataclasses import dataclass, field
 
+from harness.errors import HarnessError
 from harness.ledger import Ledger
 from harness.triage.diagnose import Known
 
@@ -36,10 +37,20 @@ class SeedResult:
         return self.refs[m.group(1)][int(m.group(2))] if m else value
 
 
+def SEED_ROLES(target) -> list[str]:  # noqa: N802 - reads as the constant it almost is
+    """The roles seeding acts as besides the writer: a second project's writer (when the
+    target has one) and the Octavia-like service user reading TLS containers."""
+    return [r for r in ("other-" + target.writer_role, "service") if r in target.roles]
+
+
 def seed(env, ledger: Ledger, secrets: int, tls_containers: int, luks_keys: int) -> SeedResult:
     out = SeedResult()
-    writers = [env.writer_role, "other-" + env.writer_role]
+    other = "other-" + env.writer_role
+    writers = [env.writer_role, other] if other in env.roles else [env.writer_role]
     nodes = [n.name for n in env.nodes]
+    if tls_containers and "service" not in env.roles:
+        raise HarnessError(f"seeding TLS containers needs a service user (Octavia's) to read them: "
+                           f"{env.name} has no role 'service' (a targets file names one)")
 
     def store(role: str, node: str, payload: bytes, tags=(), **kw) -> str:
         ref = ledger.store(env.barbican(role=role, node=node), role, node, payload, tags=tags, **kw)
@@ -53,7 +64,7 @@ def seed(env, ledger: Ledger, secrets: int, tls_containers: int, luks_keys: int)
     types = _TYPES[:3] if env.backends[0] == "kmip" else _TYPES
     for i in range(secrets):
         secret_type, extra, make = types[i % len(types)]
-        out.refs["secret"].append(store(writers[i % 2], nodes[i % len(nodes)], make(), tags=["secret"],
+        out.refs["secret"].append(store(writers[i % len(writers)], nodes[i % len(nodes)], make(), tags=["secret"],
                                         secret_type=secret_type, **extra))
     service_user = env.session("service").get_user_id()
     for i in range(tls_containers):
@@ -76,7 +87,7 @@ def seed(env, ledger: Ledger, secrets: int, tls_containers: int, luks_keys: int)
         out.refs["tls_key"].append(key)
         out.known.tls_containers.append(cref)
     for i in range(luks_keys):
-        role, node = writers[i % 2], nodes[i % len(nodes)]
+        role, node = writers[i % len(writers)], nodes[i % len(nodes)]
         ref = store(role, node, _rand.token_bytes(32), tags=["luks"], secret_type="symmetric",
                     algorithm="aes", bit_length=256, mode="xts")
         env.session(role).post(ref + "/consumers", raise_exc=False, timeout=15,

@@ -15,8 +15,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.errors import TopologyError
+from harness.providers import DEFAULT_PROVIDER, PROVIDERS
 
 Backend = Literal["simple_crypto", "pkcs11", "kmip"]
+# Built from the one registry of providers, so the error lists exactly those.
+ProviderName = Literal[tuple(PROVIDERS)]  # type: ignore[valid-type]
 
 
 class _Strict(BaseModel):
@@ -86,7 +89,7 @@ class BarbicanSpec(_Strict):
 class Topology(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     description: str = ""
-    provider: Literal["local", "docker"] = "local"
+    provider: ProviderName = DEFAULT_PROVIDER
     policy: Literal["legacy", "secure-rbac"] = "legacy"
     database: Literal["mariadb", "sqlite"] = "mariadb"
     barbican: BarbicanSpec = Field(default_factory=BarbicanSpec)

@@ -12,7 +12,7 @@ import pytest
 from harness.pytest_plugin import require_docker
 from tests.conftest import harness_cli
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]  # both providers, all steps
 
 FOUR = {"kek-mismatch-one-node", "hsm-latency-500ms", "hsm-wrong-pin-restart", "acl-removed-octavia"}
 

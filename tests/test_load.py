@@ -200,7 +200,7 @@ def test_series_merge_and_percentiles_match_locust(tmp_path):
 
 def test_scenario_timeline_checked_before_anything_starts(tmp_path):
     from harness.errors import HarnessError
-    from harness.load.cli import read_timeline
+    from harness.timeline import read_fault_timeline as read_timeline
 
     good = tmp_path / "ok.yaml"
     good.write_text("duration: 30\ntimeline:\n  - {at: 5, fault: node_kill, params: {node: '2'}, heal_at: 10}\n")

@@ -6,16 +6,16 @@ from __future__ import annotations
 import json
 import os
 
+from harness.report.verdicts import Check, VerdictFile
 from tests.conftest import harness_cli
 
 
 def test_report_of_a_scenario_id_names_its_verdict_in_html_allure_and_junit(tmp_path):
     run = tmp_path / "runs" / "scenario-db-down-20261204-000000-abcd"
     run.mkdir(parents=True)
-    (run / "verdict.json").write_text(json.dumps({
-        "name": "db-down", "passed": False, "run_dir": str(run),
-        "failures": ["verdict: expected backend_outage, observed healthy"],
-        "observed": {"category": "healthy"}, "time_to_verdict_s": None}))
+    VerdictFile("scenario", "db-down", False, ["verdict: expected backend_outage, observed healthy"], [
+        Check("scenario", "db-down", False, "verdict: expected backend_outage, observed healthy",
+              {"scenario": "db-down", "result": "FAIL"})]).write(run)
     env = {**os.environ, "BARBICAN_HARNESS_REPORTS": str(tmp_path)}
     out = harness_cli("report", run.name, env=env, check=True).stdout
     assert out.strip().endswith("report.html")
@@ -30,9 +30,10 @@ def test_report_of_a_scenario_id_names_its_verdict_in_html_allure_and_junit(tmp_
 def test_report_of_a_campaign_has_one_case_per_incident(tmp_path):
     run = tmp_path / "runs" / "campaign-quick-20261204-000000-abcd"
     run.mkdir(parents=True)
-    (run / "verdict.json").write_text(json.dumps([
-        {"incident": "kek-mismatch-one-node", "expected": "a", "observed": "a", "result": "PASS"},
-        {"incident": "acl-removed-octavia", "expected": "b", "observed": "c", "result": "FAIL"}]))
+    VerdictFile("campaign", "quick (local)", False, ["incident acl-removed-octavia: ..."], [
+        Check("incident", "kek-mismatch-one-node", True, "expected a, observed a", {"expected": "a", "result": "PASS"}),
+        Check("incident", "acl-removed-octavia", False, "expected b, observed c", {"expected": "b", "result": "FAIL"}),
+    ]).write(run)
     env = {**os.environ, "BARBICAN_HARNESS_REPORTS": str(tmp_path)}
     harness_cli("report", run.name, env=env, check=True)
     junit = (run / "junit.xml").read_text()

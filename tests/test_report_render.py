@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.timeline import TimelineEvent
+from harness.timeline import Event
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("simple-crypto")]
 
@@ -102,7 +102,7 @@ def test_report_renders_in_headless_chromium(env_of, tmp_path):
     env = env_of("simple-crypto")
     env.reload_state()
     result = run_load(env, users=6, spawn_rate=6, duration=20, seed=3,
-                      timeline_events=[TimelineEvent(5, "node_kill", {"node": "1"}, heal_at=9)],
+                      timeline_events=[Event(at=5, fault="node_kill", params={"node": "1"}, heal_at=9)],
                       thresholds=[Threshold("error_ratio", 0.5, phase="outside")])
     env.reload_state()
     assert result.errors == [] and result.ledger["ok"], (result.errors, result.ledger)

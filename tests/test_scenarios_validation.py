@@ -55,7 +55,7 @@ def test_bad_fault_parameter_and_seed_reference(tmp_path):
 
 def test_fault_needing_another_backend_is_rejected(tmp_path):
     p = write(tmp_path, GOOD.replace("kek_mismatch, params: {node: \"2\"}", "hsm_token_absent"))
-    assert "needs pkcs11" in str(pytest.raises(TopologyError, load_scenario, p).value)
+    assert "needs a secret store on backend 'pkcs11'" in str(pytest.raises(TopologyError, load_scenario, p).value)
 
 
 def test_cli_rejects_before_any_service_starts(tmp_path):
@@ -70,7 +70,7 @@ def test_cli_rejects_before_any_service_starts(tmp_path):
 
 def test_rng_seed_reaches_the_shim_rules_of_faults_with_random_draws():
     from harness.faults.engine import make_fault
-    from harness.runner import _with_seed
+    from harness.timeline import seeded_params as _with_seed
 
     params = _with_seed("hsm_error", {"probability": 0.5}, 41)
     assert params["seed"] == 41

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.providers import DEFAULT_PROVIDER, PROVIDERS
 from harness.pytest_plugin import require_docker
 from harness.runner import run_scenario
 from harness.scenario import load_scenario
 
 SCENARIOS = sorted((Path(__file__).resolve().parents[2] / "scenarios").glob("*.yaml"))
-PROVIDERS = ("local", "docker")
 
 
 def pytest_generate_tests(metafunc):
@@ -41,8 +41,8 @@ def pytest_generate_tests(metafunc):
                 continue  # e.g. a network partition needs containers to cut off
             topology = scenario.environment_path().stem
             # The local ids stay as they were (CI history); docker ones carry the provider.
-            test_id = path.stem if provider == "local" else f"{path.stem}@docker"
-            group = topology if provider == "local" else f"{topology}@docker"
+            test_id = path.stem if provider == DEFAULT_PROVIDER else f"{path.stem}@{provider}"
+            group = topology if provider == DEFAULT_PROVIDER else f"{topology}@{provider}"
             params.append(pytest.param(path, provider, id=test_id,
                                        marks=[pytest.mark.xdist_group(group), pytest.mark.integration]))
     metafunc.parametrize(("scenario_file", "provider"), params)

@@ -14,7 +14,6 @@ ref names a commit); every problem is one line naming the source and what is all
 from __future__ import annotations
 
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,13 +106,10 @@ def _git(where: Path, ref: str, base_dir: Path | None, what: str, text: str) -> 
 
 
 def _git_out(path: Path, *args: str) -> str:
-    try:
-        proc = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, timeout=30,
-                              stdin=subprocess.DEVNULL)
-    except FileNotFoundError:
-        raise HarnessError("git is not installed (Debian package git)") from None
-    except subprocess.TimeoutExpired:
-        raise HarnessError(f"git {args[0]} in {path}: no answer after 30 s") from None
+    from harness.procs import run
+
+    proc = run(["git", "-C", str(path), *args], timeout=30, check=False, what=f"git {args[0]} in {path}",
+               error=HarnessError)
     if proc.returncode != 0 and args[:2] != ("rev-parse", "--verify"):
         raise HarnessError(f"{path} is not a git checkout ({proc.stderr.strip()[:200]})")
     return proc.stdout.strip()

@@ -24,8 +24,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import harness
+from harness import procs
 from harness.builds.releases import constraints_for, own_version
 from harness.builds.sources import Source
 from harness.errors import HarnessError
@@ -218,12 +217,12 @@ def _install(source: Source, prefix: Path, log, timeout: float) -> Build:
             wheel = make_wheel(source, log_path, max(30.0, deadline - time.monotonic()))
             requirement, version = str(wheel), wheel.name.split("-")[1]
         label, pins = constraints_for(version)
-        run_logged([_base_python(), "-m", "venv", str(prefix)], log_path, 120)
+        _run([_base_python(), "-m", "venv", str(prefix)], log_path, 120, "python -m venv")
         constraints = prefix / "harness-constraints.txt"
         constraints.write_text("\n".join(pins) + "\n")
-        run_logged([str(prefix / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-                    "--no-input", "-q", "-c", str(constraints), requirement, *EXTRA_REQUIREMENTS],
-                   log_path, max(30.0, deadline - time.monotonic()))
+        _run([str(prefix / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
+              "--no-input", "-q", "-c", str(constraints), requirement, *EXTRA_REQUIREMENTS],
+             log_path, max(30.0, deadline - time.monotonic()), f"pip install {requirement}")
         facts = probe(prefix / "bin" / "python")
         if facts["version"] != version:
             raise HarnessError(f"{source.spec}: installed, but the venv's Barbican is {facts['version']}, not {version}")
@@ -252,11 +251,13 @@ def make_wheel(source: Source, log_path: Path, timeout: float) -> Path:
         target = str(source.path)
         if source.kind == "git":
             clone = Path(tmp) / "src"
-            run_logged(["git", "clone", "--quiet", "--no-checkout", str(source.path), str(clone)], log_path, 300)
-            run_logged(["git", "-C", str(clone), "checkout", "--quiet", "--detach", source.commit], log_path, 300)
+            _run(["git", "clone", "--quiet", "--no-checkout", str(source.path), str(clone)], log_path, 300,
+                 "git clone")
+            _run(["git", "-C", str(clone), "checkout", "--quiet", "--detach", source.commit], log_path, 300,
+                 "git checkout")
             target = str(clone)
-        run_logged([sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-input", "-q",
-                    "--no-deps", "-w", str(out), target], log_path, timeout)
+        _run([sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-input", "-q",
+              "--no-deps", "-w", str(out), target], log_path, timeout, f"pip wheel {source.spec}")
     wheels = sorted(out.glob("barbican-*.whl"))
     if len(wheels) != 1:
         raise HarnessError(f"{source.spec}: pip wheel made {[w.name for w in wheels] or 'no barbican wheel'} "
@@ -264,27 +265,11 @@ def make_wheel(source: Source, log_path: Path, timeout: float) -> Path:
     return wheels[0]
 
 
-def run_logged(argv: list[str], log_path: Path, timeout: float) -> None:
-    """A long command of ours (venv, pip, git) with its output in `log_path` and a timeout;
-    on timeout or Ctrl-C its whole process group is stopped."""
-    with open(log_path, "a") as log:
-        log.write(f"$ {' '.join(argv)}\n")
-        log.flush()
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=tempfile.gettempdir())
-        try:
-            rc = proc.wait(timeout=timeout)
-        except BaseException as exc:  # timeout or Ctrl-C: what we started stops with us
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            if isinstance(exc, subprocess.TimeoutExpired):
-                raise HarnessError(f"{' '.join(argv[:6])} ...: stopped after {timeout:.0f} s "
-                                   f"(log: {log_path})") from None
-            raise
-    if rc != 0:
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
-        raise HarnessError(f"{' '.join(argv[:6])} ... failed (exit {rc}); log {log_path}:\n{tail}")
+def _run(argv: list[str], log_path: Path, timeout: float, what: str) -> None:
+    """A long command of ours (venv, pip, git): output in `log_path`, a deadline, its
+    whole process group stopped on the deadline or Ctrl-C (harness.procs.run)."""
+    procs.run(argv, timeout=timeout, what=f"{what} (log {log_path})", log_path=log_path, cwd=tempfile.gettempdir(),
+              error=HarnessError)
 
 
 _PROBE = """
@@ -318,11 +303,8 @@ def probe(python: Path) -> dict:
         env = {**os.environ, "HOME": home}
         if Path(python).resolve() != Path(sys.executable).resolve():
             env["PYTHONPATH"] = ""
-        try:
-            proc = subprocess.run([str(python), "-c", _PROBE], check=False, capture_output=True, text=True,
-                                  timeout=120, cwd=home, env=env)
-        except subprocess.TimeoutExpired:
-            raise HarnessError(f"{python}: asking Barbican what it is took more than 120 s") from None
+        proc = procs.run([str(python), "-c", _PROBE], timeout=120, cwd=home, env=env, check=False,
+                         what=f"{python}: asking Barbican what it is", error=HarnessError)
     for line in proc.stdout.splitlines():
         if line.startswith("FACTS "):
             return json.loads(line[len("FACTS "):])

@@ -9,6 +9,9 @@ import datetime as dt
 from typing import Any, Literal
 
 from harness.faults.base import Fault, FaultError, Params
+from harness.target import Capability
+
+DATABASE = Capability.DATABASE
 
 
 def _uuid(ref: str) -> str:
@@ -16,10 +19,7 @@ def _uuid(ref: str) -> str:
 
 
 def _db(env):
-    db = getattr(env.provider, "database", None)
-    if db is None or not hasattr(db, "connect"):
-        raise FaultError("this fault changes Barbican's database: it needs a MariaDB environment")
-    return db.connect("barbican")
+    return env.facet(DATABASE).connect("barbican")
 
 
 class AclParams(Params):
@@ -71,6 +71,8 @@ class SecretExpiry(Fault):
 
     name = "secret_expiry"
     Params = RefParams
+    # Only time would move an expiration into the past: the row is moved instead.
+    capabilities = frozenset({Capability.API, DATABASE})
 
     def prepare(self, env) -> dict[str, Any]:
         with _db(env) as conn, conn.cursor() as cur:
@@ -129,6 +131,8 @@ class ContainerMemberDeleted(Fault):
 
     name = "container_member_deleted"
     Params = MemberParams
+    # Heal undeletes the member's rows (the API cannot undo a delete).
+    capabilities = frozenset({Capability.API, DATABASE})
 
     def prepare(self, env) -> dict[str, Any]:
         container = env.barbican().containers.get(self.params.container_ref)
@@ -166,6 +170,7 @@ class ConsumerInUseDelete(Fault):
 
     name = "consumer_in_use_delete"
     Params = ConsumerDeleteParams
+    capabilities = frozenset({Capability.API, DATABASE})
 
     def prepare(self, env) -> dict[str, Any]:
         return {"since": _now_naive()}

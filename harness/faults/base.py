@@ -1,4 +1,10 @@
-"""What every fault is: a name, typed parameters, the incident it models, inject and heal.
+"""What every fault is: a name, typed parameters, the incident it models, what it needs
+of a target, inject and heal.
+
+What it needs is declared, and checked (`check(traits)`) before anything is journaled:
+`capabilities` (harness.target: node control, config write, the HSM shim ...), a
+`backend` the target's stores must include, and `needs_worker` (async orders). A
+fault reaches the target only through the facets of those capabilities.
 
 Three steps: `prepare(env)` gathers, *before* anything changes, the facts `heal` needs
 (the saved ACL, the original expiration, the token snapshot ...); the engine writes them
@@ -13,6 +19,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from harness.errors import HarnessError
+from harness.target import Capability, Traits, traits_of
 
 
 class FaultError(HarnessError):
@@ -28,8 +35,12 @@ class Params(BaseModel):
 class Fault:
     name: ClassVar[str]
     Params: ClassVar[type[Params]] = Params
-    # Which topologies can take it: a backend name, "async_orders", or None for any.
-    requires: ClassVar[str | None] = None
+    # What the target must be able to do (every target has the API).
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.API})
+    # A secret-store backend the target must have (simple_crypto, pkcs11, kmip), or None.
+    backend: ClassVar[str | None] = None
+    # Needs barbican-worker and its queue (async orders).
+    needs_worker: ClassVar[bool] = False
 
     def __init__(self, params: Params):
         self.params = params
@@ -51,16 +62,47 @@ class Fault:
             out[name] = f"{text}, {default}"
         return out
 
-    def check(self, env) -> None:
-        """Raise FaultError when the environment cannot take this fault."""
-        req = self.requires
-        if req is None:
-            return
-        topo = env.ctx.topology
-        ok = topo.async_orders if req == "async_orders" else req in topo.backends
-        if not ok:
-            raise FaultError(f"fault '{self.name}' needs a topology with {req}; "
-                             f"{topo.name} has backends {topo.backends}")
+    @classmethod
+    def needs(cls) -> list[str]:
+        """What it needs, for `fault list`: capabilities, backend, worker."""
+        out = sorted(c.value for c in cls.capabilities if c is not Capability.API)
+        if cls.backend:
+            out.append(f"backend {cls.backend}")
+        if cls.needs_worker:
+            out.append("async orders (barbican-worker)")
+        return out
+
+    def check(self, traits: Traits) -> None:
+        """Raise (MissingCapability or FaultError) when the target cannot take this fault.
+        Runs before the journal has an entry, so a refusal leaves nothing behind."""
+        # What the target is made of first: a capability is moot without the backend.
+        if self.backend and self.backend not in traits.backends:
+            raise FaultError(f"fault '{self.name}' needs a secret store on backend '{self.backend}'; "
+                             f"{traits.name} has backends {list(traits.backends)}")
+        if self.needs_worker and not traits.async_orders:
+            raise FaultError(f"fault '{self.name}' needs async orders (barbican-worker); "
+                             f"{traits.name} has none")
+        traits.require(self.capabilities, what=f"fault '{self.name}'")
+        for field in ("node",):
+            value = getattr(self.params, field, None)
+            if value is not None:
+                node_in(traits, value)
+
+    # -- what it touches (the fault engine's safety rules on targets it does not own) ----
+    def changes_beyond_api(self) -> bool:
+        """Anything but API calls (a restart, a config edit, a token change, SQL)."""
+        return bool(set(self.capabilities) - {Capability.API})
+
+    def scope(self, traits: Traits) -> list[str]:
+        """The nodes it touches: the node it names, every node, or none (API data)."""
+        if not set(self.capabilities) - {Capability.API, Capability.DATABASE}:
+            return []
+        node = getattr(self.params, "node", None)
+        return [node_in(traits, node)] if node is not None else list(traits.nodes)
+
+    def refs(self) -> list[str]:
+        """The secrets and containers it changes through the API (API-state faults)."""
+        return [v for k, v in self.params.model_dump().items() if k in ("ref", "container_ref") and v]
 
     def prepare(self, env) -> dict[str, Any]:
         return {}
@@ -72,10 +114,19 @@ class Fault:
         raise NotImplementedError
 
 
-def node_name(env, node: str | int | None) -> str:
-    """A node parameter as given on the command line ('2', 'barbican-2') → the node's name."""
+def node_in(traits: Traits, node: str | int | None) -> str:
+    """A node parameter as given on the command line ('2', 'barbican-2') -> the node's
+    name; a node the target does not have is refused with the allowed values."""
+    nodes = list(traits.nodes)
     if node is None:
-        return env.nodes[0].name
-    if isinstance(node, int) or str(node).isdigit():
-        return env.node(int(node)).name
-    return env.node(str(node)).name
+        return nodes[0]
+    text = str(node)
+    if text.isdigit() and 1 <= int(text) <= len(nodes):
+        return nodes[int(text) - 1]
+    if text in nodes:
+        return text
+    raise FaultError(f"node '{text}': {traits.name} has nodes 1-{len(nodes)} ({', '.join(nodes)})")
+
+
+def node_name(target, node: str | int | None) -> str:
+    return node_in(traits_of(target), node)

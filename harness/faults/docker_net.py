@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.faults.base import Fault, FaultError, Params, node_name
+from harness.faults.base import Fault, Params, node_name
+from harness.target import Capability
+
+NETWORK = Capability.CONTAINER_NETWORK
 
 
 class PartitionParams(Params):
@@ -26,18 +29,13 @@ class Partition(Fault):
 
     name = "partition"
     Params = PartitionParams
-
-    def check(self, env) -> None:
-        super().check(env)
-        if not hasattr(env.provider, "partition"):
-            raise FaultError(f"fault 'partition' needs the docker provider (a network to cut); "
-                             f"{env.run_id} runs on '{getattr(env.provider, 'name', '?')}'")
+    capabilities = frozenset({Capability.API, NETWORK})
 
     def prepare(self, env) -> dict[str, Any]:
         return {"node": node_name(env, self.params.node)}
 
     def inject(self, env, undo: dict[str, Any]) -> None:
-        env.provider.partition(undo["node"])
+        env.facet(NETWORK).disconnect(undo["node"])
 
     def heal(self, env, undo: dict[str, Any]) -> None:
-        env.provider.heal_partition(undo["node"])
+        env.facet(NETWORK).reconnect(undo["node"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 import signal
 import threading
 from typing import Any, Iterator
@@ -19,9 +20,23 @@ from pydantic import ValidationError
 from harness.faults import fault_class
 from harness.faults.base import Fault, FaultError
 from harness.faults.journal import Journal
+from harness.target import traits_of
 from harness.topology import describe_validation_error
 
 log = logging.getLogger(__name__)
+
+
+def _must_be_the_harness_own(target, fault: str, ref: str) -> None:
+    """An API-state fault on a target the harness does not own changes only what the
+    harness itself wrote there (names under a prefix of its writes journal)."""
+    from harness.writes import Writes
+
+    prefixes = Writes(target.run_dir).prefixes()
+    r = target.session().get(ref, raise_exc=False, timeout=15)
+    name = (r.json().get("name") or "") if r.status_code == 200 else ""
+    if not any(name.startswith(p) for p in prefixes):
+        raise FaultError(f"fault '{fault}': {ref} is not a resource this harness wrote on {target.name} "
+                         f"(HTTP {r.status_code}, name {name!r}); pass --allow-destructive to change it anyway")
 
 
 def make_fault(name: str, params: dict[str, Any] | None = None) -> Fault:
@@ -51,14 +66,48 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@dataclass(frozen=True)
+class Permission:
+    """What a command allows on a target the harness does not own (an existing cloud or
+    deployment); environments of the harness allow everything."""
+
+    allow_destructive: bool = False  # anything beyond API calls on the harness's own data
+    max_nodes: int = 1  # how many nodes one fault may touch
+
+
 class FaultEngine:
-    def __init__(self, env):
+    def __init__(self, env, permission: Permission | None = None):
         self.env = env
+        self.permission = permission or Permission()
         self.journal = Journal(env.run_dir)
+
+    def check(self, fault: Fault, refs: bool = True) -> None:
+        """Everything that can refuse a fault, before anything is journaled or changed: a
+        missing capability, backend or node; on a target the harness does not own, a change
+        beyond the API or to data that is not the harness's own without --allow-destructive,
+        and more nodes than --max-nodes."""
+        traits = traits_of(self.env)
+        fault.check(traits)
+        if not self.env.foreign:
+            return
+        allowed = self.permission
+        if fault.changes_beyond_api() and not allowed.allow_destructive:
+            needs = ", ".join(sorted(c.value for c in fault.capabilities if c.value != "api"))
+            raise FaultError(f"fault '{fault.name}' changes {self.env.name} beyond its API ({needs}): "
+                             "pass --allow-destructive to allow it")
+        touched = fault.scope(traits)
+        if len(touched) > allowed.max_nodes:
+            raise FaultError(f"fault '{fault.name}' touches {len(touched)} nodes ({', '.join(touched)}); "
+                             f"--max-nodes is {allowed.max_nodes}")
+        if refs and not allowed.allow_destructive:
+            for ref in fault.refs():
+                _must_be_the_harness_own(self.env, fault.name, ref)
 
     def inject(self, name: str, params: dict[str, Any] | None = None) -> str:
         fault = make_fault(name, params)
-        fault.check(self.env)
+        # Refused before the journal has an entry: a target that cannot take the fault is
+        # left exactly as it was.
+        self.check(fault)
         fault_id = self.journal.begin(name, fault.params.model_dump())
         undo: dict[str, Any] = {}
         try:

@@ -6,38 +6,37 @@ and barbican-manage share one HSM, as in production."""
 from __future__ import annotations
 
 import datetime as dt
-import shutil
-import subprocess
-import sys
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
 from harness import shim
-from harness.faults.base import Fault, FaultError, Params, node_name
+from harness.faults.base import Fault, Params, node_name
+from harness.target import Capability
+
+SHIM = Capability.HSM_SHIM
+CONFIG = Capability.CONFIG_WRITE
+NODES = Capability.NODE_CONTROL
+TOKEN = Capability.HSM_TOKEN
 
 
 class _ShimFault(Fault):
-    requires = "pkcs11"
-
-    def check(self, env) -> None:
-        super().check(env)
-        if env.provider.shim is None:
-            raise FaultError(f"fault '{self.name}' needs hsm.shim: true in the topology")
+    capabilities = frozenset({Capability.API, SHIM})
+    backend = "pkcs11"
 
     def rules(self) -> list[shim.Rule]:
         raise NotImplementedError
 
     def prepare(self, env) -> dict[str, Any]:
         # Rules already set (another fault) are restored on heal.
-        return {"previous": [r.to_line() for r in env.provider.shim.control.rules()]}
+        return {"previous": [r.to_line() for r in env.facet(SHIM).rules()]}
 
     def inject(self, env, undo: dict[str, Any]) -> None:
-        control = env.provider.shim.control
-        control.set_rules(self.rules() + [shim.Rule.parse(line) for line in undo["previous"]])
+        env.facet(SHIM).set_rules(self.rules() + [shim.Rule.parse(line) for line in undo["previous"]])
 
     def heal(self, env, undo: dict[str, Any]) -> None:
-        env.provider.shim.control.set_rules([shim.Rule.parse(line) for line in undo["previous"]])
+        env.facet(SHIM).set_rules([shim.Rule.parse(line) for line in undo["previous"]])
 
 
 class LatencyParams(Params):
@@ -83,6 +82,11 @@ class HsmError(_ShimFault):
     name = "hsm_error"
     Params = ErrorParams
 
+    def check(self, traits) -> None:
+        super().check(traits)
+        if self.params.restart_nodes_on_heal:
+            traits.require([NODES], what="hsm_error with restart_nodes_on_heal")
+
     def rules(self):
         p = self.params
         return [shim.Rule(fn=p.function, rv=p.code, probability=p.probability, count=p.count, seed=p.seed)]
@@ -91,7 +95,7 @@ class HsmError(_ShimFault):
         super().heal(env, undo)
         if self.params.restart_nodes_on_heal:
             for node in env.nodes:
-                env.provider.restart_node(node.name, None)
+                env.facet(NODES).restart(node.name)
 
 
 class HsmTokenAbsent(_ShimFault):
@@ -134,56 +138,50 @@ class HsmWrongPin(Fault):
 
     name = "hsm_wrong_pin"
     Params = PinParams
-    requires = "pkcs11"
+    backend = "pkcs11"
+    # restart mode: a config change on one node; relogin mode needs more (see check).
+    capabilities = frozenset({Capability.API, CONFIG})
+
+    def check(self, traits) -> None:
+        super().check(traits)
+        if self.params.mode == "relogin":
+            # The shim fails the logins; healing restarts every node.
+            traits.require([SHIM, NODES], what="hsm_wrong_pin mode=relogin")
 
     def prepare(self, env) -> dict[str, Any]:
         undo: dict[str, Any] = {"node": node_name(env, self.params.node)}
         if self.params.mode == "relogin":
-            undo["previous"] = [r.to_line() for r in env.provider.shim.control.rules()]
+            undo["previous"] = [r.to_line() for r in env.facet(SHIM).rules()]
         return undo
 
     def inject(self, env, undo: dict[str, Any]) -> None:
         if self.params.mode == "restart":
+            # PIN + 1 (same length) is never the PIN; it goes only into the node's 0600 config.
             pin = env.ctx.secrets.hsm_pin
             wrong = str((int(pin) + 1) % 10**len(pin)).zfill(len(pin))
-            env.provider.restart_node(undo["node"], {"p11": {"login": wrong}})
+            env.facet(CONFIG).restart_with(undo["node"], {"p11": {"login": wrong}})
             return
         # Re-login happens when Barbican re-initialises the library after an error: one
         # device error forces it, then every C_Login fails with the PIN code.
-        env.provider.shim.control.set_rules([
+        env.facet(SHIM).set_rules([
             shim.Rule(fn="C_Login", rv=self.params.code),
             shim.Rule(fn="C_OpenSession", rv="CKR_DEVICE_ERROR", count=1),
         ])
 
     def heal(self, env, undo: dict[str, Any]) -> None:
         if self.params.mode == "restart":
-            env.provider.restart_node(undo["node"], {})
+            env.facet(CONFIG).restart_with(undo["node"], {})
         else:
-            env.provider.shim.control.set_rules([shim.Rule.parse(line) for line in undo["previous"]])
+            env.facet(SHIM).set_rules([shim.Rule.parse(line) for line in undo["previous"]])
             # The library is left finalised after the failed login; a restart brings a
             # fresh login (what an operator does once the PIN is fixed).
             for node in env.nodes:
-                env.provider.restart_node(node.name, None)
+                env.facet(NODES).restart(node.name)
 
 
 class KeyDeletedParams(Params):
     key: Literal["mkek", "hmac"] = "mkek"
     expire: Literal["restart", "ttl"] = "restart"
-
-
-_DELETE_KEY = """
-import os, sys, pkcs11
-from pkcs11 import ObjectClass
-lib = pkcs11.lib(sys.argv[1])
-token = lib.get_token(token_label=sys.argv[2])
-with token.open(user_pin=os.environ["HARNESS_HSM_PIN"], rw=True) as s:
-    objs = list(s.get_objects({pkcs11.Attribute.CLASS: ObjectClass.SECRET_KEY,
-                               pkcs11.Attribute.LABEL: sys.argv[3]}))
-    if not objs:
-        sys.exit("no key labelled " + sys.argv[3])
-    for o in objs:
-        o.destroy()
-"""
 
 
 class HsmKeyDeleted(Fault):
@@ -197,36 +195,26 @@ class HsmKeyDeleted(Fault):
 
     name = "hsm_key_deleted"
     Params = KeyDeletedParams
-    requires = "pkcs11"
+    capabilities = frozenset({Capability.API, TOKEN, NODES})
+    backend = "pkcs11"
 
     def prepare(self, env) -> dict[str, Any]:
-        softhsm = env.provider.softhsm
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         snapshot = env.run_dir / "faults" / f"token-snapshot-{stamp}"
-        snapshot.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(softhsm.tokens_dir, snapshot)
+        env.facet(TOKEN).snapshot(snapshot)
         return {"snapshot": str(snapshot), "nodes": [n.name for n in env.nodes]}
 
     def inject(self, env, undo: dict[str, Any]) -> None:
-        softhsm = env.provider.softhsm
-        hsm = env.ctx.topology.hsm
-        label = hsm.mkek_label if self.params.key == "mkek" else hsm.hmac_label
-        proc = subprocess.run(
-            [sys.executable, "-c", _DELETE_KEY, softhsm.library, hsm.token_label, label],
-            env=env.ctx.environ(HARNESS_HSM_PIN=env.ctx.secrets.hsm_pin, **softhsm.env()),
-            capture_output=True, text=True, timeout=60)
-        if proc.returncode != 0:
-            raise FaultError(f"could not delete '{label}' from the token: {proc.stderr.strip()[-300:]}")
+        token = env.facet(TOKEN)
+        token.delete_key(token.mkek_label if self.params.key == "mkek" else token.hmac_label)
         if self.params.expire == "restart":
             for node in undo["nodes"]:
-                env.provider.restart_node(node, None)
+                env.facet(NODES).restart(node)
 
     def heal(self, env, undo: dict[str, Any]) -> None:
-        tokens = env.provider.softhsm.tokens_dir
-        # SoftHSM must not have the token open while its files are replaced.
+        # The token must not be open while its files are replaced.
         for node in undo["nodes"]:
-            env.provider.node(node).stop()
-        shutil.rmtree(tokens)
-        shutil.copytree(undo["snapshot"], tokens)
+            env.facet(NODES).stop(node)
+        env.facet(TOKEN).restore(Path(undo["snapshot"]))
         for node in undo["nodes"]:
-            env.provider.restart_node(node, None)
+            env.facet(NODES).restart(node)

@@ -6,6 +6,9 @@ from typing import Any
 
 from harness.context import fernet_key
 from harness.faults.base import Fault, FaultError, Params, node_name
+from harness.target import Capability, Traits
+
+CONFIG = Capability.CONFIG_WRITE
 
 
 class NodeParams(Params):
@@ -23,17 +26,18 @@ class KekMismatch(Fault):
 
     name = "kek_mismatch"
     Params = NodeParams
-    requires = "simple_crypto"
-
-    def inject(self, env, undo: dict[str, Any]) -> None:
-        # A fresh KEK nobody else has; kept in memory and the node's 0600 config only.
-        env.provider.restart_node(undo["node"], {"keks": [fernet_key()]})
+    capabilities = frozenset({Capability.API, CONFIG})
+    backend = "simple_crypto"
 
     def prepare(self, env) -> dict[str, Any]:
         return {"node": node_name(env, self.params.node)}
 
+    def inject(self, env, undo: dict[str, Any]) -> None:
+        # A fresh KEK nobody else has; kept in memory and the node's 0600 config only.
+        env.facet(CONFIG).restart_with(undo["node"], {"keks": [fernet_key()]})
+
     def heal(self, env, undo: dict[str, Any]) -> None:
-        env.provider.restart_node(undo["node"], {})
+        env.facet(CONFIG).restart_with(undo["node"], {})
 
 
 class KekRotationWithoutRewrap(Fault):
@@ -46,7 +50,8 @@ class KekRotationWithoutRewrap(Fault):
     """
 
     name = "kek_rotation_without_rewrap"
-    requires = "simple_crypto"
+    capabilities = frozenset({Capability.API, CONFIG})
+    backend = "simple_crypto"
 
     def prepare(self, env) -> dict[str, Any]:
         return {"nodes": [n.name for n in env.nodes]}
@@ -54,11 +59,15 @@ class KekRotationWithoutRewrap(Fault):
     def inject(self, env, undo: dict[str, Any]) -> None:
         new = fernet_key()
         for node in undo["nodes"]:
-            env.provider.restart_node(node, {"keks": [new]})
+            env.facet(CONFIG).restart_with(node, {"keks": [new]})
 
     def heal(self, env, undo: dict[str, Any]) -> None:
         for node in undo["nodes"]:
-            env.provider.restart_node(node, {})
+            env.facet(CONFIG).restart_with(node, {})
+
+
+# Store backends that are crypto plugins of store_crypto, by the plugin's name.
+CRYPTO_PLUGINS = {"simple_crypto": "simple_crypto", "pkcs11": "p11_crypto"}
 
 
 class PluginParams(Params):
@@ -75,24 +84,25 @@ class CryptoPluginRemoved(Fault):
 
     name = "crypto_plugin_removed"
     Params = PluginParams
+    capabilities = frozenset({Capability.API, CONFIG})
 
-    def check(self, env) -> None:
-        plugins = {"simple_crypto": "simple_crypto", "pkcs11": "p11_crypto"}
-        configured = [plugins[b] for b in env.backends if b in plugins]
+    def check(self, traits: Traits) -> None:
+        super().check(traits)
+        configured = [CRYPTO_PLUGINS[b] for b in traits.backends if b in CRYPTO_PLUGINS]
         if self.params.plugin not in configured or len(configured) < 2:
-            raise FaultError(f"fault 'crypto_plugin_removed' needs a topology with '{self.params.plugin}' "
-                             f"and another crypto plugin; {env.ctx.topology.name} has {configured}")
+            raise FaultError(f"fault 'crypto_plugin_removed' needs a target with crypto plugin "
+                             f"'{self.params.plugin}' and another one; {traits.name} has {configured}")
 
     def prepare(self, env) -> dict[str, Any]:
-        plugins = {"simple_crypto": "simple_crypto", "pkcs11": "p11_crypto"}
-        remaining = [plugins[b] for b in env.backends if b in plugins and plugins[b] != self.params.plugin]
+        remaining = [CRYPTO_PLUGINS[b] for b in env.backends
+                     if b in CRYPTO_PLUGINS and CRYPTO_PLUGINS[b] != self.params.plugin]
         return {"nodes": [n.name for n in env.nodes], "remaining": remaining}
 
     def inject(self, env, undo: dict[str, Any]) -> None:
         # One store, on the remaining plugin: what an operator who "switched" backends runs.
         for node in undo["nodes"]:
-            env.provider.restart_node(node, {"single_store_crypto": undo["remaining"]})
+            env.facet(CONFIG).restart_with(node, {"single_store_crypto": undo["remaining"]})
 
     def heal(self, env, undo: dict[str, Any]) -> None:
         for node in undo["nodes"]:
-            env.provider.restart_node(node, {})
+            env.facet(CONFIG).restart_with(node, {})

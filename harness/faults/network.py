@@ -7,17 +7,29 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from harness.faults.base import Fault, Params
+from harness.faults.base import Fault, FaultError, Params
+from harness.target import Capability, Traits
+
+LINKS = Capability.NETWORK_LINKS
 
 
-class _LinkDown(Fault):
+class _LinkFault(Fault):
     link: ClassVar[str]
+    capabilities = frozenset({Capability.API, LINKS})
 
+    def check(self, traits: Traits) -> None:
+        super().check(traits)
+        if self.link not in traits.links:
+            raise FaultError(f"fault '{self.name}' needs the '{self.link}' link; "
+                             f"{traits.name} has links {list(traits.links)}")
+
+
+class _LinkDown(_LinkFault):
     def inject(self, env, undo: dict[str, Any]) -> None:
-        env.provider.links.get(self.link).disable()
+        env.facet(LINKS).get(self.link).disable()
 
     def heal(self, env, undo: dict[str, Any]) -> None:
-        env.provider.links.get(self.link).enable()
+        env.facet(LINKS).get(self.link).enable()
 
 
 class KeystoneOutage(_LinkDown):
@@ -42,7 +54,7 @@ class KmipOutage(_LinkDown):
 
     name = "kmip_outage"
     link = "kmip"
-    requires = "kmip"
+    backend = "kmip"
 
 
 class QueueOutage(_LinkDown):
@@ -51,7 +63,7 @@ class QueueOutage(_LinkDown):
 
     name = "queue_outage"
     link = "queue"
-    requires = "async_orders"
+    needs_worker = True
 
 
 class LatencyParams(Params):
@@ -59,17 +71,16 @@ class LatencyParams(Params):
     jitter: int = Field(0, ge=0)
 
 
-class _LinkLatency(Fault):
-    link: ClassVar[str]
+class _LinkLatency(_LinkFault):
     Params = LatencyParams
 
     def inject(self, env, undo: dict[str, Any]) -> None:
-        env.provider.links.get(self.link).add_toxic(
+        env.facet(LINKS).get(self.link).add_toxic(
             type="latency", name=f"{self.name}", stream="downstream",
             attributes={"latency": self.params.ms, "jitter": self.params.jitter})
 
     def heal(self, env, undo: dict[str, Any]) -> None:
-        proxy = env.provider.links.get(self.link)
+        proxy = env.facet(LINKS).get(self.link)
         if self.name in proxy.toxics():
             proxy.destroy_toxic(self.name)
 

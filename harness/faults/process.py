@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import signal
 from typing import Any
 
-from harness.faults.base import Fault, FaultError, Params, node_name
+from harness.faults.base import Fault, Params, node_name
+from harness.target import Capability
+
+NODES = Capability.NODE_CONTROL
 
 
 class NodeParams(Params):
     node: str = "1"
-
-
-def _signal_group(service, sig: int, provider=None) -> None:
-    # Providers that are not made of local process groups say what a signal means for
-    # them (Docker: SIGKILL = container kill, SIGSTOP/SIGCONT = pause/unpause).
-    send = getattr(provider, "signal_service", None)
-    if send is not None:
-        send(service, sig)
-        return
-    for proc in service.processes:
-        if proc.record:
-            try:
-                os.killpg(proc.record.pid, sig)
-            except ProcessLookupError as exc:
-                raise FaultError(f"{service.name} is not running") from exc
 
 
 class NodeKill(Fault):
@@ -34,15 +20,16 @@ class NodeKill(Fault):
 
     name = "node_kill"
     Params = NodeParams
+    capabilities = frozenset({Capability.API, NODES})
 
     def prepare(self, env) -> dict[str, Any]:
         return {"node": node_name(env, self.params.node)}
 
     def inject(self, env, undo: dict[str, Any]) -> None:
-        _signal_group(env.provider.node(undo["node"]), signal.SIGKILL, env.provider)
+        env.facet(NODES).kill(undo["node"])
 
     def heal(self, env, undo: dict[str, Any]) -> None:
-        env.provider.restart_node(undo["node"], None)
+        env.facet(NODES).restart(undo["node"])
 
 
 class NodePause(Fault):
@@ -51,15 +38,16 @@ class NodePause(Fault):
 
     name = "node_pause"
     Params = NodeParams
+    capabilities = frozenset({Capability.API, NODES})
 
     def prepare(self, env) -> dict[str, Any]:
         return {"node": node_name(env, self.params.node)}
 
     def inject(self, env, undo: dict[str, Any]) -> None:
-        _signal_group(env.provider.node(undo["node"]), signal.SIGSTOP, env.provider)
+        env.facet(NODES).pause(undo["node"])
 
     def heal(self, env, undo: dict[str, Any]) -> None:
-        _signal_group(env.provider.node(undo["node"]), signal.SIGCONT, env.provider)
+        env.facet(NODES).resume(undo["node"])
 
 
 class WorkerDown(Fault):
@@ -67,16 +55,16 @@ class WorkerDown(Fault):
     stay PENDING with no secret_ref until a worker consumes the queue again."""
 
     name = "worker_down"
-    requires = "async_orders"
+    capabilities = frozenset({Capability.API, NODES})
+    needs_worker = True
+
+    def prepare(self, env) -> dict[str, Any]:
+        return {"workers": env.facet(NODES).workers()}
 
     def inject(self, env, undo: dict[str, Any]) -> None:
-        for worker in env.provider.workers:
-            _signal_group(worker, signal.SIGKILL, env.provider)
+        for worker in undo["workers"]:
+            env.facet(NODES).kill_worker(worker)
 
     def heal(self, env, undo: dict[str, Any]) -> None:
-        for worker in env.provider.workers:
-            worker.stop()
-            worker.processes.clear()
-            worker.start()
-            worker.wait_healthy(90)
-        env.provider.on_change()
+        for worker in undo["workers"]:
+            env.facet(NODES).restart_worker(worker)

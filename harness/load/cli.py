@@ -16,7 +16,6 @@ import re
 from pathlib import Path
 from typing import Optional
 
-import yaml
 
 from harness.errors import HarnessError
 from harness.load.thresholds import Threshold, parse_error_ratio, parse_p95
@@ -37,48 +36,6 @@ def parse_duration(text: str | float | int) -> float:
     if value <= 0:
         raise HarnessError(f"--duration '{text}': must be more than 0 s")
     return value
-
-
-def read_timeline(path: Path) -> tuple[list, float | None]:
-    """The `timeline:` of a scenario file as TimelineEvents (and its `duration:` if any).
-
-    Only faults: a timeline `operation` (KEK rotation ...) or a parameter naming a seeded
-    item ("@secret[0]") belongs to the scenario runner, which seeds those items."""
-    from harness.faults.engine import make_fault
-    from harness.timeline import TimelineEvent
-
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise HarnessError(f"--scenario {path}: cannot read it: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("timeline"), list):
-        raise HarnessError(f"--scenario {path}: expected a top-level 'timeline:' list of "
-                           "{at, fault, params, heal_at}")
-    events = []
-    for i, item in enumerate(data["timeline"]):
-        where = f"{path}: timeline[{i}]"
-        if not isinstance(item, dict):
-            raise HarnessError(f"{where}: expected a mapping {{at, fault, params, heal_at}}")
-        if "operation" in item:
-            raise HarnessError(f"{where}: operations ({item['operation']}) run only in scenarios "
-                               "(barbican-harness run); a load timeline takes faults")
-        unknown = set(item) - {"at", "fault", "params", "heal_at"}
-        if unknown:
-            raise HarnessError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: at, fault, params, heal_at")
-        if "fault" not in item or "at" not in item:
-            raise HarnessError(f"{where}: 'at' and 'fault' are required")
-        params = item.get("params") or {}
-        refs = [k for k, v in params.items() if isinstance(v, str) and v.startswith("@")]
-        if refs:
-            raise HarnessError(f"{where}: params {refs} name seeded items, which only the scenario runner makes")
-        make_fault(item["fault"], params)  # unknown fault or bad parameter: reported before anything starts
-        at = float(item["at"])
-        heal_at = float(item["heal_at"]) if item.get("heal_at") is not None else None
-        if heal_at is not None and heal_at <= at:
-            raise HarnessError(f"{where}: heal_at ({heal_at:g}) must come after at ({at:g})")
-        events.append(TimelineEvent(at, item["fault"], params, heal_at))
-    duration = data.get("duration")
-    return events, float(duration) if duration else None
 
 
 def build_thresholds(max_error_ratio: list[str], max_p95_ms: list[str]) -> list[Threshold]:
@@ -104,35 +61,48 @@ def parse_weights(items: list[str]) -> dict[str, int]:
 def load_command(run_id: Optional[str], env_path: Optional[Path], scenario: Optional[Path], users: int,
                  spawn_rate: float, duration: Optional[str], workers: int = 0,
                  max_error_ratio: list[str] | None = None, max_p95_ms: list[str] | None = None, *,
-                 seed: Optional[int] = None, weight: list[str] | None = None, barbican: Optional[str] = None,
-                 console=None, out=None) -> int:
-    """The body of `barbican-harness load`; returns the exit code (raises HarnessError on usage errors)."""
+                 seed: Optional[int] = None, weight: list[str] | None = None, console=None, out=None,
+                 target=None, permission=None, dry_run: bool = False, barbican: Optional[str] = None) -> int:
+    """The body of `barbican-harness load`; returns the exit code (raises HarnessError on usage
+    errors). `target`: a cloud or deployment opened by the caller (instead of --run/--env)."""
     from rich.console import Console
 
     from harness.environment import Environment
     from harness.load.driver import run_load
     from harness.progress import RichProgress
     from harness.report import build_report
+    from harness.timeline import read_fault_timeline
 
     console = console or Console(stderr=True, soft_wrap=True)
     out = out or Console(soft_wrap=True)
-    if bool(run_id) == bool(env_path):
-        raise HarnessError("load: name exactly one target: --run RUN_ID (an environment that is up) "
-                           "or --env PATH (a topology to bring up for this load)")
+    if [bool(run_id), bool(env_path), target is not None].count(True) != 1:
+        raise HarnessError("load: name exactly one target: --run RUN_ID (an environment that is up), "
+                           "--env PATH (a topology to bring up for this load), --cloud NAME or --deployment FILE")
     if barbican and not env_path:
-        raise HarnessError("load: --barbican chooses the build of an environment --env brings up; "
-                           "a running one (--run) already has its build")
+        raise HarnessError("load: --barbican chooses the build of the environment --env brings up; "
+                           "a target that is up already runs its own")
     thresholds = build_thresholds(max_error_ratio or [], max_p95_ms or [])
     weights = parse_weights(weight or [])
-    events, scenario_duration = read_timeline(scenario) if scenario else ([], None)
+    events, scenario_duration = read_fault_timeline(scenario) if scenario else ([], None)
     if duration is None and scenario_duration is None:
         raise HarnessError("load: --duration is required (or a scenario with a 'duration:')")
     seconds = parse_duration(duration) if duration is not None else scenario_duration
+    if run_id:
+        target = Environment.attach(run_id)
+    if dry_run:
+        if target is None:
+            raise HarnessError("load: --dry-run plans a load on a target that is up (--run, --cloud, --deployment)")
+        from harness.load.driver import DEFAULT_WEIGHTS
+        from harness.plan import load_plan
+
+        out.print(load_plan(target, users, seconds, {**DEFAULT_WEIGHTS, **weights}, events, thresholds).render(),
+                  markup=False, highlight=False)
+        return 0
     with RichProgress(console) as progress:
-        env = Environment.attach(run_id) if run_id else Environment.up(env_path, progress=progress, barbican=barbican)
+        env = target if target is not None else Environment.up(env_path, progress=progress, barbican=barbican)
         try:
             result = run_load(env, users, spawn_rate, seconds, workers, events, thresholds, progress=progress,
-                              seed=seed, weights=weights)
+                              seed=seed, weights=weights, permission=permission)
             with progress.step("report"):
                 report = build_report(env.run_dir)
         finally:

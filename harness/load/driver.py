@@ -2,7 +2,7 @@
 + the integrity ledger.
 
     result = run_load(env, users=20, spawn_rate=10, duration=60,
-                      timeline_events=[TimelineEvent(15, "hsm_latency", {...}, heal_at=30)],
+                      timeline_events=[Event(at=15, fault="hsm_latency", params={...}, heal_at=30)],
                       thresholds=[Threshold("error_ratio", 0.01, phase="outside")])
 
 Steps: the writer role makes the consumers' fixtures (TLS containers with an ACL, LUKS
@@ -38,7 +38,10 @@ from harness.load.series import AGGREGATED, Series, overlaps
 from harness.load.thresholds import Threshold, Verdict, evaluate
 from harness.progress import Progress
 from harness.redact import mask
-from harness.timeline import TimelineEvent, TimelineRunner
+from harness.target import Capability
+from harness.timeline import Event, Timeline
+from harness.wait import wait_until
+from harness.writes import Writes, clean_up, new_prefix
 
 CONFIG_ENV = "BARBICAN_LOAD_CONFIG"
 RESULT_FILE = "result.json"
@@ -118,14 +121,31 @@ def _roles(env) -> dict[str, str]:
     return {"writer": writer, "luks": writer, "service": "service", "order_admin": "admin"}
 
 
+# User classes that need a role beyond the writer, and the fixtures they read.
+NEEDS_ROLE = {"octavia": "service", "orders": "order_admin"}
+
+
+def usable_weights(env, weights: dict[str, int]) -> tuple[dict[str, int], list[str]]:
+    """On a target whose targets file lacks a role, the classes needing it are switched off
+    (and said so): an existing cloud may not give the harness an Octavia or admin user."""
+    roles, notes, out = _roles(env), [], dict(weights)
+    for cls, key in NEEDS_ROLE.items():
+        if out.get(cls) and roles[key] not in env.roles:
+            out[cls] = 0
+            notes.append(f"user class '{cls}' off: {env.name} has no role '{roles[key]}'")
+    if not any(out.values()):
+        raise HarnessError(f"load: no user class can run on {env.name} ({'; '.join(notes)})")
+    return out, notes
+
+
 def run_load(env, users: int, spawn_rate: float, duration: float, workers: int = 0,
-             timeline_events: list[TimelineEvent] | tuple = (), thresholds: list[Threshold] | tuple = (),
+             timeline_events: list[Event] | tuple = (), thresholds: list[Threshold] | tuple = (),
              out_dir: Path | str | None = None, *, weights: dict[str, int] | None = None, seed: int | None = None,
              wait: tuple[float, float] = (0.1, 0.5), request_timeout: float = 15.0,
              fixtures: tuple[int, int] = (4, 16), consumer_probability: float = 0.2,
              stop_timeout: float = 30.0, start_timeout: float = 120.0, check_ledger: bool = True,
-             progress: Progress | None = None) -> LoadResult:
-    from harness.faults.engine import sigterm_as_interrupt
+             progress: Progress | None = None, permission=None) -> LoadResult:
+    from harness.faults.engine import FaultEngine, make_fault, sigterm_as_interrupt
 
     if users < 1 or spawn_rate <= 0 or duration <= 0 or workers < 0:
         raise HarnessError("load: users >= 1, spawn rate > 0, duration > 0 and workers >= 0 are required")
@@ -138,19 +158,31 @@ def run_load(env, users: int, spawn_rate: float, duration: float, workers: int =
     for e in events:
         if e.at >= duration:
             raise HarnessError(f"load: fault '{e.fault}' at {e.at:g} s is after the end of the load ({duration:g} s)")
+        if e.operation:
+            raise HarnessError(f"load: operation '{e.operation}': a load timeline takes faults only")
+        # Before anything starts: a fault this target cannot take (or may not, on a target
+        # the harness does not own) is refused now.
+        FaultEngine(env, permission).check(make_fault(e.fault, e.params))
     result = LoadResult(out, {
         "users": users, "spawn_rate": spawn_rate, "duration": duration, "workers": workers, "seed": seed,
         "weights": weights, "wait": list(wait), "thresholds": [t.to_dict() for t in thresholds],
-        "timeline": [{"at": e.at, "fault": e.fault, "params": e.params, "heal_at": e.heal_at} for e in events],
+        "timeline": [e.model_dump(exclude_none=True) for e in events],
         "run_id": env.run_id, "started": dt.datetime.now(dt.timezone.utc).isoformat()})
-    result.environment = _environment_facts(env)
+    result.environment = env.facts()
 
     roles = _roles(env)
-    ledger = Ledger(out / "ledger")
+    weights, notes = usable_weights(env, weights)
+    result.params["weights"], result.params["notes"] = weights, notes
+    prefix = new_prefix() if env.foreign else None
+    ledger = Ledger(out / "ledger", prefix=prefix)
+    writes = Writes(env.run_dir) if env.foreign else None
+    used_roles = sorted({r for r in roles.values() if r in env.roles})
+    if writes is not None:
+        writes.open(ledger.prefix, used_roles, f"load {out.name}")
     with progress.step("load fixtures: TLS containers with ACL, LUKS keys"):
-        reader_id = env.session(roles["service"]).get_user_id()
+        reader_id = env.session(roles["service"]).get_user_id() if weights.get("octavia") else None
         fx = make_fixtures(env, ledger, writer=roles["writer"], reader_user_id=reader_id,
-                           containers=fixtures[0], luks_keys=fixtures[1])
+                           containers=fixtures[0] if reader_id else 0, luks_keys=fixtures[1])
     config_path = out / "load-config.json"
     started_file = out / "started"
     series_dir = out / "series"
@@ -159,20 +191,19 @@ def run_load(env, users: int, spawn_rate: float, duration: float, workers: int =
         "nodes": [{"name": n.name, "url": n.url} for n in env.nodes],
         "credentials": {role: {"username": c.username, "project": c.project, "password": c.password,
                                "domain": c.domain}
-                        for role, c in env.credentials.items() if role in set(roles.values())},
+                        for role, c in env.credentials.items() if role in used_roles},
         "roles": roles, "weights": weights, "seed": seed, "wait": list(wait), "timeout": request_timeout,
         "consumer_probability": consumer_probability, "fixtures": fx.to_dict(),
         "ledger_dir": str(ledger.directory), "series_dir": str(series_dir), "started_file": str(started_file),
         "run_time": duration, "rotation_file": str(rotation_file(env.run_dir)),
     })
 
-    shim = getattr(env.provider, "shim", None)
-    sampler = HsmSampler(shim.control) if shim is not None else None
+    sampler = HsmSampler(env.facet(Capability.HSM_SHIM)) if Capability.HSM_SHIM in env.capabilities else None
     # Node URLs are IP literals: resolve them in-line rather than through gevent's thread pool.
-    procs = LocustProcesses(out, env.ctx.environ(**{CONFIG_ENV: str(config_path), "GEVENT_RESOLVER": "block"}), users=users,
+    procs = LocustProcesses(out, env.environ(**{CONFIG_ENV: str(config_path), "GEVENT_RESOLVER": "block"}), users=users,
                             spawn_rate=spawn_rate, host=env.nodes[0].url, workers=workers,
                             stop_timeout=stop_timeout)
-    timeline: TimelineRunner | None = None
+    timeline: Timeline | None = None
     try:
         with sigterm_as_interrupt():
             if sampler:
@@ -182,7 +213,7 @@ def run_load(env, users: int, spawn_rate: float, duration: float, workers: int =
                 result.locust["pids"] = procs.pids()
                 result.started_wall = procs.wait_started(started_file, start_timeout)
             if events:
-                timeline = TimelineRunner(env, list(events), duration)
+                timeline = Timeline(env, list(events), duration, seed=seed, permission=permission)
                 timeline.start()
             faults = ", ".join(e.fault for e in events) or "no faults"
             with progress.step(f"load: {users} users for {duration:g} s ({faults})"):
@@ -229,32 +260,25 @@ def run_load(env, users: int, spawn_rate: float, duration: float, workers: int =
             _wait_serving(env, roles["writer"])
             checked = LedgerChecker(ledger, env).check()
             result.ledger = {**checked.summary(), "entries": _ledger_counts(ledger), "prefix": ledger.prefix}
+    if writes is not None:
+        with progress.step(f"delete what the load wrote ({ledger.prefix})"):
+            removed = clean_up(env, ledger.prefix, used_roles)
+            result.params["cleaned_up"] = removed
+            if removed["failed"]:
+                result.errors.append(f"clean-up: {removed['failed']} resource(s) under {ledger.prefix} not deleted")
+            else:
+                writes.close(ledger.prefix, removed)
     result.save()
     return result
 
 
-def _environment_facts(env) -> dict:
-    topo = env.ctx.topology
-    return {"run_id": env.run_id, "topology": topo.name, "provider": env.state.get("provider", "local"),
-            "backends": list(env.backends), "policy": env.policy, "barbican_version": env.ctx.barbican_build.label,
-            "nodes": [{"name": n.name, "url": n.url} for n in env.nodes], "keystone_url": env.keystone_url}
-
-
 def _wait_serving(env, role: str, timeout: float = 60.0) -> None:
     """Before the ledger check, every node answers again (a killed node was restarted)."""
-    deadline = time.monotonic() + timeout
     sess = env.session(role)
     for node in env.nodes:
-        while True:
-            try:
-                r = sess.get(node.url + "/v1/secrets", params={"limit": 1}, raise_exc=False, timeout=10)
-                if r.status_code == 200:
-                    break
-            except Exception:  # noqa: BLE001 - retried until the deadline
-                pass
-            if time.monotonic() > deadline:
-                raise HarnessError(f"ledger check: {node.name} does not answer after heal ({timeout:.0f} s)")
-            time.sleep(0.5)
+        wait_until(lambda node=node: sess.get(node.url + "/v1/secrets", params={"limit": 1}, raise_exc=False,
+                                              timeout=10).status_code == 200,
+                   timeout=timeout, interval=0.5, what=f"ledger check: {node.name} answers after heal")
 
 
 def _ledger_counts(ledger: Ledger) -> dict:
@@ -332,7 +356,3 @@ def read_locust_failures(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return [{"method": r.get("Method", ""), "name": r.get("Name", ""), "error": mask(r.get("Error", ""))[:300],
                  "occurrences": int(r.get("Occurrences") or 0)} for r in csv.DictReader(f)]
-
-
-def load_result(out_dir: Path) -> dict:
-    return json.loads((Path(out_dir) / RESULT_FILE).read_text())

@@ -12,6 +12,7 @@ import harness
 from harness.errors import HarnessError
 from harness.ports import free_port
 from harness.procs import ManagedProcess
+from harness.wait import wait_until
 
 LOCUSTFILE = Path(harness.__file__).resolve().parent.parent / "load" / "locustfile.py"
 
@@ -63,18 +64,15 @@ class LocustProcesses:
 
     def wait_started(self, marker: Path, timeout: float) -> float:
         """Wall-clock time the load started (written by the locustfile on test_start)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if marker.exists():
-                text = marker.read_text().strip()
-                if text:
-                    return float(text)
-            for p in self.all:
-                if not p.alive():
-                    raise LocustError(f"{p.name} exited before the load started "
-                                      f"(exit {p.popen.returncode if p.popen else '?'}):\n{self.tail(p)}")
-            time.sleep(0.05)
-        raise LocustError(f"Locust did not start the load within {timeout:.0f} s:\n{self.tail(self.master)}")
+        def exited() -> str | None:
+            dead = next((p for p in self.all if not p.alive()), None)
+            return None if dead is None else \
+                f"{dead.name} exited (exit {dead.popen.returncode if dead.popen else '?'}):\n{self.tail(dead)}"
+
+        started = wait_until(lambda: marker.exists() and marker.read_text().strip(), timeout=timeout,
+                             interval=0.05, what="Locust starts the load", gave_up=exited,
+                             log=lambda: self.tail(self.master), error=LocustError)
+        return float(started)
 
     def wait(self, timeout: float) -> int | None:
         """Wait for the master (then the workers); None when it had to be killed."""

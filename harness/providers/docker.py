@@ -51,6 +51,7 @@ from harness.progress import Progress
 from harness.providers.sequence import StartSequence
 from harness.services.barbican import BarbicanConfig
 from harness.services.keystone import REGION, write_key_repository
+from harness.services.links import link_upstreams
 
 LABEL_RUN = "barbican-harness.run"
 LABEL_SERVICE = "barbican-harness.service"
@@ -1262,6 +1263,7 @@ class DockerBarbicanWorker(DockerBarbicanNode):
 class DockerProvider(StartSequence):
     name = "docker"
     unit = " container"
+    supports_partition = True
 
     def __init__(self, ctx: RunContext, on_change: Callable[[], None] = lambda: None):
         self.ctx = ctx
@@ -1282,13 +1284,8 @@ class DockerProvider(StartSequence):
             self.rabbit = DockerRabbit(self.rt)
         self.proxy = DockerProxy(self.rt)
         self.links = DockerLinks(ctx, self.proxy)
-        self.links.add("keystone", "keystone")
-        if topo.database == "mariadb":
-            self.links.add("db", "mariadb")
-        if self.kmip:
-            self.links.add("kmip", "kmip")
-        if self.rabbit:
-            self.links.add("queue", "rabbitmq_amqp")
+        for link, upstream in link_upstreams(topo).items():
+            self.links.add(link, upstream)
         self.keystone.via_proxy_port = self.links.port("keystone")
         self.config = BarbicanConfig(
             ctx, DatabaseInside(self.database), KeystoneInside(self.keystone),
@@ -1405,6 +1402,7 @@ class DockerProvider(StartSequence):
         """What process faults send, as container operations (see ContainerService.signal)."""
         service.signal(sig)
         self.on_change()
+
 
     # -- partition (harness.faults.docker_net) --------------------------------------------
     def partition(self, name: str) -> None:

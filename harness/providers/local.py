@@ -8,9 +8,11 @@ even if this process dies half-way.
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 from harness.context import RunContext
+from harness.errors import HarnessError
 from harness.procs import ProcessRecord, stop_record
 from harness.providers.sequence import StartSequence
 from harness.services.barbican import BarbicanConfig, BarbicanNode, BarbicanWorker
@@ -21,6 +23,7 @@ from harness.services.keystone import Keystone
 
 class LocalProvider(StartSequence):
     name = "local"
+    supports_partition = False  # no network of its own to cut: everything is on loopback
 
     def __init__(self, ctx: RunContext, on_change: Callable[[], None] = lambda: None):
         self.ctx = ctx
@@ -45,19 +48,14 @@ class LocalProvider(StartSequence):
             from harness.services.rabbitmq import RabbitMQ
 
             self.rabbit = RabbitMQ(ctx)
-        from harness.services.links import Links
+        from harness.services.links import Links, link_upstreams
         from harness.services.proxy import proxy_for
 
         self.proxy = proxy_for(ctx)
         self.links = Links(ctx, self.proxy)
-        self.links.add("keystone", "keystone")
+        for link, upstream in link_upstreams(topo).items():
+            self.links.add(link, upstream)
         self.keystone.internal_url = self.keystone.url_on(self.links.port("keystone"))
-        if topo.database == "mariadb":
-            self.links.add("db", "mariadb")
-        if self.kmip:
-            self.links.add("kmip", "kmip")
-        if self.rabbit:
-            self.links.add("queue", "rabbitmq_amqp")
         self.config = BarbicanConfig(ctx, self.database, self.keystone, softhsm=self.softhsm,
                                      kmip=self.kmip, rabbit=self.rabbit, shim=self.shim, links=self.links)
         self.nodes = [BarbicanNode(ctx, self.config, i + 1) for i in range(topo.barbican.nodes)]
@@ -136,6 +134,15 @@ class LocalProvider(StartSequence):
             node.restart(overrides, timeout)
         finally:
             self.on_change()
+
+    def signal_service(self, service, sig: int) -> None:
+        """A signal to every process group of a service (uWSGI's workers included)."""
+        for proc in service.processes:
+            if proc.record:
+                try:
+                    os.killpg(proc.record.pid, sig)
+                except ProcessLookupError:
+                    raise HarnessError(f"{service.name} is not running") from None
 
     def down(self, timeout: float = 10.0) -> None:
         # Reverse start order: API nodes first, database last.

@@ -59,6 +59,19 @@ class StartSequence:
         """Run `barbican-manage` commands, in order, with the first node's config."""
         raise NotImplementedError
 
+    def restart_worker(self, name: str, timeout: float = 90.0) -> None:
+        """Start a worker again (after a kill): it is ready once it consumes its queue."""
+        worker = next((w for w in self.workers if w.name == name), None)
+        if worker is None:
+            raise KeyError(name)
+        try:
+            worker.stop()
+            worker.processes.clear()  # the local provider's records of the dead process
+            worker.start()
+            worker.wait_healthy(timeout)
+        finally:
+            self.on_change()
+
     # -- the order ----------------------------------------------------------------------------
     def up(self, progress: Progress, seed_identity: Callable[[], None]) -> None:
         unit = self.unit

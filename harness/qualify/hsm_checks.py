@@ -26,6 +26,7 @@ from typing import Any
 
 from harness import shim
 from harness.identity import session_for
+from harness.target import Capability
 
 # Barbican's message when _call_pkcs11 re-initialises (barbican/plugin/crypto/p11_crypto.py,
 # with the text of pkcs11._check_error).
@@ -422,7 +423,7 @@ def _per_op(stats: dict[str, dict], n: int) -> dict[str, Any]:
 def hsm_calls_per_operation(env, n: int = 20, fresh_projects: int = 3) -> dict[str, dict]:
     """Sequential batches through the first node, counters reset before each batch:
     store (project KEK cached), get, delete, and the first store of a new project."""
-    control = env.provider.shim.control
+    control = env.facet(Capability.HSM_SHIM)
     client = env.barbican(node=env.nodes[0].name)
     out: dict[str, dict] = {}
     client.secrets.create(name="qualify-warm", payload=b"w" * PAYLOAD_BYTES).store()  # project KEK exists
@@ -496,7 +497,7 @@ def _log_since(env, node: str, offset: int) -> str:
 def transient_fault(env, fn: str, code: str, op: str, log_wait: float = 10.0) -> Row:
     """One `code` from `fn` (shim rule count=1) during one `op` ("store" or "get") on the first
     node: the request must succeed and the node's log must show the re-initialisation."""
-    control = env.provider.shim.control
+    control = env.facet(Capability.HSM_SHIM)
     node = env.nodes[0]
     client = env.barbican(node=node.name)
     session = env.session()

@@ -6,7 +6,8 @@
                               run_dir/junit.xml         one testcase per load threshold
     latest_report() -> the newest report.html
 
-Inputs: state.json (the environment), verdict.json if a scenario runner wrote one, and
+Inputs: state.json (the environment), verdict.json (harness.report.verdicts) of a scenario,
+a campaign or a gate, and
 every load run under load/*/result.json (harness.load). The environment's secrets are
 registered with the redactor first and every file written goes through redact.mask.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.redact import mask
+from harness.report.verdicts import VerdictFile
 
 REPORT = "report.html"
 
@@ -79,7 +81,7 @@ def build_report(run_dir: str | Path) -> Path:
     run_dir = _resolve(run_dir)
     _register_secrets(run_dir)
     state = _read_json(run_dir / "state.json") or {}
-    verdict = _read_json(run_dir / "verdict.json") if (run_dir / "verdict.json").exists() else None
+    verdict = VerdictFile.read(run_dir)
     loads = load_runs(run_dir)
     gate = _read_json(run_dir / "upgrade-gate.json")  # harness.upgrade's report, when the run was a gate
     html = page.render(run_dir, state, verdict, loads, gate)

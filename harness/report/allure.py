@@ -18,6 +18,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from harness.redact import mask
+from harness.report.verdicts import VerdictFile
 
 # Patterns on the failure messages the harness writes (threshold breaches name the
 # faults of the window and the error classes; ledger failures say lost/corrupted) and
@@ -104,27 +105,18 @@ def _cases(loads: list[dict]) -> list[dict]:
     return cases
 
 
-def verdict_cases(verdict: object | None) -> list[dict]:
-    """One case per scenario (a scenario's verdict.json) or per incident (a campaign's)."""
-    if isinstance(verdict, dict) and "passed" in verdict and "name" in verdict:
-        failures = verdict.get("failures") or []
-        observed = (verdict.get("observed") or {}).get("category", "-")
-        return [{"suite": "scenario", "load": verdict["name"], "name": f"scenario {verdict['name']}",
-                 "status": "passed" if verdict["passed"] else "failed",
-                 "message": "; ".join(failures)[:2000] if failures else f"passed: verdict {observed}",
-                 "details": json.dumps({"failures": failures, "observed": verdict.get("observed"),
-                                        "time_to_verdict_s": verdict.get("time_to_verdict_s")}, indent=1, default=str),
-                 "feature": "scenarios"}]
-    if isinstance(verdict, list):
-        return [{"suite": "campaign", "load": "incidents", "name": f"incident {row.get('incident')}",
-                 "status": "passed" if row.get("result") == "PASS" else "failed",
-                 "message": f"expected {row.get('expected')}, observed {row.get('observed')}",
-                 "details": json.dumps(row, indent=1, default=str), "feature": "incidents"}
-                for row in verdict if isinstance(row, dict) and "incident" in row]
-    return []
+def verdict_cases(verdict: VerdictFile | None) -> list[dict]:
+    """One case per check of verdict.json (a scenario, each incident, round trip and
+    conformance run of a campaign ...)."""
+    if verdict is None:
+        return []
+    return [{"suite": verdict.kind, "load": c.suite, "name": f"{c.suite} {c.name}",
+             "status": "passed" if c.passed else "failed", "message": c.message[:2000],
+             "details": json.dumps(c.details, indent=1, default=str), "feature": c.suite}
+            for c in verdict.checks]
 
 
-def write_results(results: Path, run_id: str, loads: list[dict], verdict: object | None = None) -> list[Path]:
+def write_results(results: Path, run_id: str, loads: list[dict], verdict: VerdictFile | None = None) -> list[Path]:
     paths = []
     now = int(time.time() * 1000)
     for case in verdict_cases(verdict) + _cases(loads):
@@ -146,7 +138,7 @@ def write_results(results: Path, run_id: str, loads: list[dict], verdict: object
     return paths
 
 
-def write_junit(path: Path, run_id: str, loads: list[dict], verdict: object | None = None) -> Path:
+def write_junit(path: Path, run_id: str, loads: list[dict], verdict: VerdictFile | None = None) -> Path:
     cases = verdict_cases(verdict) + _cases(loads)
     failures = sum(c["status"] != "passed" for c in cases)
     out = ['<?xml version="1.0" encoding="utf-8"?>',

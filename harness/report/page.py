@@ -16,6 +16,7 @@ from html import escape
 from pathlib import Path
 
 from harness.report import svg
+from harness.report.verdicts import VerdictFile
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1100px;color:#212529;
@@ -149,24 +150,14 @@ def upgrade_section(gate: dict | None) -> str:
     return "".join(html)
 
 
-def verdict_rows(verdict: object) -> tuple[list[str], list[list]]:
-    """verdict.json in whatever shape the scenario runner writes: a list of records, a
-    dict with a list under 'verdicts'/'results', or one flat record."""
-    records: list[dict]
-    if isinstance(verdict, list):
-        records = [r for r in verdict if isinstance(r, dict)]
-    elif isinstance(verdict, dict):
-        inner = next((verdict[k] for k in ("verdicts", "results", "scenarios") if isinstance(verdict.get(k), list)), None)
-        records = [r for r in inner if isinstance(r, dict)] if inner is not None else [verdict]
-    else:
-        records = []
+def verdict_rows(verdict: VerdictFile) -> tuple[list[str], list[list]]:
+    """The report columns of every check (each check's `row`, in order of first use)."""
     head: list[str] = []
-    for r in records:
-        for k in r:
-            if k not in head and k not in ("probes", "timeline"):
+    for c in verdict.checks:
+        for k in c.row:
+            if k not in head:
                 head.append(k)
-    head = head[:10]
-    rows = [[_cell(r.get(k)) for k in head] for r in records]
+    rows = [[_cell(c.row.get(k)) for k in head] for c in verdict.checks]
     return head, rows
 
 
@@ -176,11 +167,13 @@ def _cell(v):
     return v
 
 
-def verdicts_section(verdict: object | None, loads: list[dict]) -> str:
+def verdicts_section(verdict: VerdictFile | None, loads: list[dict]) -> str:
     html = ["<h2>Verdicts</h2>"]
     if verdict is not None:
         head, rows = verdict_rows(verdict)
-        html.append("<h3>verdict.json</h3>" + _t(rows, head, tid="verdict-json"))
+        state = _ok(verdict.passed).html
+        html.append(f"<h3>{escape(verdict.kind)} {escape(verdict.name)}: {state}</h3>"
+                    + _t(rows, head, tid="verdict-json"))
     rows = []
     for r in loads:
         breached = [v for v in r.get("verdicts", []) if not v["passed"]]
@@ -407,7 +400,8 @@ def locust_tables(r: dict) -> str:
     return html
 
 
-def render(run_dir: Path, state: dict, verdict: object | None, loads: list[dict], gate: dict | None = None) -> str:
+def render(run_dir: Path, state: dict, verdict: VerdictFile | None, loads: list[dict],
+           gate: dict | None = None) -> str:
     facts = loads[0].get("environment", {}) if loads else {}
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     body = [f"<h1>Barbican harness report: {escape(state.get('run_id') or run_dir.name)}</h1>",

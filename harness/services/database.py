@@ -11,7 +11,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-import subprocess
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pymysql
 
 from harness.errors import HarnessError, ServiceStartError
 from harness.ports import free_port
-from harness.procs import run_command
+from harness.procs import run, run_command
 from harness.services.base import Service, require_binary
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "barbican-harness"
@@ -56,8 +55,7 @@ class MariaDB(Service):
         self.socket.unlink(missing_ok=True)  # left behind when mariadbd was killed
 
     def _template_datadir(self) -> Path:
-        version = subprocess.run([self.mariadbd, "--version"], capture_output=True, text=True,
-                                 timeout=30).stdout.split()[2:3]
+        version = run([self.mariadbd, "--version"], timeout=30, what="mariadbd --version").stdout.split()[2:3]
         tpl = CACHE / f"mariadb-datadir-{'-'.join(version) or 'unknown'}"
         if not (tpl / "mysql").is_dir():
             tmp = tpl.with_name(tpl.name + f".tmp{os.getpid()}")

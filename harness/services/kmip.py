@@ -14,7 +14,7 @@ Odd things to know (all seen on PyKMIP 0.11.0 / Barbican 23.0.0):
   (PyKMIP's default policy lets only the owner read an object back). All Barbican nodes
   share one client certificate, so they all see each other's secrets.
   KMIP username/password are not checked without a SLUGS auth plugin, so Barbican gets
-  none (`secrets.kmip_password` is unused).
+  none.
 * The client does not check the host name (PyKMIP builds an `SSLContext(PROTOCOL_TLSv1_2)`,
   whose `check_hostname` is off); it only verifies the chain against `ca_certs`. The IP
   SAN is there for any other client.

@@ -16,6 +16,18 @@ from harness.ports import free_port
 HOST = "127.0.0.1"
 
 
+def link_upstreams(topology) -> dict[str, str]:
+    """The links a topology has: link name -> the port key of its upstream service."""
+    links = {"keystone": "keystone"}
+    if topology.database == "mariadb":
+        links["db"] = "mariadb"
+    if "kmip" in topology.backends:
+        links["kmip"] = "kmip"
+    if topology.async_orders:
+        links["queue"] = "rabbitmq_amqp"
+    return links
+
+
 class Links:
     def __init__(self, ctx, proxy):
         self.ctx = ctx

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets as _rand
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -96,14 +97,17 @@ class Diagnoser:
         self._fresh_role: str | None = None
         self._offsets: dict[Path, int] = {}
         self._hung: set[str] = set()  # node URLs that timed out in the current probe round
+        # mark_logs may come from another thread (the scenario's timeline, at an inject).
+        self._offsets_lock = threading.Lock()
         if logs_dir:
             self.mark_logs()
 
     # -- logs -----------------------------------------------------------------------------
     def mark_logs(self) -> None:
         """From now on, only new log lines count as evidence."""
-        for path in self._log_files():
-            self._offsets[path] = path.stat().st_size
+        with self._offsets_lock:
+            for path in self._log_files():
+                self._offsets[path] = path.stat().st_size
 
     def _log_files(self) -> list[Path]:
         if not self.logs_dir:
@@ -112,12 +116,16 @@ class Diagnoser:
 
     def _new_log_lines(self) -> list[tuple[str, str]]:
         out = []
-        for path in self._log_files():
-            start = self._offsets.get(path, 0)
-            with open(path, "rb") as f:
-                f.seek(start)
-                data = f.read()
-            self._offsets[path] = start + len(data)
+        with self._offsets_lock:
+            chunks = []
+            for path in self._log_files():
+                start = self._offsets.get(path, 0)
+                with open(path, "rb") as f:
+                    f.seek(start)
+                    data = f.read()
+                self._offsets[path] = start + len(data)
+                chunks.append((path, data))
+        for path, data in chunks:
             node = path.name.removesuffix("-app.log")
             out += [(node, line) for line in data.decode(errors="replace").splitlines()]
         return out
@@ -201,10 +209,9 @@ class Diagnoser:
         """A brand-new token, on a session of its own: the probes' sessions keep their
         tokens, as long-running clients (Nova, Octavia) keep theirs. Returns (status, session)."""
         try:
-            from keystoneauth1 import session as ks_session
+            from harness.identity import session_for
 
-            sess = self.target.session(self.role)
-            new = ks_session.Session(auth=type(sess.auth)(**_auth_kwargs(sess.auth)), timeout=HTTP_TIMEOUT)
+            new = session_for(self.target.keystone_url, self.target.credentials[self.role], timeout=HTTP_TIMEOUT)
             new.get_token()
             return "ok", new
         except Exception as exc:  # noqa: BLE001
@@ -329,14 +336,6 @@ class Diagnoser:
         except Exception:  # noqa: BLE001 - the database may be what is down
             return {}
         return out
-
-
-def _auth_kwargs(auth) -> dict:
-    """The constructor arguments of a keystoneauth v3.Password plugin (for a copy)."""
-    pw = auth.auth_methods[0]
-    return {"auth_url": auth.auth_url, "username": pw.username, "password": pw.password,
-            "user_domain_name": pw.user_domain_name, "project_name": auth.project_name,
-            "project_domain_name": auth.project_domain_name}
 
 
 class NodeHung(Exception):

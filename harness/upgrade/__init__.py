@@ -9,7 +9,6 @@ Rooms:
   kek.py            simple_crypto KEK continuity across a hop (the 2025.2 trap)
   secret_checks.py  the gate's secrets: seeded on every store, read through every node
   evidence.py       what Barbican's database and logs say (plugins, schema, exceptions)
-  conformance.py    conformance/api on the upgraded environment
   report.py         the gate's report (upgrade-gate.json / .txt)
   command.py        the `upgrade-gate` command's body
 The builds themselves (venvs, images, pins) are harness.builds.

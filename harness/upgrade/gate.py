@@ -24,6 +24,7 @@ the default-KEK trap needs FROM <= 20.x.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets as _rand
 import tempfile
 import time
@@ -45,6 +46,7 @@ FROM_CONFIGS = ("harness", "default-kek")
 BREAK_MODES = ("none", "kek-change")
 SIMPLE_CRYPTO_CLASS = "barbican.plugin.crypto.simple_crypto.SimpleCryptoPlugin"
 ROLLING_MIN_NODES = 3
+CONFORMANCE_TIMEOUT = float(os.environ.get("BARBICAN_HARNESS_UPGRADE_CONFORMANCE_TIMEOUT", "1800"))
 
 
 class FromBroken(HarnessError):
@@ -268,19 +270,17 @@ def _gate_body(env, report: GateReport, steps: _Steps, builds: list, from_overri
     elif report.failures:
         report.conformance = {"ran": False, "reason": "the gate already failed"}
     else:
-        from harness.upgrade.conformance import run_conformance
+        from harness.conformance_run import run_conformance
 
         env.state["status"] = "up"
         env.save_state()
         with steps.gate_step(f"conformance/api on TO {builds[-1].label}") as st:
-            report.conformance = run_conformance(env)
-            if not report.conformance.get("ok"):
+            result = run_conformance(env, ["conformance/api"], out_dir=env.run_dir, name="upgrade-conformance",
+                                     timeout=CONFORMANCE_TIMEOUT)
+            report.conformance = {"ran": True, **result.to_dict()}
+            if not result.ok:
                 st["ok_override"] = False
-                c = report.conformance
-                report.failures.append(
-                    f"conformance/api on TO: exit {c.get('exit_code')}{' (timed out)' if c.get('timed_out') else ''}, "
-                    f"{c.get('failures', '?')} failed, {c.get('errors', '?')} errors of {c.get('tests', '?')}: "
-                    f"{c.get('failed_tests', [])[:10]}")
+                report.failures.append(f"conformance/api on TO: {result.summary}: {result.failed_tests[:10]}")
 
 
 def _preflight(env, hop: HopReport, steps: _Steps, old, new, to_overrides: dict, simple: list[str], echo) -> None:

@@ -128,9 +128,7 @@ def summary_text(report: GateReport) -> str:
             lines += [f"      {ref}  {why}" for ref, why in hop.unreadable_secrets.items()]
     c = report.conformance
     if c.get("ran"):
-        lines.append(f"  conformance/api: exit {c.get('exit_code')}, {c.get('tests', '?')} tests, "
-                     f"{c.get('failures', '?')} failed, {c.get('errors', '?')} errors, {c.get('skipped', '?')} skipped "
-                     f"({c.get('seconds')} s)")
+        lines.append(f"  conformance/api: {c.get('summary')} (exit {c.get('exit_code')})")
     elif c:
         lines.append(f"  conformance/api not run: {c.get('reason')}")
     for f in report.failures:

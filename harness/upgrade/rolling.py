@@ -32,6 +32,7 @@ from harness.errors import HarnessError
 from harness.faults import CATALOG
 from harness.faults.base import Fault, Params
 from harness.load import rotation
+from harness.target import Capability
 
 PHASE_KINDS = ("from", "db", "node", "to")
 
@@ -88,15 +89,15 @@ class RollingPlan:
 
     def schedule(self, services: list[str]) -> tuple[list, float]:
         """The timeline events of the rollout (windows back to back) and the load's length."""
-        from harness.timeline import TimelineEvent
+        from harness.timeline import Event
 
         starts = [("upgrade_db", {}, self.baseline_s)]
         t = self.baseline_s + self.db_slot_s
         for name in services:
-            starts.append(("upgrade_node", {"node": name}, t))
+            starts.append(("upgrade_node", {"service": name}, t))
             t += self.node_slot_s
         starts.append(("upgrade_done", {}, t))
-        events = [TimelineEvent(at, step, params, heal_at=starts[i + 1][2] if i + 1 < len(starts) else None)
+        events = [Event(at=at, fault=step, params=params, heal_at=starts[i + 1][2] if i + 1 < len(starts) else None)
                   for i, (step, params, at) in enumerate(starts)]
         return events, t + self.settle_s
 
@@ -121,6 +122,9 @@ def _rollout(env) -> _Rollout:
 
 
 class _Step(Fault):
+    # An environment of the harness: its processes are replaced, barbican-manage runs.
+    capabilities = frozenset({Capability.API, Capability.NODE_CONTROL, Capability.MANAGE})
+
     def heal(self, env, undo) -> None:
         """An upgrade step is not undone: its window closes when the next step starts."""
 
@@ -135,8 +139,8 @@ class UpgradeDb(_Step):
         env.provider.nodes[0].manage("db", "upgrade", timeout=600, build=_rollout(env).build)
 
 
-class NodeParams(Params):
-    node: str
+class ServiceParams(Params):
+    service: str  # an API node or a worker
 
 
 class UpgradeNode(_Step):
@@ -144,12 +148,12 @@ class UpgradeNode(_Step):
     ready (store through it, read back through the next node), back in rotation."""
 
     name = "upgrade_node"
-    Params = NodeParams
+    Params = ServiceParams
 
     def inject(self, env, undo) -> None:
         r = _rollout(env)
         provider = env.provider
-        service = next(s for s in (*provider.nodes, *provider.workers) if s.name == self.params.node)
+        service = next(s for s in (*provider.nodes, *provider.workers) if s.name == self.params.service)
         api = service in provider.nodes
         if api:
             rotation.take_out(env.run_dir, service.name)
@@ -267,7 +271,7 @@ def phases(load: dict, series_dir: Path, old, new, limits: list[PhaseLimit]) -> 
     for w in load.get("windows", []):
         if not w.get("injected_wall"):
             continue
-        step, node = w["fault"], (w.get("params") or {}).get("node")
+        step, node = w["fault"], (w.get("params") or {}).get("service")
         label, kind = {"upgrade_db": (f"db upgrade ({new.label})", "db"),
                        "upgrade_node": (f"{node} → {new.label}", "node"),
                        "upgrade_done": (f"all on TO {new.label}", "to")}[step]
