@@ -24,6 +24,7 @@ step's window closes when the next step starts.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,7 +201,7 @@ def rolling_upgrade(env, old, new, overrides: dict, plan: RollingPlan, out_dir: 
     """Replace every Barbican process of `env` from `old` to `new` under load, as `plan`
     says. Returns the rollout's record: phases with their figures and verdicts,
     zero_downtime, the load's summary, and what had to be finished after the load."""
-    from harness.load.driver import load_result, run_load
+    from harness.load.driver import RESULT_FILE, run_load
 
     provider = env.provider
     provider.prepare_build(new)
@@ -215,7 +216,8 @@ def rolling_upgrade(env, old, new, overrides: dict, plan: RollingPlan, out_dir: 
             load = result.to_dict()
     except HarnessError as exc:  # e.g. a node that never came back: the figures are still there
         errors.append(f"load: {exc}")
-        load = load_result(out_dir) if (out_dir / "result.json").is_file() else {"windows": [], "errors": []}
+        saved = out_dir / RESULT_FILE  # written before statistics and the ledger check
+        load = json.loads(saved.read_text()) if saved.is_file() else {"windows": [], "errors": []}
     finally:
         _ROLLOUTS.pop(env.run_id, None)
         rotation.rotation_file(env.run_dir).unlink(missing_ok=True)
