@@ -109,11 +109,17 @@ def test_wheel_source_comes_up_and_round_trips(wheel):
 
 @pytest.mark.integration
 @pytest.mark.xdist_group("builds")
-def test_git_source_comes_up_on_its_own_commit(checkout):
-    """git:PATH (HEAD): installed from a fresh clone at that commit; pbr versions it from the
-    repository (two commits after the 23.0.0 tag) and every node says so."""
+def test_git_source_comes_up_on_its_own_commit(checkout, tmp_path):
+    """A topology naming git:PATH (relative to the file; HEAD): installed from a fresh clone
+    at that commit; pbr versions it from the repository (two commits after the 23.0.0 tag)
+    and every node says so."""
     head = _git(checkout, "rev-parse", "HEAD")
-    env = Environment.up(topology("simple-crypto"), barbican=f"git:{checkout}")
+    topo = tmp_path / "simple-crypto-git.yaml"
+    text = topology("simple-crypto").read_text().replace("  nodes: 2\n", f"  nodes: 2\n  source: "
+                                                          f"git:{os.path.relpath(checkout, tmp_path)}\n")
+    assert "source: git:" in text
+    topo.write_text(text)
+    env = Environment.up(topo)
     try:
         build = _assert_runs_build(env, "git", f"{RELEASE[:-1]}1.dev2")
         assert build["commit"] == head and build["source"] == f"git:{checkout}@{head}"
