@@ -161,3 +161,22 @@ def test_topology_source_field_is_validated(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("name: good\nstores: [{name: s, backend: simple_crypto}]\nbarbican: {source: 'pypi:22.0.0'}\n")
     assert load_topology(good).barbican.source == "pypi:22.0.0"
+
+
+@pytest.mark.integration
+@pytest.mark.xdist_group("builds")
+def test_gate_from_the_release_to_a_git_build(checkout):
+    """The CI recipe's shape (README): the last release → a commit of a checkout. Every seeded
+    secret reads back on the git build; the report names the commit. (Offline and without
+    conformance here; the recipe adds --rolling.)"""
+    from harness.upgrade.gate import run_gate
+    from harness.upgrade.report import summary_text
+
+    head = _git(checkout, "rev-parse", "HEAD")
+    report = run_gate(["pypi:latest", f"git:{checkout}"], conformance=False)
+    assert report.verdict == "PASS", summary_text(report)
+    assert [b["kind"] for b in report.builds] == ["pypi", "git"] and report.builds[1]["commit"] == head
+    [hop] = report.hops
+    assert set(hop.versions.values()) == {f"{RELEASE[:-1]}1.dev2"}
+    assert hop.verification["verified"] == hop.verification["acknowledged"] == report.seeded["count"]
+    assert head[:12] in (Path(report.run_dir) / "upgrade-gate.txt").read_text()

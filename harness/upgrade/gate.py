@@ -139,7 +139,9 @@ def run_gate(path: list[str], env_path: str | Path | None = None, *, provider: s
             env = Environment.up(env_path, provider=topology.provider, run_id=run_id, barbican=sources[0].spec,
                                  barbican_overrides=from_overrides, progress=steps)
             report.from_versions = env.state.get("node_versions", {})
-            builds[0] = env.ctx.barbican_build
+            # The environment's build is FROM's, as installed and asked (with its image on docker).
+            builds[0].image = env.ctx.barbican_build.image
+            env.ctx.build = builds[0]
             report.builds[0] = builds[0].describe()
     except HarnessError as exc:
         report.error = str(exc)
