@@ -11,8 +11,8 @@ from harness.upgrade.rolling import PhaseLimit, RollingPlan, parse_phase_limit, 
 
 
 class _Build:
-    def __init__(self, label):
-        self.label = label
+    def __init__(self, version):
+        self.version = version
 
 
 def test_schedule_puts_the_steps_back_to_back():

@@ -90,13 +90,17 @@ def release(version: str) -> Release:
 def constraints_for(version: str) -> tuple[str, list[str]]:
     """(where the pins come from, the pins) for a build of Barbican `version`: its own
     release's, else its series' (same major version), else the harness venv's when the build
-    is of the harness's own series. Barbican itself is never among them."""
+    is of the harness's own series or newer (master). Barbican itself is never among them."""
     major = version.split(".", 1)[0]
+    own_major = own_version().split(".", 1)[0]
     if version in RELEASES and version != own_version():
         release(version)
         label = version
-    elif major == own_version().split(".", 1)[0]:
+    elif major == own_major:
         return f"the harness venv ({own_version()} series)", harness_venv_pins()
+    elif major.isdigit() and int(major) > int(own_major):
+        # Master after the last release: the newest pins there are.
+        return f"the harness venv ({own_version()}, the newest release known)", harness_venv_pins()
     else:
         label = f"{major}.0.0"
         if label not in RELEASES or RELEASES[label].broken or label == own_version():

@@ -77,13 +77,13 @@ class GateReport:
 
 
 def _phase_lines(rolling: dict) -> list[str]:
-    lines = [f"    {'phase':<28} {'window (s)':>13} {'requests':>8} {'failed':>6} {'error ratio':>11} "
+    lines = [f"    {'phase':<32} {'window (s)':>13} {'requests':>8} {'failed':>6} {'error ratio':>11} "
              f"{'p95 ms':>7}  result"]
     for p in rolling.get("phases", []):
         window = f"{p['from_s']:.0f}–{p['to_s']:.0f}" if p.get("to_s") is not None else "–"
         p95 = "–" if p.get("p95_ms") is None else f"{p['p95_ms']:.0f}"
         why = "" if p["ok"] else ": " + "; ".join(p.get("breaches", []) + ([p["error"]] if p.get("error") else []))
-        lines.append(f"    {p['phase'][:28]:<28} {window:>13} {p['requests']:>8} {p['failures']:>6} "
+        lines.append(f"    {p['phase'][:32]:<32} {window:>13} {p['requests']:>8} {p['failures']:>6} "
                      f"{p['error_ratio']:>11.4f} {p95:>7}  {'ok' if p['ok'] else 'BREACHED'}{why}")
     load = rolling.get("load") or {}
     led = load.get("ledger") or {}

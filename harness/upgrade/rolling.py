@@ -269,14 +269,14 @@ def phases(load: dict, series_dir: Path, old, new, limits: list[PhaseLimit]) -> 
     start, end = load.get("started_wall"), load.get("ended_wall")
     if not start or not end:
         return []
-    bounds = [(f"all on FROM {old.label}", "from", start, None)]
+    bounds = [(f"all on FROM {old.version}", "from", start, None)]
     for w in load.get("windows", []):
         if not w.get("injected_wall"):
             continue
         step, node = w["fault"], (w.get("params") or {}).get("service")
-        label, kind = {"upgrade_db": (f"db upgrade ({new.label})", "db"),
-                       "upgrade_node": (f"{node} → {new.label}", "node"),
-                       "upgrade_done": (f"all on TO {new.label}", "to")}[step]
+        label, kind = {"upgrade_db": (f"db upgrade ({new.version})", "db"),
+                       "upgrade_node": (f"{node} → {new.version}", "node"),
+                       "upgrade_done": (f"all on TO {new.version}", "to")}[step]
         bounds.append((label, kind, w["injected_wall"], w.get("error")))
     series = Series.load(series_dir)
     out = []
