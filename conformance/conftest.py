@@ -47,6 +47,8 @@ import pytest
 import requests
 import yaml
 
+from harness.identity import POLICY_ROLES  # which seeded role does what, per policy mode
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 ENVIRONMENTS = REPO / "environments"
@@ -55,28 +57,6 @@ CAPABILITIES_FILE = HERE / "capabilities.yaml"
 HTTP_TIMEOUT = 15  # seconds, as harness.identity.HTTP_TIMEOUT
 
 DEFAULT_TOPOLOGIES = ["simple-crypto", "pkcs11-softhsm", "multi-store", "simple-crypto-secure-rbac"]
-
-# Which seeded role does what, per policy mode (Barbican's legacy defaults vs secure RBAC).
-POLICY_ROLES = {
-    "legacy": {
-        "writer": "creator",           # secrets:post / containers:post / orders:post
-        "project_admin": "admin",      # the only one allowed to delete orders
-        "quota_admin": "service-admin",  # project_quotas:* = key-manager:service-admin
-        "transport_key_admin": "service-admin",  # transport_keys:post/delete
-        "store_admin": "admin",        # secretstore_preferred:post/delete
-        "other_writer": "other-creator",
-        "other_admin": "other-admin",
-    },
-    "secure-rbac": {
-        "writer": "member",
-        "project_admin": "admin",
-        "quota_admin": "admin",        # project_quotas:* = role:admin
-        "transport_key_admin": "admin",
-        "store_admin": "admin",
-        "other_writer": "other-member",
-        "other_admin": "other-admin",
-    },
-}
 
 
 # -- target selection -------------------------------------------------------------------------
@@ -555,7 +535,8 @@ class Capabilities:
 
     def order_outcome(self, kind: str, spec_id: str, backend: str | None = None) -> dict:
         """{'status': 'ACTIVE'} or {'status': 'ERROR', 'error_status_code', 'error_reason', ['bug']}
-        for an order spec (kind 'key' / 'asymmetric') on a backend (default: the default store's)."""
+        for an order spec (kind 'key' / 'asymmetric') on a backend (default: the default store's);
+        'bug' is the id of a Barbican bug in harness/known_bugs/catalogue.py."""
         table = self.backend(f"{kind}_orders", backend)
         outcome = table[spec_id]
         if isinstance(outcome, str):

@@ -59,7 +59,7 @@ PROFILES = {
                  "max_error_ratio": ["Aggregated=0.01"], "max_p95_ms": ["Aggregated=2000"]},
     },
     "full": {
-        "environments": ["simple-crypto", "pkcs11-softhsm", "multi-store", "kmip", "async-orders",
+        "environments": ["simple-crypto", "pkcs11-softhsm", "multi-store", "kmip", "vault", "async-orders",
                          "simple-crypto-secure-rbac"],
         "scenarios": "all",
         "conformance": {"suites": ["conformance/api", "conformance/rbac"]},

@@ -460,6 +460,48 @@ def diagnose(run_id: Optional[str] = typer.Option(None, "--run", help="An enviro
         out.print(f"  - {line}", markup=False)
 
 
+@app.command("known-bugs")
+def known_bugs(run_id: Optional[str] = RUN_OPT, cloud: Optional[str] = CLOUD_OPT,
+               targets: Optional[Path] = TARGETS_OPT, deployment: Optional[Path] = DEPLOYMENT_OPT,
+               bug: list[str] = typer.Option([], "--bug", help="Only this bug id (repeatable)"),
+               allow_quota_changes: bool = typer.Option(False, "--allow-quota-changes",
+                                                        help="Let the quota probe set the writer's project "
+                                                             "quota for a few seconds (restored after)"),
+               json_out: bool = typer.Option(False, "--json")) -> None:
+    """Which known Barbican bugs does this Barbican have? Probes each (API calls only, writes in
+    the writer's project, all deleted after) and prints present / absent / not checkable."""
+    from rich.markup import escape
+
+    from harness.known_bugs.run import run_known_bugs, select
+
+    try:
+        select(bug)  # an unknown id is refused before anything is opened or written
+        target = _target(run_id, cloud, targets, deployment)
+        report = run_known_bugs(target, cloud or target.run_id, bug, allow_quota_changes,
+                                progress=lambda line: console.print(line, highlight=False, markup=False))
+    except HarnessError as exc:
+        _fail(exc)
+    if json_out:
+        out.print_json(json.dumps(report))
+    else:
+        colour = {"present": "red", "absent": "green", "not checkable": "yellow"}
+        table = Table(title=f"known Barbican bugs on {report['target']}: Barbican {report['barbican_version']}, "
+                            f"API max microversion {report['api_max_microversion'] or '?'}", show_lines=True)
+        for col in ("bug", "status", "evidence"):
+            table.add_column(col, no_wrap=col == "bug")
+        for f in report["findings"]:
+            table.add_row(f["id"], f"[{colour[f['status']]}]{f['status']}[/]", escape("\n".join(f["evidence"])))
+        out.print(table)
+        out.print(", ".join(f"{n} {s}" for s, n in report["summary"].items()) + f" in {report['seconds']} s; "
+                  f"results: {Path(report['run_dir']) / 'known-bugs.json'}", highlight=False)
+    for line in report["cleanup"]["left"]:
+        console.print(f"[red]left behind:[/red] {escape(line)}", highlight=False)
+    if report["interrupted"]:
+        console.print("interrupted" + ("" if report["cleanup"]["left"] else ": every write undone"))
+        raise typer.Exit(130)
+    raise typer.Exit(1 if report["cleanup"]["left"] else 0)
+
+
 @app.command()
 def load(run_id: Optional[str] = typer.Option(None, "--run", help="Run id of an environment that is up"),
          env_path: Optional[Path] = typer.Option(None, "--env", help="Topology to bring up for this load (down after)"),

@@ -19,6 +19,29 @@ LEGACY_ROLES = ("creator", "observer", "audit", "key-manager:service-admin")
 SERVICE_PROJECT = "service"
 HTTP_TIMEOUT = 15  # seconds; every call the harness makes has one
 
+# Which role does what, per policy mode (Barbican's legacy defaults vs secure RBAC): the seeded
+# users' role names, which a targets file (harness.targets) uses for an existing cloud too.
+POLICY_ROLES = {
+    "legacy": {
+        "writer": "creator",           # secrets:post / containers:post / orders:post
+        "project_admin": "admin",      # the only one allowed to delete orders
+        "quota_admin": "service-admin",  # project_quotas:* = key-manager:service-admin
+        "transport_key_admin": "service-admin",  # transport_keys:post/delete
+        "store_admin": "admin",        # secretstore_preferred:post/delete
+        "other_writer": "other-creator",
+        "other_admin": "other-admin",
+    },
+    "secure-rbac": {
+        "writer": "member",
+        "project_admin": "admin",
+        "quota_admin": "admin",        # project_quotas:* = role:admin
+        "transport_key_admin": "admin",
+        "store_admin": "admin",
+        "other_writer": "other-member",
+        "other_admin": "other-admin",
+    },
+}
+
 
 @dataclass(frozen=True)
 class Credential:

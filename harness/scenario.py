@@ -33,7 +33,7 @@ from harness.topology import ProviderName, load_topology, load_yaml_model
 REF = re.compile(r"^@(secret|tls_container|tls_key|luks_key)\[(\d+)\]$")
 CATEGORIES = ("healthy", "kek_mismatch_or_key_loss", "hsm_unreachable", "hsm_degraded", "backend_degraded",
               "acl_permission", "expiration", "auth_outage", "backend_outage", "orders_stalled",
-              "node_down", "consumed_secret_missing")
+              "node_down", "consumed_secret_missing", "backend_data_lost", "backend_access_denied")
 
 
 class _Strict(BaseModel):

@@ -35,6 +35,7 @@ class Capability(str, enum.Enum):
     DATABASE = "database"
     SERVICE_LOGS = "service_logs"
     CONTAINER_NETWORK = "container_network"
+    VAULT = "vault"
 
     def __str__(self) -> str:
         return self.value
@@ -53,6 +54,7 @@ CAPABILITY_HELP: dict[Capability, str] = {
     Capability.DATABASE: "direct SQL access to Barbican's database",
     Capability.SERVICE_LOGS: "the services' logs",
     Capability.CONTAINER_NETWORK: "the containers' network (disconnect a node)",
+    Capability.VAULT: "operator (root) access to the Vault/OpenBao server behind the vault store",
 }
 
 
@@ -147,6 +149,30 @@ class ContainerNetwork(Protocol):
 
     def disconnect(self, node: str) -> None: ...
     def reconnect(self, node: str) -> None: ...
+
+
+class VaultAdmin(Protocol):
+    """Capability.VAULT: what Vault's operator does to the server behind Barbican's vault
+    store (harness.services.vault.VaultAPI). Secrets (unseal keys, root token, Barbican's
+    secret_id) stay inside the facet: no method takes or returns one."""
+
+    mount: str                                      # Barbican's KV mount
+
+    def seal(self) -> None: ...
+    def unseal(self) -> None: ...                   # with the unseal keys; waits until active
+    def revoke_logins(self) -> None: ...            # every token Barbican's AppRole login issued
+    def destroy_secret_id(self) -> None: ...        # Barbican's secret_id, as if it had expired
+    def reissue_secret_id(self) -> None: ...        # the same value Barbican's config holds
+    def unlock_logins(self) -> int: ...             # lift the user lockout of failed logins
+    def policy(self) -> str: ...                    # Barbican's policy (HCL: paths, no secret)
+    def write_policy(self, text: str) -> None: ...
+    def delete_policy(self) -> None: ...
+    def mounts(self) -> list[str]: ...
+    def disable_mount(self) -> None: ...
+    def enable_mount(self) -> None: ...             # empty, with the topology's KV version
+    def token_accessors(self) -> set[str]: ...
+    def snapshot(self, dest: Path) -> int: ...      # Raft snapshot, 0600; its size
+    def restore(self, src: Path) -> None: ...
 
 
 class Target(Protocol):

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.errors import TopologyError
 from harness.providers import DEFAULT_PROVIDER, PROVIDERS
 
-Backend = Literal["simple_crypto", "pkcs11", "kmip"]
+Backend = Literal["simple_crypto", "pkcs11", "kmip", "vault"]
 # Built from the one registry of providers, so the error lists exactly those.
 ProviderName = Literal[tuple(PROVIDERS)]  # type: ignore[valid-type]
 
@@ -70,6 +70,17 @@ class HsmSpec(_Strict):
         return self
 
 
+class VaultSpec(_Strict):
+    """The OpenBao server behind vault stores, one per environment (harness/services/vault.py):
+    a KV mount, a policy for Barbican alone and an AppRole Barbican logs in with."""
+
+    mount: str = Field("barbican", pattern=r"^[a-z][a-z0-9_-]*$")
+    kv_version: Literal[1, 2] = 2
+    # Lifetime of the token Barbican gets at login. castellan logs in again only when it
+    # has passed, whatever Vault answers in between (a revoked token keeps failing).
+    token_ttl: int = Field(3600, ge=60)
+
+
 class BarbicanSpec(_Strict):
     nodes: int = Field(2, ge=1, le=8)
     processes: int = Field(1, ge=1, le=8)
@@ -96,6 +107,7 @@ class Topology(_Strict):
     stores: list[StoreSpec] = Field(min_length=1)
     async_orders: bool = False
     hsm: HsmSpec | None = None
+    vault: VaultSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "Topology":
@@ -109,6 +121,10 @@ class Topology(_Strict):
             raise ValueError("stores: with several stores exactly one needs global_default: true")
         if "pkcs11" in backends and self.hsm is None:
             self.hsm = HsmSpec()
+        if "vault" in backends and self.vault is None:
+            self.vault = VaultSpec()
+        if self.vault is not None and "vault" not in backends:
+            raise ValueError("vault: only with a store of backend vault")
         if self.database == "sqlite" and (
             self.barbican.nodes > 1 or self.barbican.threads > 1 or self.barbican.processes > 1
         ):

@@ -7,17 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from harness.known_bugs import known_bug
 from tests.faults_support import log_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("simple-crypto")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Barbican bug: PUT /v1/secrets/{id}/metadata replaces a secret's metadata with a DELETE of its "
-    "rows and new INSERTs in one transaction; InnoDB's gap locks make concurrent PUTs on different "
-    "secrets deadlock (1213), and Barbican neither retries (no oslo_db wrap_db_retry on DBDeadlock) "
-    "nor maps it: the client gets 500 'Secret metadata creation failure seen'. Measured here: 55 of "
-    "400 PUTs with 8 threads over 16 secrets and 2 nodes; seen under the campaign's load too"))
+@known_bug("metadata-put-deadlock")
 def test_concurrent_metadata_puts_on_different_secrets_all_succeed(env_of):
     env = env_of("simple-crypto")
     client = env.barbican()

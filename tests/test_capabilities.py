@@ -22,8 +22,8 @@ from tests.stubs import StubTarget
 PARAMS = {"acl_removal": {"ref": "http://x/v1/secrets/1"}, "secret_expiry": {"ref": "http://x/v1/secrets/1"},
           "container_member_deleted": {"container_ref": "http://x/v1/containers/1"},
           "consumer_in_use_delete": {"ref": "http://x/v1/secrets/1"}}
-API_ONLY = Traits("cloud 'c'", frozenset({Capability.API}), ("simple_crypto", "pkcs11", "kmip"), True,
-                  ("cloud",), ("keystone", "db", "kmip", "queue"))
+API_ONLY = Traits("cloud 'c'", frozenset({Capability.API}), ("simple_crypto", "pkcs11", "kmip", "vault"), True,
+                  ("cloud",), ("keystone", "db", "kmip", "queue", "vault"))
 
 
 def test_every_capability_says_what_it_means():

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from harness.faults.engine import FaultEngine
+from harness.known_bugs import known_bug
 from tests.faults_support import log_of, payload_status, purge_project, raw, seed, steady_state
 
 pytestmark = pytest.mark.integration
@@ -317,11 +318,7 @@ def test_hsm_unavailable(env_of, fault, code):
 
 
 @pytest.mark.xdist_group("pkcs11-softhsm")
-@pytest.mark.xfail(strict=True, reason=(
-    "Barbican bug: when re-initialisation meets CKR_TOKEN_NOT_PRESENT from C_GetTokenInfo "
-    "(token removed between C_GetSlotList and C_GetTokenInfo), PKCS11._check_error builds "
-    "P11CryptoTokenException(slot_id=self.slot_id) before slot_id is set, so the operator sees "
-    "AttributeError: 'PKCS11' object has no attribute 'slot_id' instead of 'No token was found'"))
+@known_bug("p11-reinit-token-absent-attributeerror")
 def test_token_absent_during_reinit_is_reported_as_token_absent(env_of):
     env = env_of("pkcs11-softhsm")
     seeded = seed(env)
@@ -415,11 +412,7 @@ def test_db_outage_then_recovery(env_of):
 
 
 @pytest.mark.xdist_group("simple-crypto")
-@pytest.mark.xfail(strict=True, reason=(
-    "Barbican bug: with the database unreachable, GET /v1/secrets/{id} fails inside "
-    "SecretsController._lookup (pecan routing, outside Barbican's exception handler): the "
-    "DBConnectionError escapes the WSGI app and the client gets no HTTP response at all "
-    "(connection closed; uWSGI logs 'HTTP/1.1 500, 0 headers') instead of a JSON 500"))
+@known_bug("db-outage-secret-get-no-response")
 def test_db_outage_secret_get_answers_a_json_500(env_of):
     env = env_of("simple-crypto")
     ref = env.barbican().secrets.create(payload=b"db" * 8).store()

@@ -1,30 +1,37 @@
-"""Barbican's KMIP store under a threaded API server (a real Barbican bug, xfail strict)."""
+"""Barbican's KMIP store under a threaded API server (a real Barbican bug, xfail strict), and
+`known-bugs` finding it there."""
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
 
-from tests.conftest import topology
+from harness.known_bugs import known_bug
+from tests.conftest import harness_cli, topology
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+def kmip_threaded(barbican_env_pool, tmp_path_factory):
+    """One KMIP environment with 4 threads in its API process, shared by this module's tests."""
+    path = tmp_path_factory.getbasetemp() / "kmip-threaded.yaml"
+    if not path.exists():
+        topo = yaml.safe_load(topology("kmip").read_text())
+        topo.update(name="kmip-threaded", barbican={"nodes": 1, "processes": 1, "threads": 4})
+        path.write_text(yaml.safe_dump(topo))
+    return barbican_env_pool.get(path)
+
+
 @pytest.mark.xdist_group("kmip-threaded")
-@pytest.mark.xfail(strict=True, reason=(
-    "Barbican bug: KMIPSecretStore shares one PyKMIP ProxyKmipClient (one TLS connection) "
-    "between the threads of an API process; concurrent secret reads interleave on that "
-    "connection and fail with 500 (log: ssl.SSLError WRONG_VERSION_NUMBER, 'Bad file "
-    "descriptor', \"'NoneType' object has no attribute 'close'\")"))
-def test_concurrent_kmip_reads_on_a_threaded_node_all_succeed(barbican_env_pool, tmp_path):
-    topo = yaml.safe_load(topology("kmip").read_text())
-    topo.update(name="kmip-threaded", barbican={"nodes": 1, "processes": 1, "threads": 4})
-    path = tmp_path / "kmip-threaded.yaml"
-    path.write_text(yaml.safe_dump(topo))
-    env = barbican_env_pool.get(path)
+@known_bug("kmip-shared-client-threads")
+def test_concurrent_kmip_reads_on_a_threaded_node_all_succeed(kmip_threaded):
+    env = kmip_threaded
     client = env.barbican()
     refs = [client.secrets.create(payload=secrets.token_bytes(16)).store() for _ in range(4)]
 
@@ -36,3 +43,16 @@ def test_concurrent_kmip_reads_on_a_threaded_node_all_succeed(barbican_env_pool,
     with ThreadPoolExecutor(max_workers=8) as pool:
         statuses = list(pool.map(read, refs * 10))
     assert statuses == [200] * len(statuses), f"{statuses.count(500)} of {len(statuses)} reads failed"
+
+
+@pytest.mark.xdist_group("kmip-threaded")
+def test_known_bugs_finds_the_shared_kmip_client(kmip_threaded):
+    """The same bug through `known-bugs --run` (the environment's targets: default store kmip)."""
+    proc = harness_cli("known-bugs", "--run", kmip_threaded.run_id, "--bug", "kmip-shared-client-threads", "--json",
+                       timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    [finding] = report["findings"]
+    assert finding["status"] == "present", finding
+    assert re.search(r"first failure: (500 |no HTTP response)", finding["evidence"][0]), finding
+    assert report["cleanup"]["left"] == [] and report["cleanup"]["deleted"] == 4  # its secrets

@@ -38,10 +38,10 @@ def test_misspelt_top_level_field(tmp_path):
 
 
 def test_wrong_value_lists_allowed_values(tmp_path):
-    p = write(tmp_path, "name: x\nstores: [{name: s, backend: vault}]\n")
+    p = write(tmp_path, "name: x\nstores: [{name: s, backend: dogtag}]\n")
     msg = str(pytest.raises(TopologyError, load_topology, p).value)
     assert "stores.0.backend" in msg
-    assert "'simple_crypto', 'pkcs11' or 'kmip'" in msg
+    assert "'simple_crypto', 'pkcs11', 'kmip' or 'vault'" in msg
 
 
 def test_sqlite_refuses_concurrency(tmp_path):

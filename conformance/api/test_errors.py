@@ -10,6 +10,7 @@ import requests
 
 from conformance.api import CRITICAL, MINOR, NORMAL, labels
 from conformance.conftest import ref_path
+from harness.known_bugs import known_bug
 
 FEATURE = "Errors and routing"
 
@@ -47,11 +48,7 @@ def test_method_not_allowed(http, refs, method, path):
 
 @pytest.mark.parametrize("method,path", [("PUT", "/v1/transport_keys"), ("PUT", "/v1/transport_keys/{uuid}")],
                          ids=["PUT-list", "PUT-key"])  # (each costs uWSGI's 4 s socket timeout)
-@pytest.mark.xfail(strict=True, reason=(
-    "Barbican bug: TransportKeysController.index / TransportKeyController.index are declared "
-    "index(self, external_project_id, **kwargs) but pecan calls them without it, so an unsupported "
-    "method raises TypeError ('missing 1 required positional argument') outside handle_exceptions; "
-    "uWSGI then closes the connection without any HTTP response (logged as a 500 with 0 headers)"))
+@known_bug("transport-keys-method-no-response")
 @labels(FEATURE, "405 Method Not Allowed", MINOR)
 def test_transport_keys_method_not_allowed(http, method, path):
     """An unsupported method on /v1/transport_keys[/{id}] is 405 like everywhere else."""
@@ -100,10 +97,7 @@ def test_unknown_path_is_404(http, refs, path):
                                          ("GET", "{secret}/metadata/key/extra"), ("PUT", "{secret}/metadata/key/extra")],
                          ids=["container-subresource", "payload-subpath", "get-metadatum-subpath",
                               "put-metadatum-subpath"])
-@pytest.mark.xfail(strict=True, reason=(
-    "Barbican bug: ContainerController.on_get, SecretController.payload and SecretMetadatumController.on_get/on_put "
-    "get the unknown remainder of the path as an extra argument, raise TypeError and answer 500 '... "
-    "failure seen - please contact site administrator.' instead of 404"))
+@known_bug("unknown-subpath-500")
 @labels(FEATURE, "404 Not Found", MINOR)
 def test_unknown_subpath_is_404_not_500(http, refs, method, path):
     """GET /v1/containers/{id}/<unknown>, GET /v1/secrets/{id}/payload/<extra> and GET/PUT

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, rsa
 
 from conformance.api import BLOCKER, CRITICAL, NORMAL, capabilities, labels
 from conformance.conftest import ref_path
+from harness.known_bugs import known_bug
 
 FEATURE = "Orders"
 KEY_SPECS = list(capabilities()["order_specs"]["key"])
@@ -122,10 +123,10 @@ def test_asymmetric_order_with_passphrase(http, res, caps):
 def test_order_never_fails_with_server_error(http, res, caps, request, kind, spec_id):
     """An order either succeeds or fails with a 4xx error_status_code (the request asked for
     something the backend cannot do), never with 500 'please contact site administrator'.
-    Known 500s are xfail (capabilities.yaml 'bug')."""
+    Known 500s are xfail (capabilities.yaml 'bug': an id of harness/known_bugs/catalogue.py)."""
     outcome = caps.order_outcome(kind, spec_id)
     if outcome.get("bug"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason="Barbican bug: " + " ".join(outcome["bug"].split())))
+        request.applymarker(known_bug(outcome["bug"]))
     order = res.wait_order(res.order(kind, **caps.order_spec(kind, spec_id)))
     if outcome["status"] == "ACTIVE":
         assert order["status"] == "ACTIVE", order

@@ -13,6 +13,7 @@ import pytest
 
 from conformance.api import BLOCKER, CRITICAL, NORMAL, labels
 from conformance.conftest import ref_path
+from harness.known_bugs import known_bug
 
 FEATURE = "Quotas"
 RESOURCES = ["secrets", "orders", "containers", "consumers", "cas"]
@@ -225,11 +226,7 @@ def test_container_consumer_quota(http, res, quotas):
     ("secrets", "key", {"algorithm": "aes", "bit_length": 128}),
     ("containers", "asymmetric", {"algorithm": "rsa", "bit_length": 1024}),
 ])
-@pytest.mark.xfail(strict=True, reason=(
-    "Barbican bug: only POST /v1/secrets and /v1/containers enforce the secrets/containers quotas; "
-    "an order's generated secret (key) or container (asymmetric) is created without a quota check, "
-    "so a project whose secrets (containers) quota is 0 still gets new secrets (containers) through "
-    "orders"))
+@known_bug("orders-bypass-quotas")
 @labels(FEATURE, "enforcement", NORMAL)
 def test_orders_respect_secret_and_container_quotas(http, res, caps, quotas, resource, kind, meta):
     """With the secrets (containers) quota at 0, an order that would generate a secret

@@ -12,6 +12,7 @@ import pytest
 
 from conformance.api import CRITICAL, MINOR, NORMAL, labels
 from conformance.conftest import Resources, ref_path
+from harness.known_bugs import known_bug
 
 FEATURE = "Secret lists"
 
@@ -198,9 +199,7 @@ def test_invalid_sort_is_400(http, sort):
 
 
 @labels(FEATURE, "name filter", MINOR)
-@pytest.mark.xfail(strict=True, reason=(
-    "Barbican bug: the secrets controller runs parse.unquote_plus() on the already-decoded 'name' "
-    "query value, so a '+' in a secret's name becomes a space and the secret can never be found by name"))
+@known_bug("name-filter-plus-sign")
 def test_name_filter_with_plus_sign(http, res):
     """A secret named 'a+b-<uuid>' is found with name=a+b-<uuid> (URL-encoded as a%2Bb-...)."""
     name = f"cf+plus+{uuid.uuid4().hex[:8]}"
@@ -210,10 +209,7 @@ def test_name_filter_with_plus_sign(http, res):
 
 
 @labels(FEATURE, "name filter", MINOR)
-@pytest.mark.xfail(strict=True, reason=(
-    "Barbican bug: name/alg/mode filters use SQL LIKE (repositories.get_secret_list), so '_' and '%' in "
-    "the value are wildcards: name=cf_x matches 'cf-x' and name=% matches every secret; the API "
-    "reference documents an equality filter"))
+@known_bug("name-filter-like-wildcards")
 def test_name_filter_is_not_a_pattern(http, res):
     """name=<value> with '_' matches only a secret named exactly so, not one with another
     character in that place."""

@@ -8,6 +8,7 @@ import pytest
 
 from conformance.api import BLOCKER, CRITICAL, MINOR, NORMAL, labels
 from conformance.conftest import ref_path
+from harness.known_bugs import known_bug
 
 FEATURE = "Secret metadata"
 
@@ -90,10 +91,7 @@ def test_put_key_mismatch_is_409(http, secret):
     assert http.get(secret + "/metadata").ok(200) == {"metadata": {"url-key": "v"}}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Barbican bug: secretmeta.SecretMetadatumController.on_put builds the message from two string "
-    "statements (the second, 'request url.', is a no-op expression), so the 409 description is "
-    "truncated to 'Key in request data does not match key in the '"))
+@known_bug("metadata-409-message-truncated")
 @labels(FEATURE, "PUT of one key", MINOR)
 def test_put_key_mismatch_message_is_complete(http, secret):
     """The 409 for a key mismatch says which keys: '... does not match key in the request url.'"""

@@ -14,7 +14,7 @@ from conformance.conftest import ref_path
 
 FEATURE = "Secret stores"
 # harness backend name -> crypto_plugin reported by Barbican (None: a store without crypto plugin)
-CRYPTO_PLUGIN = {"simple_crypto": "simple_crypto", "pkcs11": "p11_crypto", "kmip": None}
+CRYPTO_PLUGIN = {"simple_crypto": "simple_crypto", "pkcs11": "p11_crypto", "kmip": None, "vault": None}
 STORE_FIELDS = {"name", "crypto_plugin", "secret_store_plugin", "global_default", "status", "secret_store_ref",
                 "created", "updated"}
 

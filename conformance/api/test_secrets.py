@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from conformance.api import BLOCKER, CRITICAL, MINOR, NORMAL, labels
 from conformance.conftest import ref_path
+from harness.known_bugs import known_bug
 
 FEATURE = "Secrets"
 
@@ -221,10 +222,7 @@ def test_payload_with_wildcard_accept_returns_the_stored_bytes(http, res):
     http.payload(ref_path(ref), accept="*/*").payload_is(data)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Barbican bug: with Accept */* the payload response's Content-Type header is the literal '*/*' "
-    "(secrets.py pecan.override_template('', accept_header)), not the stored content type "
-    "resources.get_secret actually used; '*/*' is a media range, not a valid Content-Type"))
+@known_bug("payload-wildcard-content-type")
 @labels(FEATURE, "payload with Accept */*", MINOR)
 def test_payload_with_wildcard_accept_has_the_stored_content_type(http, res):
     """With Accept */*, the payload response should say what it is: Content-Type text/plain for a
@@ -437,11 +435,7 @@ def test_create_with_non_json_content_type_is_415(http, ctype):
 
 @pytest.mark.parametrize("bad", ["###", "ab!cd", "%%%%"])
 @pytest.mark.parametrize("step", ["one-step", "two-step"])
-@pytest.mark.xfail(strict=True, reason=(
-    "Barbican bug: a payload declared base64 is not checked strictly: the one-step validator uses "
-    "base64.b64decode() without validate=True (non-alphabet characters are silently dropped) and the "
-    "two-step PUT does not check at all, so non-base64 text is accepted (201/204) and stored; reading it "
-    "back gives 204 with an empty body (or the wrong bytes)"))
+@known_bug("base64-payload-not-validated")
 @labels(FEATURE, "create validation (400)", NORMAL)
 def test_invalid_base64_payload_is_400(http, res, bad, step):
     """A payload declared base64 that is not base64 should be 400 (one-step: 'Invalid payload for

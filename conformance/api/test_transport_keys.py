@@ -9,6 +9,7 @@ import pytest
 
 from conformance.api import CRITICAL, MINOR, NORMAL, labels
 from conformance.conftest import ref_path
+from harness.known_bugs import known_bug
 
 FEATURE = "Transport keys"
 FAKE_KEY = "-----BEGIN CERTIFICATE-----\nMIIBconformance\n-----END CERTIFICATE-----"
@@ -82,11 +83,7 @@ def test_delete_unknown_transport_key_is_404(http):
 
 
 @pytest.mark.parametrize("which", ["never-existed", "deleted"])
-@pytest.mark.xfail(strict=True, reason=(
-    "Barbican bug: TransportKeyController.on_get calls repo.get() without suppress_exception, which "
-    "raises exception.NotFound (not an HTTP exception), so GET of an unknown or deleted transport key "
-    "is 500 'Transport Key retrieval failure seen - please contact site administrator.' instead of 404 "
-    "(the controller's own 'Transport Key not found' branch is unreachable)"))
+@known_bug("transport-key-get-500")
 @labels(FEATURE, "not found", MINOR)
 def test_get_unknown_transport_key_is_404(http, res, which):
     """GET of a transport key that does not exist (never did, or was deleted) is 404 'Not Found.

@@ -18,7 +18,8 @@ resource's project and creator, `read_project_access` (True unless the resource 
 private) and `read` when the caller is listed in the resource's read ACL.
 
 Outcomes that do not come from the policy are added here, each for a stated reason
-(NON_POLICY below), and confirmed bugs are recorded in KNOWN_BUGS (strict xfail).
+(NON_POLICY below), and confirmed bugs are recorded in KNOWN_BUGS (strict xfail; the bug itself is
+an entry of harness/known_bugs/catalogue.py).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ SETUP = {
 PROJECT_IDS = {"a": "project-a-id", "b": "project-b-id", "service": "service-id", "admin": "admin-id"}
 
 # Real Barbican behaviour that contradicts the documented policy, observed on the service:
-# (policy, op, actor) → (documented outcome, what the service does). Kept as strict xfails.
+# (policy, op, actor) → (documented outcome, id of the bug in harness/known_bugs/catalogue.py,
+# which says what the service does). Kept as strict xfails.
 KNOWN_BUGS: dict[tuple[str, str, str], tuple[str, str]] = {}
 
 
@@ -114,7 +116,9 @@ def derive(policy: str) -> dict:
             outcome = special[0] if special else ("allow" if _allowed(enforcer, op, actor, policy) else "deny")
             bug = KNOWN_BUGS.get((policy, op.id, actor.name))
             if bug:
-                roles[actor.name] = {"expect": outcome, "xfail": bug[1]}
+                from harness.known_bugs.catalogue import get
+
+                roles[actor.name] = {"expect": outcome, "known_bug": get(bug[1]).id}
                 assert bug[0] == outcome, (policy, op.id, actor.name, bug, outcome)
             else:
                 roles[actor.name] = outcome
@@ -141,8 +145,8 @@ HEADER = """\
 #                user/project privileges"
 #   not-found  → 404 whatever the policy says (Barbican hides the resource from callers of
 #                other projects before it checks the policy)
-#   {{expect: ..., xfail: ...}} → the documented outcome; the service is known to differ
-#                (strict xfail with the observed behaviour)
+#   {{expect: ..., known_bug: ID}} → the documented outcome; the service is known to differ
+#                (strict xfail; harness/known_bugs/catalogue.py entry ID says how)
 # single_store: with one secret store (target.backends has one entry) the route answers
 #   404 "Multiple backends support is not enabled": "after-policy" → allowed callers get
 #   404, denied ones 403; "before-policy" → 404 for every caller.

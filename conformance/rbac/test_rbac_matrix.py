@@ -15,6 +15,8 @@ import allure
 import pytest
 from rbac_operations import ACTORS, OPS
 
+from harness.known_bugs import known_bug
+
 SEVERITY = {
     "blocker": allure.severity_level.BLOCKER,
     "critical": allure.severity_level.CRITICAL,
@@ -35,21 +37,21 @@ def _describe(resp) -> str:
 
 
 def _expectation(ctx, op, actor):
-    """(outcome, status, xfail reason) for this case on this target."""
+    """(outcome, status, known bug id or None) for this case on this target."""
     entry = ctx.expected["operations"].get(op.id)
     assert entry is not None, f"{op.id} is missing from the expected file of policy {ctx.target.policy}"
     cell = entry["roles"].get(actor.name)
     assert cell is not None, f"{op.id}: no expectation for actor {actor.name}"
-    xfail = None
+    bug_id = None
     if isinstance(cell, dict):
-        outcome, xfail = cell["expect"], cell.get("xfail")
+        outcome, bug_id = cell["expect"], cell.get("known_bug")
     else:
         outcome = cell
     status = entry["status"]
     mode = entry.get("single_store")
     if mode and not ctx.multi_store and (mode == "before-policy" or outcome == "allow"):
         outcome, status = "no-multi-store", 404
-    return entry, outcome, status, xfail
+    return entry, outcome, status, bug_id
 
 
 @pytest.mark.integration
@@ -58,7 +60,7 @@ def test_rbac(rbac_ctx, op, actor, request):
     """The operation, performed as the actor, is allowed or denied as the expected file of
     the target's policy mode says (see conformance/rbac/README.md)."""
     ctx = rbac_ctx
-    entry, outcome, status, xfail = _expectation(ctx, op, actor)
+    entry, outcome, status, bug_id = _expectation(ctx, op, actor)
 
     allure.dynamic.epic("Barbican RBAC")
     allure.dynamic.feature(op.feature)
@@ -74,10 +76,10 @@ def test_rbac(rbac_ctx, op, actor, request):
         f"    {entry.get('check_str', '?')}\n\n"
         f"Expected: **{outcome}** (HTTP {403 if outcome == 'deny' else status})."
         + (f"\n\nNote: {entry['note']}" if entry.get("note") else "")
-        + (f"\n\nKnown deviation: {xfail}" if xfail else ""))
+        + (f"\n\nKnown deviation: {known_bug(bug_id).kwargs['reason']}" if bug_id else ""))
 
-    if xfail:
-        request.node.add_marker(pytest.mark.xfail(strict=True, reason=xfail))
+    if bug_id:
+        request.node.add_marker(known_bug(bug_id))
     missing = sorted(r for r in {actor.role, ctx.owner, *(ctx.setup[k] for k in op.needs)} if not ctx.has_role(r))
     if missing:
         pytest.skip(f"the target has no credentials for {missing}")

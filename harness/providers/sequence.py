@@ -2,7 +2,8 @@
 
 Independent steps run in parallel threads, since most of the time is spent waiting on
 one-shot Python commands and on services warming up:
-  1. fault proxy | database | SoftHSM token (+ shim control) | KMIP server | RabbitMQ
+  1. fault proxy | database | SoftHSM token (+ shim control) | KMIP server | OpenBao
+     (init, unseal, KV mount, policy, AppRole) | RabbitMQ
   2. the proxy's links (they need every upstream port), then every config is rendered
   3. Keystone (db_sync, uWSGI, bootstrap, then users, roles and catalog)
      | Barbican schema (+ MKEK and HMAC key), then the API nodes
@@ -37,7 +38,7 @@ def parallel(*jobs: Callable[[], None] | None) -> None:
 
 class StartSequence:
     """Mixin of a provider: `up` in the shared order. The provider has the attributes
-    database, softhsm, shim, kmip, rabbit, proxy, links, keystone, nodes, workers (the
+    database, softhsm, shim, kmip, vault, rabbit, proxy, links, keystone, nodes, workers (the
     optional ones None or empty) and `on_change`."""
 
     # How a step's progress line names what starts ("" for processes, " container").
@@ -93,6 +94,12 @@ class StartSequence:
                 self.kmip.prepare()
                 self._start(self.kmip)
 
+        def vault():
+            with progress.step(f"OpenBao{unit} (init, unseal, KV mount, policy, AppRole)"):
+                self.vault.prepare()
+                self._start(self.vault)
+                self.vault.bootstrap()
+
         def rabbit():
             with progress.step(f"RabbitMQ{unit}"):
                 self.rabbit.prepare()
@@ -103,7 +110,8 @@ class StartSequence:
                 self.proxy.prepare()
                 self._start(self.proxy)
 
-        parallel(proxy, database, self.softhsm and softhsm, self.kmip and kmip, self.rabbit and rabbit)
+        parallel(proxy, database, self.softhsm and softhsm, self.kmip and kmip, self.vault and vault,
+                 self.rabbit and rabbit)
         with progress.step("network links through the proxy"):
             self.links.populate()
 

@@ -27,12 +27,15 @@ _LOAD_PATTERNS: list[tuple[str, list[str], list[str]]] = [
     ("kek_mismatch_or_key_loss", ["failed", "broken"],
      [r"ledger: (lost|corrupted|resurrected)", r"DATA LOSS", r"payload_mismatch", r"kek_mismatch",
       r"kek_rotation_without_rewrap", r"hsm_key_deleted", r"crypto_plugin_removed", r"retrieval failure seen"]),
+    ("backend_data_lost", ["failed", "broken"], [r"vault_mount_disabled"]),
     ("hsm_unreachable", ["failed", "broken"],
      [r"CKR_[A-Z_]+", r"hsm_token_absent", r"hsm_error", r"hsm_session_exhaustion", r"hsm_wrong_pin",
       r"creation failure seen"]),
     ("hsm_degraded", ["failed", "broken"], [r"max-p95-ms.*inside fault windows \([^)]*hsm_latency"]),
     ("backend_degraded", ["failed", "broken"],
-     [r"max-p95-ms.*inside fault windows \([^)]*(db_latency|keystone_latency)"]),
+     [r"max-p95-ms.*inside fault windows \([^)]*(db_latency|keystone_latency|vault_latency)"]),
+    ("backend_access_denied", ["failed", "broken"],
+     [r"vault_token_revoked", r"vault_secret_id_expired", r"vault_policy_revoked"]),
     ("acl_permission", ["failed", "broken"], [r"HTTP 403", r"Forbidden", r"acl_removal", r"not allowed"]),
     ("expiration", ["failed", "broken"], [r"expir", r"secret_expiry"]),
     ("consumed_secret_missing", ["failed", "broken"], [r"consumer_in_use_delete", r"container_member_deleted"]),
@@ -42,7 +45,7 @@ _LOAD_PATTERNS: list[tuple[str, list[str], list[str]]] = [
     ("node_down", ["failed", "broken"], [r"node_kill", r"node_pause", r"ConnectionRefusedError"]),
     ("backend_outage", ["failed", "broken"],
      [r"HTTP 5\d\d", r"ConnectionResetError", r"TimeoutError", r"db_outage", r"db_latency", r"kmip_outage",
-      r"OperationalError"]),
+      r"vault_outage", r"vault_sealed", r"OperationalError"]),
 ]
 
 

@@ -19,6 +19,7 @@ BACKEND_PLUGINS = {
     "simple_crypto": ("store_crypto", "simple_crypto"),
     "pkcs11": ("store_crypto", "p11_crypto"),
     "kmip": ("kmip_plugin", None),
+    "vault": ("vault_plugin", None),
 }
 
 
@@ -38,10 +39,12 @@ class BarbicanConfig:
     crypto plugins, as after a backend switch) and `debug` (bool).
     """
 
-    def __init__(self, ctx, database, keystone, softhsm=None, kmip=None, rabbit=None, shim=None, links=None):
+    def __init__(self, ctx, database, keystone, softhsm=None, kmip=None, rabbit=None, shim=None, links=None,
+                 vault=None):
         self.ctx, self.database, self.keystone = ctx, database, keystone
-        self.softhsm, self.kmip, self.rabbit, self.shim = softhsm, kmip, rabbit, shim
-        self.links = links  # Barbican reaches Keystone, the DB, KMIP and the queue through these
+        self.softhsm, self.kmip, self.rabbit, self.shim, self.vault = softhsm, kmip, rabbit, shim, vault
+        # Barbican reaches Keystone, the DB, KMIP, Vault and the queue through these
+        self.links = links
 
     def _via(self, link: str) -> int | None:
         return self.links.port(link) if self.links and link in self.links.upstreams else None
@@ -87,6 +90,7 @@ class BarbicanConfig:
             multiple_stores=multiple, stores=stores, crypto_plugins=crypto,
             keks=o.get("keks", [self.ctx.secrets.kek]) if "simple_crypto" in topo.backends else [],
             p11=p11, kmip=self._kmip_options(),
+            vault=self.vault.barbican_options(self._via("vault")) if self.vault else None,
             queue=topo.async_orders,
             transport_url=self.rabbit.transport_url(port=self._via("queue")) if self.rabbit else "",
         )

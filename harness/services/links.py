@@ -3,6 +3,7 @@
   keystone  API nodes → Keystone (token validation)
   db        API nodes and worker → MariaDB
   kmip      API nodes → PyKMIP server
+  vault     API nodes and worker → OpenBao (Barbican's vault_plugin)
   queue     API nodes and worker → RabbitMQ
 
 Clients (the harness, Locust, a person) talk to Keystone and the API nodes directly, so a
@@ -23,6 +24,8 @@ def link_upstreams(topology) -> dict[str, str]:
         links["db"] = "mariadb"
     if "kmip" in topology.backends:
         links["kmip"] = "kmip"
+    if "vault" in topology.backends:
+        links["vault"] = "vault"
     if topology.async_orders:
         links["queue"] = "rabbitmq_amqp"
     return links

@@ -61,6 +61,7 @@ class Verdict:
 INCIDENT = {
     "healthy": "none", "hsm_degraded": "none",
     "kek_mismatch_or_key_loss": "data_loss", "consumed_secret_missing": "data_loss", "backend_degraded": "none",
+    "backend_data_lost": "data_loss",
 }
 MAX_SENTINELS = 4  # per node and diagnosis: enough evidence, bounded time
 
@@ -412,10 +413,13 @@ def classify(probes: dict, log_lines: list[tuple[str, str]]) -> Verdict:
 
     broken = sorted(set(sentinel_fail) | set(canary_fail))
     if broken:
-        if by_category.get("kek_mismatch_or_key_loss"):
-            return verdict("kek_mismatch_or_key_loss", "existing_secrets_at_risk", broken)
+        for category in ("kek_mismatch_or_key_loss", "backend_data_lost"):
+            if by_category.get(category):
+                return verdict(category, "existing_secrets_at_risk", broken)
         if by_category.get("hsm_unreachable"):
             return verdict("hsm_unreachable", "new_operations_only", broken)
+        if by_category.get("backend_access_denied"):
+            return verdict("backend_access_denied", "new_operations_only", broken)
         if by_category.get("backend_outage"):
             return verdict("backend_outage", "new_operations_only", broken)
         if any(f["status"] == "404" for fails in sentinel_fail.values() for f in fails):
