@@ -9,9 +9,11 @@ import time
 from dataclasses import dataclass, field
 
 from harness.errors import HarnessError
+from harness.services.barbican import BACKEND_PLUGINS
 
-CRYPTO_PLUGIN = {"simple_crypto": "simple_crypto", "pkcs11": "p11_crypto", "kmip": None}
-STORE_PLUGIN = {"simple_crypto": "store_crypto", "pkcs11": "store_crypto", "kmip": "kmip_plugin"}
+# backend → the plugin names Barbican's secret-stores listing uses (one home: the config's).
+STORE_PLUGIN = {backend: plugins[0] for backend, plugins in BACKEND_PLUGINS.items()}
+CRYPTO_PLUGIN = {backend: plugins[1] for backend, plugins in BACKEND_PLUGINS.items()}
 
 
 @dataclass
