@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -159,7 +160,8 @@ def install(source: Source, log=None, timeout: float = INSTALL_TIMEOUT) -> Build
         start = time.monotonic()
         build = _install(source, prefix, log, timeout)
         build.cached, build.install_seconds = False, round(time.monotonic() - start, 1)
-        stamp = {**asdict(build), "digest": _digest(source, build.version),
+        packages = _package_names(build.python)
+        stamp = {**asdict(build), "packages": packages, "digest": _digest(source, build.version, packages),
                  "installed": dt.datetime.now(dt.UTC).isoformat()}
         (prefix / STAMP).write_text(json.dumps(stamp, indent=1))
     _link_harness(prefix)
@@ -169,7 +171,8 @@ def install(source: Source, log=None, timeout: float = INSTALL_TIMEOUT) -> Build
 def _cached(source: Source, prefix: Path) -> Build | None:
     try:
         stamp = json.loads((prefix / STAMP).read_text())
-        if stamp.get("digest") != _digest(source, stamp["version"]) or not (prefix / "bin" / "python").exists():
+        if stamp.get("digest") != _digest(source, stamp["version"], stamp["packages"]) \
+                or not (prefix / "bin" / "python").exists():
             return None
     except (OSError, ValueError, KeyError, HarnessError):
         return None
@@ -177,10 +180,25 @@ def _cached(source: Source, prefix: Path) -> Build | None:
     return Build(**{**fields, "cached": True, "install_seconds": None})
 
 
-def _digest(source: Source, version: str) -> str:
+def _digest(source: Source, version: str, packages: list[str]) -> str:
+    """What the venv was made from: the build, and the pins of the packages it holds (a pin
+    of anything else, e.g. a new tool in the harness venv, does not make it stale)."""
     _, pins = constraints_for(version)
-    text = f"{source.key}\n{version}\n" + "\n".join(pins) + "\n" + " ".join(EXTRA_REQUIREMENTS)
+    held = set(packages)
+    relevant = [p for p in pins if _canonical(p.split("==", 1)[0]) in held]
+    text = f"{source.key}\n{version}\n" + "\n".join(relevant) + "\n" + " ".join(EXTRA_REQUIREMENTS)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
+
+
+def _package_names(python: Path) -> list[str]:
+    """The distributions a venv holds (canonical names)."""
+    out = procs.run([str(python), "-m", "pip", "list", "--format=json", "--disable-pip-version-check"],
+                    timeout=120, what=f"pip list of {python}", error=HarnessError)
+    return sorted(_canonical(d["name"]) for d in json.loads(out.stdout))
 
 
 @contextlib.contextmanager
