@@ -94,6 +94,7 @@ def _assert_runs_build(env, kind: str, version: str) -> dict:
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(1800)  # a build's venv is installed on first use (minutes on a fresh machine)
 @pytest.mark.xdist_group("builds")
 def test_wheel_source_comes_up_and_round_trips(wheel):
     env = Environment.up(topology("simple-crypto"), barbican=f"wheel:{wheel}")
@@ -108,6 +109,7 @@ def test_wheel_source_comes_up_and_round_trips(wheel):
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(1800)  # a build's venv is installed on first use (minutes on a fresh machine)
 @pytest.mark.xdist_group("builds")
 def test_git_source_comes_up_on_its_own_commit(checkout, tmp_path):
     """A topology naming git:PATH (relative to the file; HEAD): installed from a fresh clone
@@ -164,6 +166,7 @@ def test_topology_source_field_is_validated(tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(1800)  # a build's venv is installed on first use (minutes on a fresh machine)
 @pytest.mark.xdist_group("builds")
 def test_gate_from_the_release_to_a_git_build(checkout):
     """The CI recipe's shape (README): the last release → a commit of a checkout. Every seeded

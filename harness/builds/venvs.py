@@ -177,7 +177,8 @@ def _cached(source: Source, prefix: Path) -> Build | None:
     except (OSError, ValueError, KeyError, HarnessError):
         return None
     fields = {k: v for k, v in stamp.items() if k in Build.__dataclass_fields__}
-    return Build(**{**fields, "cached": True, "install_seconds": None})
+    # The same build may be named another way (another path to the same commit or file).
+    return Build(**{**fields, "source": source.spec, "cached": True, "install_seconds": None})
 
 
 def _digest(source: Source, version: str, packages: list[str]) -> str:

@@ -358,7 +358,7 @@ def _verify_hop(env, hop: HopReport, steps: _Steps, ledger, seeded, first, new, 
     (ledger, then through every node), new secrets work on every node and store."""
     from harness.ledger import LedgerChecker
 
-    hop.versions = env.barbican_versions()
+    hop.versions = env.state["node_versions"] = env.barbican_versions()
     wrong = {n: v for n, v in hop.versions.items() if v != new.version}
     if wrong:
         hop.failures.append(f"nodes do not run Barbican {new.label} after the hop: {wrong}")
