@@ -130,6 +130,10 @@ def run_campaign(profile: str, progress: Progress | None = None, provider: str =
     if target is not None and barbican:
         raise HarnessError("--barbican chooses the build of the environments a campaign brings up; "
                            "a target that is up already runs its own")
+    if barbican:
+        from harness.builds import parse_source
+
+        barbican = parse_source(barbican).spec  # a bad source is one line before anything starts
     check_provider(provider)
     progress = progress or Progress()
     where = target.run_id if target is not None else ('' if provider == DEFAULT_PROVIDER else provider)

@@ -373,6 +373,10 @@ def run(paths: list[Path] = typer.Argument(..., help="Scenario files or director
             raise HarnessError("--provider and --barbican choose how each scenario's topology comes up; with "
                                "--run, --cloud or --deployment the scenarios run on that target instead")
         scenarios = [load_scenario(f) for f in _scenario_files(paths)]  # all checked before any starts
+        if barbican:
+            from harness.builds import parse_source
+
+            barbican = parse_source(barbican).spec
         if on_target:
             target = _target(run_id, cloud, targets, deployment)
             permission = _permission(allow_destructive, max_nodes)

@@ -87,26 +87,33 @@ def release(version: str) -> Release:
     return rel
 
 
-def constraints_for(version: str) -> tuple[str, list[str]]:
-    """(where the pins come from, the pins) for a build of Barbican `version`: its own
-    release's, else its series' (same major version), else the harness venv's when the build
-    is of the harness's own series or newer (master). Barbican itself is never among them."""
+def pins_release(version: str) -> str | None:
+    """The release whose pins a build of Barbican `version` installs with: its own, else
+    its series' (same major version); None for the harness's own series or newer (master:
+    the harness venv's pins). Raises, naming what runs here, when there are none."""
     major = version.split(".", 1)[0]
     own_major = own_version().split(".", 1)[0]
     if version in RELEASES and version != own_version():
         release(version)
-        label = version
-    elif major == own_major:
-        return f"the harness venv ({own_version()} series)", harness_venv_pins()
-    elif major.isdigit() and int(major) > int(own_major):
-        # Master after the last release: the newest pins there are.
-        return f"the harness venv ({own_version()}, the newest release known)", harness_venv_pins()
-    else:
-        label = f"{major}.0.0"
-        if label not in RELEASES or RELEASES[label].broken or label == own_version():
-            known = sorted({v.split('.')[0] for v, r in RELEASES.items() if not r.broken}, key=int)
-            raise HarnessError(f"Barbican {version}: no pins for its series ({major}.x); series that run here: "
-                               f"{', '.join(known)}")
+        return version
+    if major == own_major or (major.isdigit() and int(major) > int(own_major)):
+        return None
+    label = f"{major}.0.0"
+    if label not in RELEASES or RELEASES[label].broken:
+        known = sorted({v.split('.')[0] for v, r in RELEASES.items() if not r.broken}, key=int)
+        raise HarnessError(f"Barbican {version}: no pins for its series ({major}.x); series that run here: "
+                           f"{', '.join(known)}")
+    return label
+
+
+def constraints_for(version: str) -> tuple[str, list[str]]:
+    """(where the pins come from, the pins) for a build of Barbican `version` (pins_release).
+    Barbican itself is never among them."""
+    label = pins_release(version)
+    if label is None:
+        newer = version.split(".", 1)[0] != own_version().split(".", 1)[0]
+        return (f"the harness venv ({own_version()}{', the newest release known' if newer else ' series'})",
+                harness_venv_pins())
     path = CONSTRAINTS / f"{label}.txt"
     pins = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
     return f"{label} ({RELEASES[label].series})", _without_barbican(pins)

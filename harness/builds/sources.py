@@ -52,7 +52,7 @@ class Source:
 def parse_source(text: str, base_dir: Path | None = None, what: str = "--barbican") -> Source:
     """A Source from its text; relative paths are taken from `base_dir` (default: the
     current directory)."""
-    from harness.builds.releases import latest
+    from harness.builds.releases import latest, pins_release
 
     raw = (text or "").strip()
     kind, sep, rest = raw.partition(":")
@@ -66,6 +66,10 @@ def parse_source(text: str, base_dir: Path | None = None, what: str = "--barbica
         version = latest() if rest == "latest" else rest
         if not _VERSION.match(version):
             raise HarnessError(f"{what} '{text}': '{rest}' is not a version (e.g. pypi:22.0.0, pypi:latest)")
+        try:
+            pins_release(version)  # a release that cannot run here is refused now, not after an install
+        except HarnessError as exc:
+            raise HarnessError(f"{what} '{text}': {exc}") from None
         return Source("pypi", f"pypi:{version}", version=version)
     if kind == "git":
         where, at, ref = rest.rpartition("@")
