@@ -248,11 +248,8 @@ def _gate_body(env, report: GateReport, steps: _Steps, builds: list, from_overri
                                               env.run_dir / "load" / f"rolling-hop-{i}", progress=steps)
                 st["ok_override"] = hop.rolling["zero_downtime"]
             if not hop.rolling["zero_downtime"]:
-                bad = [f"{p['phase']}: {'; '.join(p['breaches'] + ([p['error']] if p.get('error') else []))}"
-                       for p in hop.rolling["phases"] if not p["ok"]]
                 hop.failures.append(f"rolling {old.label} → {new.label} is not zero-downtime: "
-                                    + (" | ".join(bad) or "; ".join(hop.rolling["load"]["errors"][:3]
-                                                             + [f"finished after the load: {hop.rolling['finished_after_load']}"])))
+                                    + " | ".join(_why_not_zero_downtime(hop.rolling)))
         elif not _offline_upgrade(env, hop, steps, old, new, to_overrides):
             report.failures += hop.failures
             return
@@ -283,6 +280,20 @@ def _gate_body(env, report: GateReport, steps: _Steps, builds: list, from_overri
             if not result.ok:
                 st["ok_override"] = False
                 report.failures.append(f"conformance/api on TO: {result.summary}: {result.failed_tests[:10]}")
+
+
+def _why_not_zero_downtime(rolling: dict) -> list[str]:
+    why = [f"{p['phase']}: {'; '.join(p['breaches'] + ([p['error']] if p.get('error') else []))}"
+           for p in rolling["phases"] if not p["ok"]]
+    why += rolling["load"]["errors"][:3]
+    if rolling["finished_after_load"]:
+        why.append(f"replaced after the load: {', '.join(rolling['finished_after_load'])}")
+    led = rolling["load"].get("ledger") or {}
+    if not led.get("ok"):
+        why.append("load ledger: " + (", ".join(f"{k} {len(led.get(k, []))}" for k in
+                                                ("lost", "corrupted", "resurrected", "unexpected") if led.get(k))
+                                      or "not checked"))
+    return why
 
 
 def _preflight(env, hop: HopReport, steps: _Steps, old, new, to_overrides: dict, simple: list[str], echo) -> None:
