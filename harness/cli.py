@@ -549,22 +549,52 @@ def report(run_id: Optional[str] = typer.Argument(None, help="Run id or director
         _fail(exc)
 
 
-@app.command("qualify-hsm")
+qualify_app = typer.Typer(help="Qualify a PKCS#11 module for p11_crypto: backend checks, then Barbican on it "
+                               "(secret API, HSM calls per operation, throughput, transient HSM errors); writes "
+                               "qualification.json/.md. `qualify-hsm matrix`: several modules side by side.",
+                          invoke_without_command=True)
+app.add_typer(qualify_app, name="qualify-hsm")
+
+
+@qualify_app.callback()
 def qualify_hsm(
-    module: Path = typer.Option(..., "--module", help="The PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so"),
-    token_label: str = typer.Option(..., "--token-label", help="Label of the token to qualify"),
-    pin_env: str = typer.Option(..., "--pin-env", help="Name of the environment variable holding the token's "
-                                                       "user PIN (the PIN is never printed)"),
+    ctx: typer.Context,
+    module: Optional[Path] = typer.Option(None, "--module", help="The PKCS#11 library, e.g. "
+                                                                 "/usr/lib/softhsm/libsofthsm2.so"),
+    token_label: Optional[str] = typer.Option(None, "--token-label", help="Label of the token to qualify"),
+    pin_env: Optional[str] = typer.Option(None, "--pin-env", help="Name of the environment variable holding the "
+                                                                  "token's user PIN (the PIN is never printed)"),
     options: Optional[Path] = typer.Option(None, "--options", help="p11_crypto_plugin options (barbican.conf, "
                                                                    "ini or YAML); the rest: Barbican's defaults"),
     json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON document"),
 ) -> None:
-    """Qualify a PKCS#11 module for p11_crypto: backend checks, then Barbican on it (secret API,
-    HSM calls per operation, throughput, transient HSM errors); writes qualification.json/.md."""
-    from harness.qualify.hsm_command import qualify_hsm_command
+    """Qualify the vendor's token (--module, --token-label, --pin-env), or see `matrix`."""
+    if ctx.invoked_subcommand is not None:
+        return
+    missing = [name for name, value in (("--module", module), ("--token-label", token_label),
+                                        ("--pin-env", pin_env)) if not value]
+    if missing:
+        _fail(HarnessError(f"qualify-hsm: {', '.join(missing)} missing (a vendor's token needs --module, "
+                           f"--token-label and --pin-env; `qualify-hsm matrix` provisions its own tokens)"))
+    from harness.qualify.command import qualify_hsm_command
 
     raise typer.Exit(qualify_hsm_command(str(module), token_label, pin_env, str(options) if options else None,
                                          json_out))
+
+
+@qualify_app.command("matrix")
+def qualify_hsm_matrix(
+    modules: str = typer.Option("", "--modules", help="Comma-separated, from: softhsm, opencryptoki, tpm2, kryoptic, "
+                                                      "nss (default: all)"),
+    soak: bool = typer.Option(False, "--soak", help="The full profile (10 s per load level, the whole secret API "
+                                                    "suite); default: the short CI profile"),
+    json_out: bool = typer.Option(False, "--json", help="Print the matrix as one JSON document"),
+) -> None:
+    """Provision a token on each module, search its p11_crypto_plugin block, qualify it end to end,
+    and write one compatibility matrix (matrix.md, matrix.html checked in headless Chromium)."""
+    from harness.qualify.matrix import matrix_command
+
+    raise typer.Exit(matrix_command([m.strip() for m in modules.split(",") if m.strip()], soak, json_out))
 
 
 @app.command("upgrade-gate")

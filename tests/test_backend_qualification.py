@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.qualify.p11 import default_module
+from harness.qualify.module import default_module
 from harness.services.softhsm import SOFTHSM_P11_OPTIONS
 
 REPO = Path(__file__).resolve().parents[1]

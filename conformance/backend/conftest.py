@@ -19,16 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.qualify.p11 import (
-    P11Options,
-    Qualifier,
-    Target,
-    ThrowawaySoftHSM,
-    default_module,
-    is_softhsm,
-    load_options,
-    required_mechanisms,
-)
+from harness.qualify.checks import Qualifier, Target
+from harness.qualify.module import default_module, is_softhsm
+from harness.qualify.options import P11Options, load_options, required_mechanisms
+from harness.qualify.provision.softhsm import SoftHSMProvisioner
 
 HERE = Path(__file__).resolve().parent
 _OPTS = ("p11_module", "p11_token_label", "p11_pin_env", "p11_options")
@@ -134,8 +128,8 @@ def p11_target(pytestconfig, p11_opts, tmp_path_factory):
         yield Target(module, token_label=label, token_serial=None if label else p11_opts.token_serial_number,
                      pin=pin)
         return
-    with ThrowawaySoftHSM(module, base_dir=tmp_path_factory.getbasetemp()) as target:
-        yield target
+    with SoftHSMProvisioner(tmp_path_factory.mktemp("softhsm") / "token").provision() as token:
+        yield Target(token.module, token_label=token.label, pin=token.pin)
 
 
 @pytest.fixture(scope="session")

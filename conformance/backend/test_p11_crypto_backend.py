@@ -1,7 +1,7 @@
 """Will Barbican's p11_crypto plugin work on this PKCS#11 module with these options?
 
 Each test replays one thing Barbican does (barbican/plugin/crypto/pkcs11.py, p11_crypto.py,
-barbican-manage hsm) through harness.qualify.p11 and fails with the option to change.
+barbican-manage hsm) through harness.qualify.checks and fails with the option to change.
 Tests share one Qualifier: keys made by one check are reused by the next, as Barbican does.
 """
 
@@ -12,7 +12,7 @@ import json
 import allure
 import pytest
 
-from harness.qualify.p11 import CheckResult
+from harness.qualify.checks import CheckResult
 
 EPIC = "Backend qualification"
 

@@ -6,10 +6,30 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from harness import redact
+
+
+@dataclass
+class Row:
+    """One requirement's outcome (the backend stage reuses checks.CheckResult's fields)."""
+
+    stage: str
+    requirement: str
+    passed: bool
+    detail: str
+    option: str | None = None
+    value: str | None = None
+    hint: str | None = None
+    mechanism: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 
 def _cell(text: Any) -> str:

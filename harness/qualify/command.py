@@ -3,9 +3,10 @@ p11_crypto plugin, end to end.
 
     barbican-harness qualify-hsm --module PATH --token-label L --pin-env VAR [--options FILE]
 
-1. Backend qualification (harness.qualify.p11.Qualifier, in a child process) against the
+1. Backend qualification (harness.qualify.checks.Qualifier, in a child process) against the
    module and token with the options (Barbican's defaults where the file gives none). Any
-   failure stops here, naming the mechanism and the option to change: Barbican is not started.
+   failure stops here, naming the mechanism and the option to change: Barbican is not started
+   (`qualify-hsm matrix` may start it anyway, to measure what the failure does to Barbican).
 2. A Barbican environment (environments/pkcs11-softhsm.yaml with these hsm settings, written
    to a temporary topology) with p11_crypto on the module, through the PKCS#11 fault shim,
    and Barbican's [p11_crypto_plugin] set to exactly the qualified options.
@@ -17,7 +18,8 @@ p11_crypto plugin, end to end.
 4. PKCS#11 calls per API operation (shim counters), throughput and p50/p95 of store and get
    at 1, 4 and 16 concurrent clients.
 5. One injected CKR_DEVICE_ERROR / CKR_SESSION_COUNT each (shim rules, count=1): Barbican's
-   re-initialise-and-retry must absorb it, and log it.
+   re-initialise-and-retry must absorb it, and log it; then two CKR_DEVICE_ERROR in a row, which
+   outlast the one retry: that store fails, and the node must serve again afterwards.
 6. The report: reports/runs/<run_id>/qualification.json and .md (printed too). Exit 0 when
    every requirement passes, 1 on any FAIL, 2 on a usage error.
 
@@ -31,10 +33,9 @@ import configparser
 import datetime as dt
 import json
 import os
+import re
 import secrets as _rand
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,20 +47,15 @@ from typing import Any
 import yaml
 
 from harness import redact
+from harness.conformance_run import run_conformance
 from harness.errors import HarnessError
-from harness.qualify.hsm_checks import (
-    PAYLOAD_BYTES,
-    Row,
-    api_smoke,
-    fault_rows,
-    hsm_call_rows,
-    hsm_calls_per_operation,
-    measure_load,
-)
-from harness.qualify.hsm_report import write_report
-from harness.qualify.p11 import BARBICAN_DEFAULTS, P11Options, is_softhsm, load_options
+from harness.qualify.barbican_checks import api_smoke, fault_rows
+from harness.qualify.measure import PAYLOAD_BYTES, hsm_call_rows, hsm_calls_per_operation, measure_load
+from harness.qualify.module import is_softhsm
+from harness.qualify.options import BARBICAN_DEFAULTS, P11Options, load_options
+from harness.qualify.report import Row, write_report
+from harness.qualify.workers import REPO, call_worker, serve
 
-REPO = Path(__file__).resolve().parents[2]
 BASE_TOPOLOGY = REPO / "environments" / "pkcs11-softhsm.yaml"
 TOPOLOGY_NAME = "qualify-hsm"
 
@@ -85,48 +81,27 @@ class QualifyConfig:
     api_k: str | None = "secret"     # -k of the conformance/api run (None: skip it)
     api_timeout: float = 1800
     backend_threads: int = 8
+    backend_iterations: int = 100    # sessions per thread in the concurrency check
     backend_timeout: float = 900
+    # Start Barbican even when backend checks failed (qualify-hsm matrix: the run shows what
+    # the failure does to Barbican; Barbican loads the module through the shim either way).
+    barbican_despite_backend_failures: bool = False
     base_topology: Path = BASE_TOPOLOGY
     log: Callable[[str], None] = field(default=lambda s: print(s, file=sys.stderr, flush=True))
 
 
 # --------------------------------------------------------------------------------------
-# Child processes: backend qualification and token clean-up (a crashing module must not
-# take the command down; the PIN goes over stdin)
+# Child processes (harness.qualify.workers): backend qualification and token clean-up
 # --------------------------------------------------------------------------------------
 
 
-def _child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT_TEST")) and k != "PYTEST_ADDOPTS"}
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
-def _worker(kind: str, spec: dict[str, Any], timeout: float, pin: str) -> tuple[dict | None, str | None]:
-    """Run `python -m harness.qualify.hsm_command KIND`; (its JSON answer, or why not)."""
-    try:
-        proc = subprocess.run([sys.executable, "-m", "harness.qualify.hsm_command", kind],
-                              input=json.dumps(spec), capture_output=True, text=True, timeout=timeout,
-                              env=_child_env(), cwd=REPO, check=False)
-    except subprocess.TimeoutExpired:
-        return None, f"did not finish within {timeout:.0f} s"
-    if proc.returncode < 0:
-        return None, f"the module crashed the process ({signal.Signals(-proc.returncode).name})"
-    try:
-        return json.loads(proc.stdout.strip().splitlines()[-1]), None
-    except (ValueError, IndexError):
-        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-4:])
-        return None, f"exited {proc.returncode}: {tail.replace(pin, '***') if pin else tail}"
-
-
 def _backend_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    from harness.qualify.p11 import Qualifier, Target
+    from harness.qualify.checks import Qualifier, Target
 
     opts = load_options(spec.get("options_file"))
     q = Qualifier(Target(spec["module"], token_label=spec["token_label"], pin=spec["pin"]), opts)
     try:
-        results = q.run_all(threads=int(spec.get("threads", 8)))
+        results = q.run_all(threads=int(spec.get("threads", 8)), iterations=int(spec.get("iterations", 100)))
     finally:
         problems = q.close()
     return {"results": [r.to_dict() for r in results], "close_problems": problems}
@@ -137,7 +112,7 @@ def _cleanup_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from pkcs11 import Attribute
     from pkcs11.exceptions import PKCS11Error
 
-    from harness.qualify.p11 import ckr_name, load_library
+    from harness.qualify.module import ckr_name, load_library
 
     lib, _ = load_library(spec["module"], bool(spec.get("os_locking_ok", True)))
     token = lib.get_token(token_label=spec["token_label"])
@@ -201,31 +176,14 @@ def p11_block(env, module: str) -> tuple[dict[str, str], str]:
     return block, shim_path
 
 
-def _run_api_conformance(env, cfg: QualifyConfig, pin: str) -> tuple[Row, dict[str, Any]]:
-    junit = env.run_dir / "api-conformance.xml"
-    argv = [sys.executable, "-m", "pytest", "conformance/api", "--barbican-run", env.run_id, "-k", cfg.api_k,
-            "-p", "no:cacheprovider", "-q", f"--junitxml={junit}"]
-    shown = f"pytest conformance/api --barbican-run {env.run_id} -k '{cfg.api_k}'"
-    try:
-        proc = subprocess.run(argv, cwd=REPO, env=_child_env(), capture_output=True, text=True,
-                              timeout=cfg.api_timeout, check=False, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        return (Row("api", "api.conformance", False, f"{shown} did not finish within {cfg.api_timeout:.0f} s"),
-                {"command": shown, "summary": "timeout"})
-    out = redact.mask(proc.stdout + proc.stderr)
-    if pin:
-        out = out.replace(pin, "***")
-    (env.run_dir / "api-conformance.log").write_text(out)
-    lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
-    summary = lines[-1].strip("= ") if lines else f"exit {proc.returncode}"
-    failed = [ln.split(" - ")[0].removeprefix("FAILED ") for ln in proc.stdout.splitlines()
-              if ln.startswith(("FAILED ", "ERROR "))]
-    detail = f"{summary} (log: api-conformance.log)"
-    if failed:
+def _run_api_conformance(env, cfg: QualifyConfig) -> tuple[Row, dict[str, Any]]:
+    result = run_conformance(env, ["conformance/api"], k=cfg.api_k, out_dir=env.run_dir, name="api-conformance",
+                             timeout=cfg.api_timeout)
+    detail = f"{result.summary} (log: api-conformance.log)"
+    if result.failed_tests:
+        failed = result.failed_tests
         detail += "; failed: " + ", ".join(failed[:8]) + (" ..." if len(failed) > 8 else "")
-    info = {"command": shown, "summary": summary, "exit_code": proc.returncode, "failed": failed,
-            "junit": str(junit)}
-    return Row("api", "api.conformance", proc.returncode == 0, detail), info
+    return Row("api", "api.conformance", result.ok, detail), result.to_dict()
 
 
 # --------------------------------------------------------------------------------------
@@ -259,6 +217,19 @@ def _resolve(cfg: QualifyConfig) -> tuple[P11Options, str, list[str]]:
     if opts.login:
         notes.append("login in the options file is not used: the PIN comes from --pin-env")
     return opts, pin, notes
+
+
+_HSM_ERROR = re.compile(r"HSM returned response code: (0x[0-9a-f]+ (CKR_[A-Z_]+))")
+
+
+def hsm_errors_logged(run_dir: Path) -> dict[str, str]:
+    """`node: 0x.. CKR_..` -> CKR name, for each HSM error Barbican logged (its p11 plugin's
+    message), from the nodes' application logs of the run."""
+    found: dict[str, str] = {}
+    for log in sorted((run_dir / "logs").glob("*-app.log")):
+        for m in _HSM_ERROR.finditer(log.read_text(errors="replace")):
+            found.setdefault(f"{log.name.removesuffix('-app.log')}: {m.group(1)}", m.group(2))
+    return found
 
 
 def new_run_id() -> str:
@@ -299,9 +270,12 @@ def run_qualification(cfg: QualifyConfig, progress=None) -> tuple[dict[str, Any]
     log(f"[1/6] backend qualification of {cfg.module}, token {cfg.token_label!r} "
         f"(options: {report['target']['options_source']})")
     t0 = time.monotonic()
-    answer, why = _worker("backend-worker", {"module": cfg.module, "token_label": cfg.token_label, "pin": pin,
-                                             "options_file": cfg.options_file, "threads": cfg.backend_threads},
-                          cfg.backend_timeout, pin)
+    done = call_worker("harness.qualify.command", "backend-worker",
+                       {"module": cfg.module, "token_label": cfg.token_label, "pin": pin,
+                        "options_file": cfg.options_file, "threads": cfg.backend_threads,
+                        "iterations": cfg.backend_iterations},
+                       timeout=cfg.backend_timeout, secret=pin)
+    answer, why = done.answer, done.why
     timings["backend"] = round(time.monotonic() - t0, 1)
     if answer is None:
         rows.append(Row("backend", "backend.run", False, f"the backend qualification {why}",
@@ -315,13 +289,16 @@ def run_qualification(cfg: QualifyConfig, progress=None) -> tuple[dict[str, Any]
             notes.append("backend clean-up: " + "; ".join(answer["close_problems"]))
     failed = [r for r in rows if not r.passed]
     log(f"      {len(rows) - len(failed)} passed, {len(failed)} failed")
-    if failed:
-        for r in failed:
-            head = f"{r.option} = {r.value}: " if r.option else ""
-            log(f"      FAIL [{r.requirement}] {head}{r.detail}" + (f"; {r.hint}" if r.hint else ""))
+    for r in failed:
+        head = f"{r.option} = {r.value}: " if r.option else ""
+        log(f"      FAIL [{r.requirement}] {head}{r.detail}" + (f"; {r.hint}" if r.hint else ""))
+    if failed and not (cfg.barbican_despite_backend_failures and answer is not None):
         report["not_run"] = list(STAGES[1:])
         notes.append("Barbican was not started: the backend qualification failed (fix the options named above)")
         return finish()
+    if failed:
+        notes.append("Barbican was started although backend checks failed, to measure what the failures do to it "
+                     "(it loads the module through the harness's shim)")
 
     # 2. Barbican on the module -----------------------------------------------------------
     mode = "given-token"
@@ -346,8 +323,11 @@ def run_qualification(cfg: QualifyConfig, progress=None) -> tuple[dict[str, Any]
         try:
             env = Environment.up(topo_path, progress=progress or Progress(), run_id=run_id)
         except HarnessError as exc:
+            errors = hsm_errors_logged(run_dir)
+            seen = "; HSM errors in the nodes' logs: " + ", ".join(errors) if errors else ""
             rows.append(Row("barbican", "barbican.up", False,
-                            f"the environment did not come up: {redact.mask(str(exc))}"))
+                            f"the environment did not come up: {redact.mask(str(exc)).splitlines()[0]}{seen}",
+                            error=next(iter(errors.values()), None) if errors else None))
             report["not_run"] = list(STAGES[2:])
             return finish()
         finally:
@@ -377,7 +357,7 @@ def run_qualification(cfg: QualifyConfig, progress=None) -> tuple[dict[str, Any]
             if cfg.api_k:
                 if (REPO / "conformance" / "api").is_dir():
                     log(f"      conformance/api -k '{cfg.api_k}' (subprocess)")
-                    row, info = _run_api_conformance(env, cfg, pin)
+                    row, info = _run_api_conformance(env, cfg)
                     rows.append(row)
                     report["api_conformance"] = info
                     log(f"      {info['summary']}")
@@ -415,7 +395,8 @@ def run_qualification(cfg: QualifyConfig, progress=None) -> tuple[dict[str, Any]
 
         # 5. transient HSM errors
         def reinit() -> None:
-            log("[6/6] transient CKR_DEVICE_ERROR / CKR_SESSION_COUNT (shim, count=1): re-initialise and retry")
+            log("[6/6] transient CKR_DEVICE_ERROR / CKR_SESSION_COUNT (shim, count=1): re-initialise and retry; "
+                "a burst that outlasts the retry, then recovery")
             for row in fault_rows(env):
                 rows.append(row)
                 log(f"      {'PASS' if row.passed else 'FAIL'} {row.requirement}")
@@ -432,9 +413,10 @@ def run_qualification(cfg: QualifyConfig, progress=None) -> tuple[dict[str, Any]
             if left or busy:
                 rows.append(Row("barbican", "barbican.down", False,
                                 f"still running after down: {left}; busy ports: {busy}"))
-            answer, why = _worker("cleanup-worker", {
+            done = call_worker("harness.qualify.command", "cleanup-worker", {
                 "module": cfg.module, "token_label": cfg.token_label, "pin": pin,
-                "labels": list(labels.values()), "os_locking_ok": opts.os_locking_ok}, 120, pin)
+                "labels": list(labels.values()), "os_locking_ok": opts.os_locking_ok}, timeout=120, secret=pin)
+            answer, why = done.answer, done.why
             if answer is None or answer.get("error"):
                 notes.append(f"could not destroy this run's keys {sorted(labels.values())} on the token: "
                              f"{why or answer.get('error')}; destroy them by hand")
@@ -471,16 +453,6 @@ def qualify_hsm_command(module: str, token_label: str, pin_env: str, options_fil
     return code
 
 
-def _main() -> int:
-    kind = sys.argv[1] if len(sys.argv) > 1 else ""
-    workers = {"backend-worker": _backend_worker, "cleanup-worker": _cleanup_worker}
-    if kind not in workers:
-        sys.exit("usage: python -m harness.qualify.hsm_command backend-worker|cleanup-worker  (internal; use "
-                 "`barbican-harness qualify-hsm`)")
-    spec = json.loads(sys.stdin.read())
-    print(json.dumps(workers[kind](spec)))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(serve({"backend-worker": _backend_worker, "cleanup-worker": _cleanup_worker},
+                   "harness.qualify.command"))

@@ -1,23 +1,11 @@
-"""Backend qualification for Barbican's p11_crypto plugin.
+"""The backend checks: will Barbican's p11_crypto plugin work on this PKCS#11 module with
+these [p11_crypto_plugin] options?
 
-Question answered: "will Barbican's p11_crypto plugin work on this PKCS#11 module with
-these [p11_crypto_plugin] options?" Every check replays, with python-pkcs11 and in a
-process separate from Barbican, a call Barbican makes (barbican/plugin/crypto/pkcs11.py
-and p11_crypto.py, Barbican 23.0.0), with the mechanism, parameters and attribute
-template Barbican uses for the given options. Each check returns a `CheckResult`; a failed
-result names the barbican.conf option at fault and, when one is known, the fix
-(`KNOWN_ISSUES`, the single table mapping option/value/failure -> fix).
-
-Where python-pkcs11 cannot make Barbican's call, the module is called by its exported
-symbol name through ctypes, as Barbican's own cffi binding does:
-- C_Initialize with CKF_OS_LOCKING_OK (`os_locking_ok`); python-pkcs11 always passes NULL.
-- C_GetMechanismInfo with a zeroed CK_MECHANISM_INFO. python-pkcs11 0.10.1 passes an
-  uninitialised struct, and SoftHSM 2.6.1 ORs flags into it for some mechanisms
-  (CKM_AES_CBC_PAD, CKM_AES_GCM ...), so python-pkcs11 reports random flags there.
-- C_GetSessionInfo / C_Login on an open session (Barbican logs in only public sessions).
-- CK_GCM_PARAMS with pIv=NULL (aes_gcm_generate_iv = False) or a 16-byte IV, and for the
-  vendor mechanism VENDOR_SAFENET_CKM_AES_GCM (python-pkcs11 builds GCM parameters only for
-  CKM_AES_GCM with a nonce of at most 12 bytes).
+Every check replays, with python-pkcs11 and in a process separate from Barbican, a call
+Barbican makes (barbican/plugin/crypto/pkcs11.py and p11_crypto.py, Barbican 23.0.0), with
+the mechanism, parameters and attribute template Barbican uses for the given options. Each
+check returns a `CheckResult`; a failed result names the barbican.conf option at fault and,
+when one is known, the fix (harness.qualify.fixes.KNOWN_ISSUES).
 
 The concurrency check runs in a child process: a module used from several threads
 without locking can crash the process (measured on SoftHSM 2.6.1 with os_locking_ok =
@@ -29,486 +17,66 @@ Objects the checks create carry a per-run label prefix and are destroyed by `clo
 
 from __future__ import annotations
 
-import configparser
-import ctypes
-import json
-import os
 import secrets
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any, Self
 
-import pkcs11
-from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass, _pkcs11
+from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass
 from pkcs11.constants import DEFAULT
 from pkcs11.exceptions import PKCS11Error
 from pkcs11.mechanisms import GCMParams
 
-# --------------------------------------------------------------------------------------
-# Barbican's option model (barbican/plugin/crypto/p11_crypto.py, pkcs11.py)
-# --------------------------------------------------------------------------------------
-
-BARBICAN_DEFAULTS: dict[str, Any] = {
-    "library_path": None,
-    "token_serial_number": None,
-    "token_labels": [],
-    "login": None,
-    "mkek_label": None,
-    "mkek_length": 32,
-    "hmac_label": None,
-    "slot_id": 1,
-    "rw_session": True,
-    "pkek_length": 32,
-    "pkek_cache_ttl": 900,
-    "pkek_cache_limit": 100,
-    "encryption_mechanism": "CKM_AES_CBC",
-    "hmac_key_type": "CKK_AES",
-    "hmac_keygen_mechanism": "CKM_AES_KEY_GEN",
-    "hmac_mechanism": "CKM_SHA256_HMAC",
-    "key_wrap_mechanism": "CKM_AES_CBC_PAD",
-    "key_wrap_generate_iv": True,
-    "seed_file": "",
-    "seed_length": 32,
-    "plugin_name": "PKCS11 HSM",
-    "aes_gcm_generate_iv": True,
-    "always_set_cka_sensitive": True,
-    "os_locking_ok": False,
-}
-DEPRECATED_NAMES = {"hmac_keywrap_mechanism": "hmac_mechanism", "generate_iv": "aes_gcm_generate_iv"}
-_INT_OPTIONS = {"mkek_length", "slot_id", "pkek_length", "pkek_cache_ttl", "pkek_cache_limit", "seed_length"}
-_BOOL_OPTIONS = {"rw_session", "key_wrap_generate_iv", "aes_gcm_generate_iv", "always_set_cka_sensitive",
-                 "os_locking_ok"}
-_LIST_OPTIONS = {"token_labels"}
-_SECRET_OPTIONS = {"login"}
-
-# The values Barbican accepts (anything else fails at start-up or at first use).
-ALLOWED_VALUES: dict[str, tuple[str, ...]] = {
-    "encryption_mechanism": ("CKM_AES_CBC", "CKM_AES_GCM", "VENDOR_SAFENET_CKM_AES_GCM"),
-    "hmac_key_type": ("CKK_AES", "CKK_GENERIC_SECRET", "CKK_SHA256_HMAC"),
-    "hmac_keygen_mechanism": ("CKM_AES_KEY_GEN", "CKM_NC_SHA256_HMAC_KEY_GEN", "CKM_GENERIC_SECRET_KEY_GEN"),
-    "hmac_mechanism": ("CKM_SHA256_HMAC", "CKM_AES_MAC"),
-    "key_wrap_mechanism": ("CKM_AES_CBC_PAD", "CKM_AES_KEY_WRAP_PAD", "CKM_AES_KEY_WRAP_KWP"),
-}
-# What Barbican does with a value outside ALLOWED_VALUES.
-_INVALID_VALUE_EFFECT = {
-    "encryption_mechanism": "PKCS11() raises ValueError('Invalid Encryption mechanism.') at start-up",
-    "hmac_mechanism": "PKCS11() raises ValueError('Invalid HMAC signing mechanism.') at start-up",
-    "key_wrap_mechanism": "PKCS11() raises ValueError('Invalid Key Wrapping mechanism.') at start-up",
-    "hmac_key_type": "the HMAC key lookup raises KeyError (not in _KEY_TYPES) at the first secret",
-    "hmac_keygen_mechanism": "barbican-manage hsm gen_hmac raises KeyError (not in _KEY_GEN_MECHANISMS)",
-}
-
-MECHANISMS: dict[str, int] = {
-    "CKM_AES_KEY_GEN": 0x1080,
-    "CKM_AES_CBC": 0x1082,
-    "CKM_AES_MAC": 0x1083,
-    "CKM_AES_CBC_PAD": 0x1085,
-    "CKM_AES_GCM": 0x1087,
-    "CKM_AES_KEY_WRAP_PAD": 0x210A,
-    "CKM_AES_KEY_WRAP_KWP": 0x210B,
-    "CKM_GENERIC_SECRET_KEY_GEN": 0x350,
-    "CKM_SHA256_HMAC": 0x251,
-    "VENDOR_SAFENET_CKM_AES_GCM": 0x8000011C,
-    "CKM_NC_SHA256_HMAC_KEY_GEN": 0xDE436997,
-}
-KEY_TYPES: dict[str, KeyType] = {
-    "CKK_AES": KeyType.AES,
-    "CKK_GENERIC_SECRET": KeyType.GENERIC_SECRET,
-    "CKK_SHA256_HMAC": KeyType.SHA256_HMAC,
-}
-# IV Barbican generates with C_GenerateRandom when key_wrap_generate_iv = True (pkcs11.wrap_key).
-KEY_WRAP_IV_BYTES = {"CKM_AES_CBC_PAD": 16, "CKM_AES_KEY_WRAP_PAD": 8, "CKM_AES_KEY_WRAP_KWP": 4}
-HMAC_KEY_BYTES = 32          # barbican-manage hsm gen_hmac --length default
-CBC_IV_BYTES = 16            # pkcs11._CBC_IV_SIZE
-GCM_NONCE_BYTES = 12         # PKCS11.noncesize
-GCM_TAG_BYTES = 16           # PKCS11.gcmtagsize (ulTagBits = 128)
-HMAC_SIGNATURE_BUFFER = 32   # compute_hmac passes a 32-byte buffer to C_Sign
-RNG_SELF_TEST_BYTES = 100    # PKCS11._rng_self_test
-
-# Every C_* function Barbican's cffi binding calls, looked up by symbol name (ffi.dlopen).
-BARBICAN_CALLS = (
-    "C_Initialize", "C_Finalize", "C_GetSlotList", "C_GetTokenInfo", "C_OpenSession",
-    "C_CloseSession", "C_GetSessionInfo", "C_Login", "C_GenerateRandom", "C_FindObjectsInit",
-    "C_FindObjects", "C_FindObjectsFinal", "C_GenerateKey", "C_WrapKey", "C_UnwrapKey",
-    "C_EncryptInit", "C_Encrypt", "C_DecryptInit", "C_Decrypt", "C_SignInit", "C_Sign",
-    "C_VerifyInit", "C_Verify", "C_DestroyObject",
+from harness.qualify.fixes import (
+    ATTRIBUTE_IGNORED,
+    CONCURRENCY,
+    FLAG_MISSING,
+    HARD_CODED_HINT,
+    INVALID_VALUE,
+    KEY_NOT_FOUND,
+    KEY_SIZE,
+    MISMATCH,
+    MISSING_SYMBOL,
+    NO_HSM_IV,
+    NO_TOKEN,
+    NOT_LISTED,
+    find_known_issue,
+    generic_hint,
 )
-SEED_CALL = "C_SeedRandom"  # only when seed_file is set
-
-_SOFTHSM_CANDIDATES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
-
-_TRUE = {"1", "t", "true", "on", "y", "yes"}
-_FALSE = {"0", "f", "false", "off", "n", "no"}
-
-
-@dataclass(frozen=True)
-class OptionProblem:
-    option: str
-    value: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class P11Options:
-    """[p11_crypto_plugin] options; anything not given takes Barbican's own default."""
-
-    library_path: str | None = None
-    token_serial_number: str | None = None
-    token_labels: tuple[str, ...] = ()
-    login: str | None = field(default=None, repr=False)
-    mkek_label: str | None = None
-    mkek_length: int = 32
-    hmac_label: str | None = None
-    slot_id: int = 1
-    rw_session: bool = True
-    pkek_length: int = 32
-    pkek_cache_ttl: int = 900
-    pkek_cache_limit: int = 100
-    encryption_mechanism: str = "CKM_AES_CBC"
-    hmac_key_type: str = "CKK_AES"
-    hmac_keygen_mechanism: str = "CKM_AES_KEY_GEN"
-    hmac_mechanism: str = "CKM_SHA256_HMAC"
-    key_wrap_mechanism: str = "CKM_AES_CBC_PAD"
-    key_wrap_generate_iv: bool = True
-    seed_file: str = ""
-    seed_length: int = 32
-    plugin_name: str = "PKCS11 HSM"
-    aes_gcm_generate_iv: bool = True
-    always_set_cka_sensitive: bool = True
-    os_locking_ok: bool = False
-    # Bookkeeping: which options were given, and what could not be used as given.
-    explicit: frozenset[str] = frozenset()
-    problems: tuple[OptionProblem, ...] = ()
-    source: str = "Barbican's defaults"
-
-    @classmethod
-    def from_mapping(cls, mapping: dict[str, Any], source: str = "options") -> P11Options:
-        values: dict[str, Any] = {}
-        problems: list[OptionProblem] = []
-        explicit: set[str] = set()
-        for raw_name, raw in mapping.items():
-            name = DEPRECATED_NAMES.get(str(raw_name).strip().lower(), str(raw_name).strip().lower())
-            if name not in BARBICAN_DEFAULTS:
-                problems.append(OptionProblem(name, _show(name, raw),
-                                              "not a [p11_crypto_plugin] option: oslo.config ignores it, "
-                                              "so Barbican would use the default of the option you meant"))
-                continue
-            if raw is None:
-                continue
-            try:
-                values[name] = _coerce(name, raw)
-                explicit.add(name)
-            except ValueError as exc:
-                problems.append(OptionProblem(name, _show(name, raw), str(exc)))
-        for name, allowed in ALLOWED_VALUES.items():
-            if name in values and values[name] not in allowed:
-                problems.append(OptionProblem(
-                    name, values[name],
-                    f"Barbican accepts only {', '.join(allowed)}: {_INVALID_VALUE_EFFECT[name]}"))
-        return cls(**values, explicit=frozenset(explicit), problems=tuple(problems), source=source)
-
-    def value(self, option: str) -> str:
-        """The option's value as it would be written in barbican.conf (secrets masked)."""
-        return _show(option, getattr(self, option))
-
-    def describe(self, option: str) -> str:
-        suffix = "" if option in self.explicit else " (Barbican's default)"
-        return f"{option} = {self.value(option)}{suffix}"
-
-    def to_mapping(self, include_secrets: bool = False) -> dict[str, Any]:
-        out = {}
-        for f in fields(self):
-            if f.name in ("explicit", "problems", "source") or f.name not in self.explicit:
-                continue
-            if f.name in _SECRET_OPTIONS and not include_secrets:
-                continue
-            v = getattr(self, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else v
-        return out
-
-
-def _show(option: str, value: Any) -> str:
-    if option in _SECRET_OPTIONS and value:
-        return "***"
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return "" if value is None else str(value)
-
-
-def _coerce(name: str, raw: Any) -> Any:
-    if name in _BOOL_OPTIONS:
-        if isinstance(raw, bool):
-            return raw
-        s = str(raw).strip().lower()
-        if s in _TRUE:
-            return True
-        if s in _FALSE:
-            return False
-        raise ValueError(f"not a boolean: oslo.config refuses {raw!r} and Barbican does not start")
-    if name in _INT_OPTIONS:
-        if isinstance(raw, bool):
-            raise ValueError("not an integer")
-        try:
-            v = int(str(raw).strip())
-        except ValueError:
-            raise ValueError(f"not an integer: oslo.config refuses {raw!r} and Barbican does not start") from None
-        if name == "mkek_length" and v < 1:
-            raise ValueError("mkek_length must be at least 1")
-        return v
-    if name in _LIST_OPTIONS:
-        items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
-        return tuple(str(i).strip() for i in items if str(i).strip())
-    return str(raw).strip().strip("'\"")
-
-
-def load_options(path: str | Path | None) -> P11Options:
-    """Options from an ini file (a barbican.conf, a [p11_crypto_plugin] section, or bare
-    `key = value` lines) or a YAML mapping (optionally under `p11_crypto_plugin:`).
-    No path: Barbican's defaults."""
-    if path is None:
-        return P11Options()
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ValueError(f"cannot read the options file {p}: {exc.strerror or exc}") from None
-    if p.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{p} is not valid YAML: {exc}") from None
-        if isinstance(data, dict) and isinstance(data.get("p11_crypto_plugin"), dict):
-            data = data["p11_crypto_plugin"]
-        if not isinstance(data, dict):
-            raise ValueError(f"{p}: expected a mapping of [p11_crypto_plugin] options")
-        return P11Options.from_mapping(data, source=str(p))
-    parser = configparser.ConfigParser(interpolation=None, strict=False)
-    parser.optionxform = str  # type: ignore[assignment]
-    try:
-        parser.read_string(text, source=str(p))
-    except configparser.MissingSectionHeaderError:
-        parser.read_string("[p11_crypto_plugin]\n" + text, source=str(p))
-    except configparser.Error as exc:
-        raise ValueError(f"{p} is not a valid ini file: {exc}") from None
-    if parser.has_section("p11_crypto_plugin"):
-        section = dict(parser.items("p11_crypto_plugin", raw=True))
-        # values from [DEFAULT] leak into every section in configparser; keep only ours
-        section = {k: v for k, v in section.items()
-                   if k in parser._sections["p11_crypto_plugin"]}  # type: ignore[attr-defined]
-    elif not parser.sections():
-        section = dict(parser.defaults())
-    else:
-        raise ValueError(f"{p} has no [p11_crypto_plugin] section (sections: {', '.join(parser.sections())})")
-    return P11Options.from_mapping(section, source=str(p))
-
-
-# --------------------------------------------------------------------------------------
-# Which mechanisms the options imply
-# --------------------------------------------------------------------------------------
-
-_FLAG_BITS = {
-    "ENCRYPT": 0x100, "DECRYPT": 0x200, "SIGN": 0x800, "VERIFY": 0x2000,
-    "GENERATE": 0x8000, "WRAP": 0x20000, "UNWRAP": 0x40000,
-}
-_KNOWN_FLAG_MASK = 0x0000_0000_83FF_FF01  # CKF_HW .. CKF_EC_COMPRESS, CKF_EXTENSION
-
-
-@dataclass(frozen=True)
-class MechanismRequirement:
-    mechanism: str
-    option: str | None                # the barbican.conf option that selects it (None: hard-coded)
-    flags: tuple[str, ...]            # CKF_* bits C_GetMechanismInfo must report
-    key_bytes: tuple[int, ...]        # key sizes (bytes) the mechanism must accept
-    purpose: str
-
-    @property
-    def code(self) -> int:
-        return MECHANISMS[self.mechanism]
-
-    @property
-    def id(self) -> str:
-        return f"{self.option or 'built-in'}={self.mechanism}"
-
-
-def required_mechanisms(opts: P11Options) -> list[MechanismRequirement]:
-    """The mechanisms Barbican's p11_crypto plugin (and barbican-manage hsm) will use."""
-    reqs = [MechanismRequirement(
-        "CKM_AES_KEY_GEN", None, ("GENERATE",), tuple(sorted({opts.mkek_length, opts.pkek_length})),
-        "C_GenerateKey of the MKEK (barbican-manage hsm gen_mkek) and of every project KEK")]
-    wanted = (
-        ("encryption_mechanism", ("ENCRYPT", "DECRYPT"), (opts.pkek_length,),
-         "C_Encrypt/C_Decrypt of every secret with its project KEK"),
-        ("key_wrap_mechanism", ("WRAP", "UNWRAP"), (opts.mkek_length,),
-         "C_WrapKey/C_UnwrapKey of project KEKs with the MKEK"),
-        ("hmac_keygen_mechanism", ("GENERATE",), (HMAC_KEY_BYTES,),
-         "C_GenerateKey of the HMAC key (barbican-manage hsm gen_hmac)"),
-        ("hmac_mechanism", ("SIGN", "VERIFY"), (HMAC_KEY_BYTES,),
-         "C_Sign/C_Verify of every wrapped project KEK"),
-    )
-    for option, flags, sizes, purpose in wanted:
-        mech = getattr(opts, option)
-        if mech in MECHANISMS and mech in ALLOWED_VALUES[option]:
-            reqs.append(MechanismRequirement(mech, option, flags, sizes, purpose))
-    return reqs
-
-
-# --------------------------------------------------------------------------------------
-# Known failures -> the option to change and the fix (the one place these live)
-# --------------------------------------------------------------------------------------
-
-# Failure kinds that are not a CKR_* code.
-NOT_LISTED = "NOT_IN_MECHANISM_LIST"
-FLAG_MISSING = "MECHANISM_FLAG_MISSING"
-KEY_SIZE = "KEY_SIZE_NOT_SUPPORTED"
-INVALID_VALUE = "INVALID_OPTION_VALUE"
-NO_HSM_IV = "NO_HSM_GENERATED_IV"
-MISMATCH = "DATA_MISMATCH"
-CONCURRENCY = "CONCURRENCY_FAILURE"
-NO_TOKEN = "NO_SUCH_TOKEN"
-ATTRIBUTE_IGNORED = "ATTRIBUTE_IGNORED"
-KEY_NOT_FOUND = "KEY_NOT_FOUND_BY_LABEL"
-MISSING_SYMBOL = "MISSING_SYMBOL"
-_UNSUPPORTED = frozenset({NOT_LISTED, FLAG_MISSING, "CKR_MECHANISM_INVALID"})
-
-
-@dataclass(frozen=True)
-class KnownIssue:
-    """A failure with a known fix: `option` set to `value` (None: any value) fails with one
-    of `errors` (CKR_* names or the kinds above; empty: any failure), while the options
-    in `when` hold; `fix` lists the settings that work; `why` is the known cause."""
-
-    option: str
-    value: str | None
-    errors: frozenset[str]
-    fix: tuple[tuple[str, str], ...]
-    why: str
-    when: tuple[tuple[str, str], ...] = ()
-
-    def applies(self, opts: P11Options, option: str, error: str | None) -> bool:
-        if option != self.option:
-            return False
-        if self.value is not None and opts.value(option) != self.value:
-            return False
-        if self.errors and error not in self.errors:
-            return False
-        return all(opts.value(o) == v for o, v in self.when)
-
-    def hint(self) -> str:
-        settings = " and ".join(f"{o} = {v}" for o, v in self.fix)
-        return f"set [p11_crypto_plugin] {settings} ({self.why})"
-
-
-KNOWN_ISSUES: tuple[KnownIssue, ...] = (
-    KnownIssue("key_wrap_mechanism", "CKM_AES_CBC_PAD", _UNSUPPORTED,
-               (("key_wrap_mechanism", "CKM_AES_KEY_WRAP_PAD"), ("key_wrap_generate_iv", "False")),
-               "SoftHSM 2.6.1 cannot wrap with CBC_PAD: CBC_PAD wrapping arrived in SoftHSM 2.7.0; "
-               "RFC 5649 CKM_AES_KEY_WRAP_PAD is the widely supported choice"),
-    KnownIssue("key_wrap_mechanism", "CKM_AES_KEY_WRAP_KWP", _UNSUPPORTED,
-               (("key_wrap_mechanism", "CKM_AES_KEY_WRAP_PAD"), ("key_wrap_generate_iv", "False")),
-               "SoftHSM implements RFC 5649 as CKM_AES_KEY_WRAP_PAD (0x210A) and has no 0x210B"),
-    KnownIssue("key_wrap_generate_iv", "True",
-               frozenset({"CKR_ARGUMENTS_BAD", "CKR_MECHANISM_PARAM_INVALID"}),
-               (("key_wrap_generate_iv", "False"),),
-               "RFC 5649 wrapping uses its fixed alternative IV; SoftHSM rejects an explicit IV",
-               when=(("key_wrap_mechanism", "CKM_AES_KEY_WRAP_PAD"),)),
-    KnownIssue("key_wrap_generate_iv", "True",
-               frozenset({"CKR_ARGUMENTS_BAD", "CKR_MECHANISM_PARAM_INVALID"}),
-               (("key_wrap_generate_iv", "False"),),
-               "RFC 5649 wrapping uses its fixed alternative IV",
-               when=(("key_wrap_mechanism", "CKM_AES_KEY_WRAP_KWP"),)),
-    KnownIssue("hmac_key_type", "CKK_AES",
-               frozenset({"CKR_KEY_TYPE_INCONSISTENT", "CKR_KEY_FUNCTION_NOT_PERMITTED"}),
-               (("hmac_key_type", "CKK_GENERIC_SECRET"), ("hmac_keygen_mechanism", "CKM_GENERIC_SECRET_KEY_GEN")),
-               "CKM_SHA256_HMAC takes a generic-secret key; SoftHSM refuses to sign with an AES key",
-               when=(("hmac_mechanism", "CKM_SHA256_HMAC"),)),
-    KnownIssue("hmac_mechanism", "CKM_AES_MAC", _UNSUPPORTED,
-               (("hmac_mechanism", "CKM_SHA256_HMAC"), ("hmac_key_type", "CKK_GENERIC_SECRET"),
-                ("hmac_keygen_mechanism", "CKM_GENERIC_SECRET_KEY_GEN")),
-               "SoftHSM offers no CKM_AES_MAC"),
-    KnownIssue("hmac_keygen_mechanism", "CKM_NC_SHA256_HMAC_KEY_GEN", _UNSUPPORTED,
-               (("hmac_keygen_mechanism", "CKM_GENERIC_SECRET_KEY_GEN"), ("hmac_key_type", "CKK_GENERIC_SECRET")),
-               "CKM_NC_SHA256_HMAC_KEY_GEN is an Entrust nShield vendor mechanism"),
-    KnownIssue("hmac_key_type", "CKK_SHA256_HMAC", frozenset(),
-               (("hmac_key_type", "CKK_GENERIC_SECRET"), ("hmac_keygen_mechanism", "CKM_GENERIC_SECRET_KEY_GEN")),
-               "CKK_SHA256_HMAC keys are an Entrust nShield convention"),
-    KnownIssue("hmac_keygen_mechanism", "CKM_AES_KEY_GEN", frozenset({KEY_NOT_FOUND, "CKR_TEMPLATE_INCONSISTENT"}),
-               (("hmac_keygen_mechanism", "CKM_GENERIC_SECRET_KEY_GEN"),),
-               "CKM_AES_KEY_GEN makes AES keys, so Barbican cannot find an HMAC key of another hmac_key_type"),
-    KnownIssue("encryption_mechanism", "VENDOR_SAFENET_CKM_AES_GCM", _UNSUPPORTED,
-               (("encryption_mechanism", "CKM_AES_GCM"),),
-               "VENDOR_SAFENET_CKM_AES_GCM exists only on older Thales/SafeNet Luna firmware"),
-    KnownIssue("encryption_mechanism", "CKM_AES_CBC_GCM", frozenset({INVALID_VALUE}),
-               (("encryption_mechanism", "CKM_AES_GCM"),),
-               "Barbican's install guide shows CKM_AES_CBC_GCM in its Luna example, but Barbican raises "
-               "ValueError('Invalid Encryption mechanism.') for it"),
-    KnownIssue("aes_gcm_generate_iv", "False", frozenset(),
-               (("aes_gcm_generate_iv", "True"),),
-               "with False Barbican expects the HSM to generate the IV and append 16 bytes of it to the "
-               "ciphertext (Luna in FIPS mode does); this module does not"),
-    KnownIssue("os_locking_ok", "False", frozenset({CONCURRENCY}),
-               (("os_locking_ok", "True"),),
-               "Barbican calls the module from several threads; initialised without CKF_OS_LOCKING_OK, "
-               "SoftHSM 2.6.1 does no locking and corrupts its state (measured: SIGSEGV, SIGABRT, "
-               "CKR_GENERAL_ERROR)"),
-    KnownIssue("always_set_cka_sensitive", "True",
-               frozenset({"CKR_TEMPLATE_INCONSISTENT", "CKR_ATTRIBUTE_VALUE_INVALID", "CKR_KEY_UNEXTRACTABLE",
-                          "CKR_KEY_NOT_WRAPPABLE"}),
-               (("always_set_cka_sensitive", "False"),),
-               "some HSMs (nShield, Trustway Proteccio) cannot make or wrap a key that is both "
-               "CKA_SENSITIVE and CKA_EXTRACTABLE"),
-    KnownIssue("token_labels", None, frozenset({NO_TOKEN}),
-               (("token_labels", "<a label listed by `pkcs11-tool --module MODULE -L`>"),),
-               "Barbican raises ValueError('Token Labels not found.') at start-up; token_serial_number "
-               "takes precedence when set"),
-    KnownIssue("token_serial_number", None, frozenset({NO_TOKEN}),
-               (("token_serial_number", "<a serial listed by `pkcs11-tool --module MODULE -L`>"),),
-               "Barbican raises ValueError('Token Serial Number not found.') at start-up"),
-    KnownIssue("login", None, frozenset({"CKR_PIN_INCORRECT", "CKR_PIN_INVALID", "CKR_PIN_LEN_RANGE"}),
-               (("login", "<the token's user PIN>"),),
-               "C_Login(CKU_USER) refuses the PIN; a locked or expired PIN must be reset on the HSM"),
-    KnownIssue("library_path", None, frozenset({MISSING_SYMBOL}),
-               (("library_path", "<the vendor's PKCS#11 library itself, not a C_GetFunctionList-only proxy>"),),
-               "Barbican's cffi binding looks every C_* function up by symbol name; p11-kit-proxy.so and "
-               "p11-kit-client.so export only C_GetFunctionList"),
+from harness.qualify.module import (
+    CKR_USER_ALREADY_LOGGED_IN,
+    SESSION_STATES,
+    RawModule,
+    ckr_name,
+    gcm_params_raw,
+    load_library,
+    mechanism_of,
+    rv_name,
 )
+from harness.qualify.options import (
+    BARBICAN_CALLS,
+    CBC_IV_BYTES,
+    FLAG_BITS,
+    GCM_NONCE_BYTES,
+    GCM_TAG_BYTES,
+    HMAC_KEY_BYTES,
+    HMAC_SIGNATURE_BUFFER,
+    KEY_TYPES,
+    KEY_WRAP_IV_BYTES,
+    KNOWN_FLAG_MASK,
+    MECHANISMS,
+    RNG_SELF_TEST_BYTES,
+    SECRET_OPTIONS,
+    SEED_CALL,
+    MechanismRequirement,
+    P11Options,
+    required_mechanisms,
+)
+from harness.qualify.workers import call_worker, serve
 
-
-def find_known_issue(opts: P11Options, options: Iterable[str], error: str | None) -> KnownIssue | None:
-    for option in options:
-        for issue in KNOWN_ISSUES:
-            if issue.applies(opts, option, error):
-                return issue
-    return None
-
-
-HARD_CODED_HINT = ("Barbican hard-codes this (CKM_AES_KEY_GEN for the MKEK and project KEKs); no barbican.conf "
-                   "option avoids it, so the module cannot host the p11_crypto plugin as it is")
-
-
-def _generic_hint(opts: P11Options, option: str | None) -> str | None:
-    if option is None:
-        return None
-    others = [v for v in ALLOWED_VALUES.get(option, ()) if v != opts.value(option)]
-    if others:
-        return (f"try another value Barbican accepts for [p11_crypto_plugin] {option} "
-                f"({', '.join(others)}) that the module supports")
-    return None
-
-
-# --------------------------------------------------------------------------------------
-# Results
 # --------------------------------------------------------------------------------------
 
 
@@ -535,68 +103,6 @@ class CheckResult:
         return asdict(self)
 
 
-# python-pkcs11 exception class -> CKR name (pkcs11/_pkcs11.pxd map_rv_to_error).
-_EXC_TO_CKR = {
-    "AttributeTypeInvalid": "CKR_ATTRIBUTE_TYPE_INVALID", "AttributeValueInvalid": "CKR_ATTRIBUTE_VALUE_INVALID",
-    "AttributeReadOnly": "CKR_ATTRIBUTE_READ_ONLY", "AttributeSensitive": "CKR_ATTRIBUTE_SENSITIVE",
-    "ArgumentsBad": "CKR_ARGUMENTS_BAD", "DataInvalid": "CKR_DATA_INVALID", "DataLenRange": "CKR_DATA_LEN_RANGE",
-    "DomainParamsInvalid": "CKR_DOMAIN_PARAMS_INVALID", "DeviceError": "CKR_DEVICE_ERROR",
-    "DeviceMemory": "CKR_DEVICE_MEMORY", "DeviceRemoved": "CKR_DEVICE_REMOVED",
-    "EncryptedDataInvalid": "CKR_ENCRYPTED_DATA_INVALID", "EncryptedDataLenRange": "CKR_ENCRYPTED_DATA_LEN_RANGE",
-    "ExceededMaxIterations": "CKR_EXCEEDED_MAX_ITERATIONS", "FunctionCancelled": "CKR_FUNCTION_CANCELED",
-    "FunctionFailed": "CKR_FUNCTION_FAILED", "FunctionRejected": "CKR_FUNCTION_REJECTED",
-    "FunctionNotSupported": "CKR_FUNCTION_NOT_SUPPORTED", "KeyHandleInvalid": "CKR_KEY_HANDLE_INVALID",
-    "KeyIndigestible": "CKR_KEY_INDIGESTIBLE", "KeyNeeded": "CKR_KEY_NEEDED", "KeyNotNeeded": "CKR_KEY_NOT_NEEDED",
-    "KeySizeRange": "CKR_KEY_SIZE_RANGE", "KeyNotWrappable": "CKR_KEY_NOT_WRAPPABLE",
-    "KeyTypeInconsistent": "CKR_KEY_TYPE_INCONSISTENT", "KeyUnextractable": "CKR_KEY_UNEXTRACTABLE",
-    "GeneralError": "CKR_GENERAL_ERROR", "HostMemory": "CKR_HOST_MEMORY",
-    "MechanismInvalid": "CKR_MECHANISM_INVALID", "MechanismParamInvalid": "CKR_MECHANISM_PARAM_INVALID",
-    "ObjectHandleInvalid": "CKR_OBJECT_HANDLE_INVALID", "OperationActive": "CKR_OPERATION_ACTIVE",
-    "OperationNotInitialized": "CKR_OPERATION_NOT_INITIALIZED", "PinExpired": "CKR_PIN_EXPIRED",
-    "PinIncorrect": "CKR_PIN_INCORRECT", "PinInvalid": "CKR_PIN_INVALID", "PinLenRange": "CKR_PIN_LEN_RANGE",
-    "PinLocked": "CKR_PIN_LOCKED", "PinTooWeak": "CKR_PIN_TOO_WEAK", "PublicKeyInvalid": "CKR_PUBLIC_KEY_INVALID",
-    "RandomNoRNG": "CKR_RANDOM_NO_RNG", "RandomSeedNotSupported": "CKR_RANDOM_SEED_NOT_SUPPORTED",
-    "SessionClosed": "CKR_SESSION_CLOSED", "SessionCount": "CKR_SESSION_COUNT",
-    "SessionExists": "CKR_SESSION_EXISTS", "SessionHandleInvalid": "CKR_SESSION_HANDLE_INVALID",
-    "SessionReadOnly": "CKR_SESSION_READ_ONLY", "SessionReadOnlyExists": "CKR_SESSION_READ_ONLY_EXISTS",
-    "SessionReadWriteSOExists": "CKR_SESSION_READ_WRITE_SO_EXISTS", "SignatureLenRange": "CKR_SIGNATURE_LEN_RANGE",
-    "SignatureInvalid": "CKR_SIGNATURE_INVALID", "TemplateIncomplete": "CKR_TEMPLATE_INCOMPLETE",
-    "TemplateInconsistent": "CKR_TEMPLATE_INCONSISTENT", "SlotIDInvalid": "CKR_SLOT_ID_INVALID",
-    "TokenNotPresent": "CKR_TOKEN_NOT_PRESENT", "TokenNotRecognised": "CKR_TOKEN_NOT_RECOGNIZED",
-    "TokenWriteProtected": "CKR_TOKEN_WRITE_PROTECTED",
-    "UnwrappingKeyHandleInvalid": "CKR_UNWRAPPING_KEY_HANDLE_INVALID",
-    "UnwrappingKeySizeRange": "CKR_UNWRAPPING_KEY_SIZE_RANGE",
-    "UnwrappingKeyTypeInconsistent": "CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT",
-    "UserNotLoggedIn": "CKR_USER_NOT_LOGGED_IN", "UserAlreadyLoggedIn": "CKR_USER_ALREADY_LOGGED_IN",
-    "AnotherUserAlreadyLoggedIn": "CKR_USER_ANOTHER_ALREADY_LOGGED_IN",
-    "UserPinNotInitialized": "CKR_USER_PIN_NOT_INITIALIZED", "UserTooManyTypes": "CKR_USER_TOO_MANY_TYPES",
-    "WrappedKeyInvalid": "CKR_WRAPPED_KEY_INVALID", "WrappedKeyLenRange": "CKR_WRAPPED_KEY_LEN_RANGE",
-    "WrappingKeyHandleInvalid": "CKR_WRAPPING_KEY_HANDLE_INVALID",
-    "WrappingKeySizeRange": "CKR_WRAPPING_KEY_SIZE_RANGE",
-    "WrappingKeyTypeInconsistent": "CKR_WRAPPING_KEY_TYPE_INCONSISTENT",
-}
-_CKR_BY_CODE = {
-    0x0: "CKR_OK", 0x1: "CKR_CANCEL", 0x2: "CKR_HOST_MEMORY", 0x3: "CKR_SLOT_ID_INVALID",
-    0x5: "CKR_GENERAL_ERROR", 0x6: "CKR_FUNCTION_FAILED", 0x7: "CKR_ARGUMENTS_BAD", 0x30: "CKR_DEVICE_ERROR",
-    0x31: "CKR_DEVICE_MEMORY", 0x32: "CKR_DEVICE_REMOVED", 0x54: "CKR_FUNCTION_NOT_SUPPORTED",
-    0x70: "CKR_MECHANISM_INVALID", 0x71: "CKR_MECHANISM_PARAM_INVALID", 0xA0: "CKR_PIN_INCORRECT",
-    0xA1: "CKR_PIN_INVALID", 0xA2: "CKR_PIN_LEN_RANGE", 0xA4: "CKR_PIN_LOCKED", 0xB0: "CKR_SESSION_CLOSED",
-    0xB1: "CKR_SESSION_COUNT", 0xB3: "CKR_SESSION_HANDLE_INVALID", 0xE0: "CKR_TOKEN_NOT_PRESENT",
-    0xE1: "CKR_TOKEN_NOT_RECOGNIZED", 0x100: "CKR_USER_ALREADY_LOGGED_IN", 0x101: "CKR_USER_NOT_LOGGED_IN",
-    0x190: "CKR_CRYPTOKI_NOT_INITIALIZED", 0x191: "CKR_CRYPTOKI_ALREADY_INITIALIZED",
-}
-CKR_CRYPTOKI_ALREADY_INITIALIZED = 0x191
-CKR_USER_ALREADY_LOGGED_IN = 0x100
-
-
-def ckr_name(exc: BaseException) -> str:
-    """The CKR_* name of a python-pkcs11 exception (or the exception's class name)."""
-    name = type(exc).__name__
-    return _EXC_TO_CKR.get(name, name if not isinstance(exc, PKCS11Error) else f"PKCS11Error({exc})")
-
-
-def rv_name(rv: int) -> str:
-    return _CKR_BY_CODE.get(rv, f"CKR_0x{rv:08X}")
 
 
 class _Failure(Exception):
@@ -630,148 +136,6 @@ _STEP_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _vendor_mechanism(name: str, code: int) -> Mechanism:
-    """A `Mechanism` for a code python-pkcs11 does not know (vendor mechanisms):
-    python-pkcs11 insists on a Mechanism instance and passes its integer value on."""
-    m = int.__new__(Mechanism, code)
-    m._name_ = name
-    m._value_ = code
-    return m
-
-
-def mechanism_of(name: str) -> Mechanism:
-    code = MECHANISMS[name]
-    try:
-        return Mechanism(code)
-    except ValueError:
-        return _vendor_mechanism(name, code)
-
-
-# --------------------------------------------------------------------------------------
-# Direct calls by exported symbol (what Barbican's cffi binding does)
-# --------------------------------------------------------------------------------------
-
-
-class _InitArgs(ctypes.Structure):
-    _fields_ = [("CreateMutex", ctypes.c_void_p), ("DestroyMutex", ctypes.c_void_p),
-                ("LockMutex", ctypes.c_void_p), ("UnlockMutex", ctypes.c_void_p),
-                ("flags", ctypes.c_ulong), ("pReserved", ctypes.c_void_p)]
-
-
-class _MechanismInfo(ctypes.Structure):
-    _fields_ = [("ulMinKeySize", ctypes.c_ulong), ("ulMaxKeySize", ctypes.c_ulong), ("flags", ctypes.c_ulong)]
-
-
-class _SessionInfo(ctypes.Structure):
-    _fields_ = [("slotID", ctypes.c_ulong), ("state", ctypes.c_ulong), ("flags", ctypes.c_ulong),
-                ("ulDeviceError", ctypes.c_ulong)]
-
-
-class _GcmParams(ctypes.Structure):
-    _fields_ = [("pIv", ctypes.c_void_p), ("ulIvLen", ctypes.c_ulong), ("ulIvBits", ctypes.c_ulong),
-                ("pAAD", ctypes.c_void_p), ("ulAADLen", ctypes.c_ulong), ("ulTagBits", ctypes.c_ulong)]
-
-
-CKF_OS_LOCKING_OK = 0x2
-CKU_USER = 1
-_SESSION_STATES = {0: "CKS_RO_PUBLIC_SESSION", 1: "CKS_RO_USER_FUNCTIONS", 2: "CKS_RW_PUBLIC_SESSION",
-                   3: "CKS_RW_USER_FUNCTIONS", 4: "CKS_RW_SO_FUNCTIONS"}
-
-
-class RawModule:
-    """The module's exported C_* symbols, called as Barbican's cffi binding calls them."""
-
-    def __init__(self, path: str):
-        self.dll = ctypes.CDLL(path)
-
-    def has(self, name: str) -> bool:
-        try:
-            getattr(self.dll, name)
-            return True
-        except AttributeError:
-            return False
-
-    def _fn(self, name: str, *argtypes):
-        fn = getattr(self.dll, name)
-        fn.restype = ctypes.c_ulong
-        fn.argtypes = list(argtypes)
-        return fn
-
-    def initialize(self, os_locking_ok: bool) -> int:
-        fn = self._fn("C_Initialize", ctypes.c_void_p)
-        if os_locking_ok:
-            self._init_args = _InitArgs(None, None, None, None, CKF_OS_LOCKING_OK, None)
-            return fn(ctypes.addressof(self._init_args))
-        return fn(None)
-
-    def finalize(self) -> int:
-        return self._fn("C_Finalize", ctypes.c_void_p)(None)
-
-    def mechanism_info(self, slot_id: int, code: int) -> tuple[int, tuple[int, int, int]]:
-        info = _MechanismInfo(0, 0, 0)
-        rv = self._fn("C_GetMechanismInfo", ctypes.c_ulong, ctypes.c_ulong, ctypes.POINTER(_MechanismInfo))(
-            slot_id, code, ctypes.byref(info))
-        return rv, (info.ulMinKeySize, info.ulMaxKeySize, info.flags)
-
-    def session_state(self, handle: int) -> tuple[int, int]:
-        info = _SessionInfo(0, 0, 0, 0)
-        rv = self._fn("C_GetSessionInfo", ctypes.c_ulong, ctypes.POINTER(_SessionInfo))(handle, ctypes.byref(info))
-        return rv, info.state
-
-    def login(self, handle: int, pin: str) -> int:
-        data = pin.encode()
-        return self._fn("C_Login", ctypes.c_ulong, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_ulong)(
-            handle, CKU_USER, data, len(data))
-
-
-def _gcm_raw(iv: bytes | None) -> tuple[bytes, Any]:
-    """CK_GCM_PARAMS as Barbican builds it (_build_gcm_mechanism): pIv NULL when the HSM makes
-    the IV, ulTagBits 128. Returns the struct bytes and the buffer they point to (keep it alive)."""
-    buf = ctypes.create_string_buffer(iv, len(iv)) if iv else None
-    params = _GcmParams(ctypes.addressof(buf) if buf is not None else None, len(iv or b""),
-                        8 * len(iv or b""), None, 0, GCM_TAG_BYTES * 8)
-    return bytes(params), buf
-
-
-def load_library(path: str, os_locking_ok: bool) -> tuple[Any, RawModule | None]:
-    """python-pkcs11's lib, with C_Initialize made the way Barbican makes it: NULL args, or
-    CKF_OS_LOCKING_OK when os_locking_ok = True. Load only after SOFTHSM2_CONF is set."""
-    try:
-        raw: RawModule | None = RawModule(path)
-    except OSError:
-        raw = None
-    if raw is None or not raw.has("C_Initialize"):
-        return pkcs11.lib(path), raw
-
-    class _BarbicanInitialisedLib(_pkcs11.lib):
-        def initialize(self):  # called from lib.__init__
-            rv = raw.initialize(os_locking_ok)
-            if rv not in (0, CKR_CRYPTOKI_ALREADY_INITIALIZED):
-                raise PKCS11Error(f"C_Initialize returned {rv_name(rv)}")
-
-    return _BarbicanInitialisedLib(path), raw
-
-
-def default_module() -> str | None:
-    """SoftHSM's library when installed."""
-    try:
-        from harness.services.softhsm import SOFTHSM_LIB_CANDIDATES as candidates
-    except Exception:  # noqa: BLE001 - the qualification runs without the rest of the harness
-        candidates = _SOFTHSM_CANDIDATES
-    for c in candidates:
-        if Path(c).is_file():
-            return c
-    return None
-
-
-def is_softhsm(module: str) -> bool:
-    return "softhsm" in Path(module).name.lower()
-
-
-# --------------------------------------------------------------------------------------
-# Target and the throwaway SoftHSM token
-# --------------------------------------------------------------------------------------
-
 
 @dataclass
 class Target:
@@ -779,56 +143,6 @@ class Target:
     token_label: str | None = None
     token_serial: str | None = None
     pin: str | None = field(default=None, repr=False)
-    throwaway: bool = False
-
-    def describe(self) -> str:
-        which = f"label {self.token_label!r}" if self.token_label else f"serial {self.token_serial!r}"
-        return f"{self.module}, token {which}" + (" (throwaway SoftHSM token)" if self.throwaway else "")
-
-
-class ThrowawaySoftHSM:
-    """A SoftHSM token of its own (own SOFTHSM2_CONF and token directory, random PINs kept
-    in memory) for one qualification run. SOFTHSM2_CONF is set in os.environ while the
-    context is active: enter it BEFORE the module is loaded (SoftHSM reads it at C_Initialize)."""
-
-    def __init__(self, module: str, base_dir: str | Path | None = None, util: str | None = None):
-        self.module = module
-        self.base_dir = Path(base_dir) if base_dir else None
-        self.util = util or shutil.which("softhsm2-util")
-        self.dir: Path | None = None
-        self._saved_env: str | None = None
-        self.target: Target | None = None
-
-    def __enter__(self) -> Target:
-        if not self.util:
-            raise RuntimeError("softhsm2-util not found: install the Debian package 'softhsm2'")
-        self.dir = Path(tempfile.mkdtemp(prefix="p11-qualify-", dir=self.base_dir))
-        tokens = self.dir / "tokens"
-        tokens.mkdir(mode=0o700)
-        conf = self.dir / "softhsm2.conf"
-        conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n"
-                        "log.level = ERROR\nslots.removable = false\n")
-        label = f"qualify-{secrets.token_hex(4)}"
-        pin, so_pin = secrets.token_hex(8), secrets.token_hex(8)
-        env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
-        proc = subprocess.run([self.util, "--init-token", "--free", "--label", label, "--pin", pin,
-                               "--so-pin", so_pin], env=env, capture_output=True, text=True, timeout=60, check=False)
-        if proc.returncode != 0:
-            out = (proc.stdout + proc.stderr).replace(pin, "***").replace(so_pin, "***")
-            shutil.rmtree(self.dir, ignore_errors=True)
-            raise RuntimeError(f"softhsm2-util --init-token failed ({proc.returncode}): {out.strip()}")
-        self._saved_env = os.environ.get("SOFTHSM2_CONF")
-        os.environ["SOFTHSM2_CONF"] = str(conf)
-        self.target = Target(self.module, token_label=label, pin=pin, throwaway=True)
-        return self.target
-
-    def __exit__(self, *exc) -> None:
-        if self._saved_env is None:
-            os.environ.pop("SOFTHSM2_CONF", None)
-        else:
-            os.environ["SOFTHSM2_CONF"] = self._saved_env
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -874,7 +188,7 @@ class Qualifier:
         options = tuple(options) or (None,)
         issue = find_known_issue(self.opts, [o for o in options if o], error)
         option = issue.option if issue else options[0]
-        hint = issue.hint() if issue else _generic_hint(self.opts, option)
+        hint = issue.hint() if issue else generic_hint(self.opts, option)
         value = self._value(option) if option else None
         return CheckResult(requirement, False, detail, option=option, value=value, hint=hint,
                            mechanism=mechanism, call=call, error=error)
@@ -1029,14 +343,14 @@ class Qualifier:
                 param: Any = GCMParams(nonce)
                 keep = None
             else:
-                param, keep = _gcm_raw(nonce)
+                param, keep = gcm_params_raw(nonce)
             ct = key.encrypt(data, mechanism=mech, mechanism_param=param)
             del keep
             if len(ct) != len(data) + GCM_TAG_BYTES:
                 raise _Failure(MISMATCH, f"C_Encrypt returned {len(ct)} bytes for {len(data)} bytes; "
                                          f"expected plaintext + {GCM_TAG_BYTES}-byte tag")
             return nonce, ct
-        param, keep = _gcm_raw(None)
+        param, keep = gcm_params_raw(None)
         out = key.encrypt(data, mechanism=mech, mechanism_param=param)
         del keep
         if len(out) != len(data) + 2 * GCM_TAG_BYTES:
@@ -1053,7 +367,7 @@ class Qualifier:
             return _pkcs7_unpad(key.decrypt(ct, mechanism=mech, mechanism_param=iv))
         if name == "CKM_AES_GCM" and len(iv) <= GCM_NONCE_BYTES:
             return key.decrypt(ct, mechanism=mech, mechanism_param=GCMParams(iv))
-        param, keep = _gcm_raw(iv)
+        param, keep = gcm_params_raw(iv)
         pt = key.decrypt(ct, mechanism=mech, mechanism_param=param)
         del keep
         return pt
@@ -1082,13 +396,13 @@ class Qualifier:
     def check_options(self) -> list[CheckResult]:
         """options.valid: every option has a value Barbican accepts."""
         if not self.opts.problems:
-            given = ", ".join(sorted(self.opts.explicit - _SECRET_OPTIONS)) or "none"
+            given = ", ".join(sorted(self.opts.explicit - SECRET_OPTIONS)) or "none"
             return [self._ok("options.valid", f"all options acceptable to Barbican (given: {given}; "
                                               f"the rest take Barbican's defaults)")]
         out = []
         for p in self.opts.problems:
             issue = find_known_issue(self.opts, [p.option], INVALID_VALUE)
-            hint = issue.hint() if issue else _generic_hint(self.opts, p.option)
+            hint = issue.hint() if issue else generic_hint(self.opts, p.option)
             out.append(CheckResult("options.valid", False, p.reason, option=p.option, value=p.value,
                                    hint=hint, error=INVALID_VALUE))
         return out
@@ -1144,7 +458,7 @@ class Qualifier:
                 return self._fail(req, err.detail, ("login",), error=err.kind, call=call)
             return self._blocked(req, exc, ("token_labels",), call=call)
         detail = "logged in with the user PIN"
-        if self.raw is not None and self.raw.has("C_GetSessionInfo"):
+        if self.raw is not None:
             # Barbican's get_session: open a session, C_GetSessionInfo, C_Login only if public.
             second = self._token().open(rw=self.opts.rw_session)
             try:
@@ -1152,7 +466,7 @@ class Qualifier:
                 if rv != 0:
                     return self._fail(req, f"C_GetSessionInfo failed with {rv_name(rv)}", (None,),
                                       error=rv_name(rv), call=call)
-                name = _SESSION_STATES.get(state, str(state))
+                name = SESSION_STATES.get(state, str(state))
                 if state in (0, 2):
                     rv = self.raw.login(second.handle, self.target.pin or "")
                     if rv not in (0, CKR_USER_ALREADY_LOGGED_IN):
@@ -1207,7 +521,8 @@ class Qualifier:
 
     @staticmethod
     def _hard_coded(r: MechanismRequirement, result: CheckResult) -> CheckResult:
-        if not result.passed and r.option is None and not result.hint:
+        unsupported = result.error in (NOT_LISTED, FLAG_MISSING, KEY_SIZE, "CKR_MECHANISM_INVALID")
+        if not result.passed and r.option is None and not result.hint and unsupported:
             result.hint = HARD_CODED_HINT
         return result
 
@@ -1225,13 +540,13 @@ class Qualifier:
 
     def mechanism_info(self, code: int) -> tuple[int, int, int]:
         slot = self._token().slot
-        if self.raw is not None and self.raw.has("C_GetMechanismInfo"):
+        if self.raw is not None:
             rv, info = self.raw.mechanism_info(slot.slot_id, code)
             if rv != 0:
                 raise _Failure(rv_name(rv), f"C_GetMechanismInfo failed with {rv_name(rv)}")
             return info
         i = slot.get_mechanism_info(code)
-        return int(i.min_key_length or 0), int(i.max_key_length or 0), int(i.flags) & _KNOWN_FLAG_MASK
+        return int(i.min_key_length or 0), int(i.max_key_length or 0), int(i.flags) & KNOWN_FLAG_MASK
 
     def _check_info(self, r: MechanismRequirement) -> CheckResult:
         req, call = f"mechanism.info[{r.id}]", "C_GetMechanismInfo"
@@ -1244,8 +559,8 @@ class Qualifier:
             return self._blocked(req, exc, (r.option,), mechanism=r.mechanism, call=call)
         except _Failure as exc:
             return self._fail(req, exc.detail, (r.option,), error=exc.kind, mechanism=r.mechanism, call=call)
-        have = "|".join(n for n, b in _FLAG_BITS.items() if flags & b) or "none of ours"
-        missing = [n for n in r.flags if not flags & _FLAG_BITS[n]]
+        have = "|".join(n for n, b in FLAG_BITS.items() if flags & b) or "none of ours"
+        missing = [n for n in r.flags if not flags & FLAG_BITS[n]]
         sizes = f"key sizes {lo}..{hi}"
         if missing:
             return self._fail(req, f"C_GetMechanismInfo({r.mechanism}) lacks "
@@ -1552,29 +867,18 @@ class Qualifier:
         spec = {"module": self.target.module, "token_label": self.target.token_label,
                 "token_serial": self.target.token_serial, "pin": self.target.pin,
                 "options": self.opts.to_mapping(), "threads": threads, "iterations": iterations}
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         t0 = time.monotonic()
-        try:
-            proc = subprocess.run([sys.executable, "-m", "harness.qualify.p11", "concurrency-worker"],
-                                  input=json.dumps(spec), capture_output=True, text=True, timeout=timeout, env=env,
-                                  check=False)
-        except subprocess.TimeoutExpired:
+        done = call_worker("harness.qualify.checks", "concurrency-worker", spec, timeout=timeout,
+                           secret=self.target.pin)
+        if done.timed_out:
             return self._fail(req, f"{threads} threads did not finish within {timeout:.0f}s (deadlock?)", opts,
                               error=CONCURRENCY, call=call)
-        if proc.returncode < 0:
-            sig = signal.Signals(-proc.returncode).name
+        if done.signal:
             return self._fail(req, f"{threads} threads opening sessions and encrypting in parallel crashed the "
-                                   f"process ({sig})", opts, error=CONCURRENCY, call=call)
-        try:
-            out = json.loads(proc.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            if self.target.pin:
-                tail = [t.replace(self.target.pin, "***") for t in tail]
-            return self._fail(req, f"the concurrency worker exited {proc.returncode}: {' | '.join(tail)}", opts,
-                              error=CONCURRENCY, call=call)
+                                   f"process ({done.signal})", opts, error=CONCURRENCY, call=call)
+        if done.answer is None:
+            return self._fail(req, f"the concurrency worker {done.why}", opts, error=CONCURRENCY, call=call)
+        out = done.answer
         if out.get("setup_error"):
             return self._fail(req, f"not exercised: {out['setup_error']}", opts, call=call)
         if out["failed"]:
@@ -1614,7 +918,7 @@ class Qualifier:
             for _ in range(iterations):
                 try:
                     with token.open(rw=self.opts.rw_session) as s:   # a session per request, as Barbican
-                        if self.raw is not None and self.raw.has("C_GetSessionInfo"):
+                        if self.raw is not None:
                             rv, state = self.raw.session_state(s.handle)
                             if rv == 0 and state in (0, 2):
                                 self.raw.login(s.handle, self.target.pin or "")
@@ -1643,7 +947,7 @@ class Qualifier:
             t.join()
         return stats
 
-    def run_all(self, threads: int = 8) -> list[CheckResult]:
+    def run_all(self, threads: int = 8, iterations: int = 100) -> list[CheckResult]:
         """Every check, in the order Barbican needs them."""
         results = self.check_options() + [self.check_symbols(), self.check_token(), self.check_login(),
                                           self.check_random()]
@@ -1652,7 +956,7 @@ class Qualifier:
         results += [self.check_generate_mkek(), self.check_generate_hmac_key(), self.check_find_by_label(),
                     self.check_generate_pkek(), self.check_encrypt_decrypt(), self.check_wrap(),
                     self.check_unwrap(), self.check_hmac(), self.check_destroy(),
-                    self.check_concurrency(threads=threads)]
+                    self.check_concurrency(threads=threads, iterations=iterations)]
         return results
 
     # -- cleanup -----------------------------------------------------------------------
@@ -1680,7 +984,7 @@ class Qualifier:
                 problems.append(f"close session: {ckr_name(exc)}")
             self.session = None
         if self.lib is not None:
-            if self.raw is not None and self.raw.has("C_Finalize") and not self.lib.initialized:
+            if self.raw is not None and not self.lib.initialized:
                 self.raw.finalize()
             else:
                 try:
@@ -1698,28 +1002,15 @@ class Qualifier:
         self.close()
 
 
-def format_report(results: list[CheckResult]) -> str:
-    failed = [r for r in results if not r.passed]
-    lines = [("PASS " if r.passed else "FAIL ") + r.message() for r in results]
-    lines.append(f"{len(results) - len(failed)} passed, {len(failed)} failed")
-    return "\n".join(lines)
-
-
-def _concurrency_worker() -> int:
-    spec = json.loads(sys.stdin.read())
+def _concurrency_worker(spec: dict[str, Any]) -> dict[str, Any]:
     target = Target(spec["module"], token_label=spec.get("token_label"), token_serial=spec.get("token_serial"),
                     pin=spec.get("pin"))
     q = Qualifier(target, P11Options.from_mapping(spec.get("options") or {}, source="parent"))
     try:
-        out = q.run_concurrency_here(int(spec["threads"]), int(spec["iterations"]))
+        return q.run_concurrency_here(int(spec["threads"]), int(spec["iterations"]))
     finally:
         q.close()
-    print(json.dumps(out))
-    return 0
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["concurrency-worker"]:
-        sys.exit(_concurrency_worker())
-    sys.exit("usage: python -m harness.qualify.p11 concurrency-worker  (internal; use the pytest suite "
-             "in conformance/backend or the qualify-hsm command)")
+    sys.exit(serve({"concurrency-worker": _concurrency_worker}, "harness.qualify.checks"))

@@ -1,11 +1,7 @@
-"""Barbican-side checks of `qualify-hsm`, against an Environment whose p11_crypto store runs
-on the module under qualification (through the PKCS#11 fault shim).
+"""Barbican end to end on the module under qualification, through the PKCS#11 fault shim.
 
 - `api_smoke`: every secret type with the content types Barbican accepts, stored on one node
   and read back byte-identical through another (python-barbicanclient), a key order, delete.
-- `measure_load`: throughput and latency percentiles of store and get at N concurrent
-  clients, each client a thread with its own Keystone session, for a bounded duration.
-- `hsm_calls_per_operation`: PKCS#11 calls per API operation from the shim's counters.
 - `transient_fault`: one injected CKR_* (shim rule with count=1) must be absorbed by
   Barbican's re-initialise-and-retry path (the request succeeds, the log says so).
 
@@ -18,38 +14,19 @@ import base64
 import contextlib
 import logging
 import secrets
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from harness import shim
-from harness.identity import session_for
+from harness.qualify.measure import PAYLOAD_BYTES, settled_reset, settled_stats
+from harness.qualify.report import Row
 from harness.target import Capability
+from harness.wait import WaitTimeout, wait_until
 
 # Barbican's message when _call_pkcs11 re-initialises (barbican/plugin/crypto/p11_crypto.py,
 # with the text of pkcs11._check_error).
 REINIT_MESSAGE = "Reinitializing PKCS#11 library: HSM returned response code: {hex} {name}"
-STATS_SETTLE_S = 2.5 * shim.FLUSH_INTERVAL_S   # let every process flush its counters
-
-
-@dataclass
-class Row:
-    """One requirement's outcome (the backend stage reuses p11.CheckResult's fields)."""
-
-    stage: str
-    requirement: str
-    passed: bool
-    detail: str
-    option: str | None = None
-    value: str | None = None
-    hint: str | None = None
-    mechanism: str | None = None
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _short(exc: BaseException) -> str:
@@ -234,12 +211,15 @@ def _check_key_order(env, w, r, writer: str, reader: str, tag: str, timeout: flo
         order = w.orders.create_key(name=f"qualify-{tag}-order", algorithm="aes", bit_length=256, mode="cbc",
                                     payload_content_type="application/octet-stream")
         order_ref = order.submit()
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def settled():
+            got = w.orders.get(order_ref)
+            return got if got.status in ("ACTIVE", "ERROR") else None
+
+        try:
+            order = wait_until(settled, timeout=timeout, interval=0.3, what="the key order is ACTIVE or ERROR")
+        except WaitTimeout:
             order = w.orders.get(order_ref)
-            if order.status in ("ACTIVE", "ERROR") or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)
         if order.status != "ACTIVE":
             why = f" ({order.error_status_code} {order.error_reason})" if order.status == "ERROR" else ""
             return Row("api", req, False, f"AES-256 key order is {order.status}{why}")
@@ -256,217 +236,6 @@ def _check_key_order(env, w, r, writer: str, reader: str, tag: str, timeout: flo
         if order_ref:
             with contextlib.suppress(Exception):   # legacy policy: only a project admin deletes orders
                 admin.orders.delete(order_ref)
-
-
-# --------------------------------------------------------------------------------------
-# Throughput and latency
-# --------------------------------------------------------------------------------------
-
-PAYLOAD_BYTES = 32
-
-
-@dataclass
-class LoadResult:
-    op: str                      # "store" (POST /v1/secrets) or "get" (GET /v1/secrets/{id}/payload)
-    clients: int
-    seconds: float
-    ok: int
-    errors: int
-    ops_per_s: float
-    p50_ms: float | None
-    p95_ms: float | None
-    max_ms: float | None
-    error_kinds: dict[str, int]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _percentile(sorted_values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile."""
-    if not sorted_values:
-        return None
-    k = max(0, min(len(sorted_values) - 1, int(-(-q * len(sorted_values) // 1)) - 1))
-    return sorted_values[k]
-
-
-class _Client:
-    """One load client: its own Keystone session (token fetched up front), one node."""
-
-    def __init__(self, env, node_url: str, role: str):
-        self.session = session_for(env.keystone_url, env.credentials[role])
-        self.session.get_token()
-        self.url = node_url.rstrip("/")
-
-    def store(self, payload: bytes) -> str:
-        body = {"name": "qualify-load", "secret_type": "opaque",
-                "payload": base64.b64encode(payload).decode(), "payload_content_type": "application/octet-stream",
-                "payload_content_encoding": "base64"}
-        return self.session.post(f"{self.url}/v1/secrets", json=body).json()["secret_ref"]
-
-    def get(self, ref: str) -> bytes:
-        return self.session.get(f"{ref}/payload", headers={"Accept": "application/octet-stream"}).content
-
-
-def _error_kind(exc: BaseException) -> str:
-    status = getattr(exc, "http_status", None) or getattr(getattr(exc, "response", None), "status_code", None)
-    return f"HTTP {status}" if status else type(exc).__name__
-
-
-def _run_phase(op: str, clients: list[_Client], seconds: float, work: Callable[[int, int, _Client], None]
-               ) -> LoadResult:
-    lat: list[list[float]] = [[] for _ in clients]
-    errs: list[dict[str, int]] = [{} for _ in clients]
-    start_gate = threading.Barrier(len(clients) + 1)
-    ends = [0.0] * len(clients)
-    box: dict[str, float] = {}
-
-    def loop(i: int) -> None:
-        start_gate.wait()
-        deadline = box["deadline"]
-        k = 0
-        while time.monotonic() < deadline:
-            t0 = time.monotonic()
-            try:
-                work(i, k, clients[i])
-                lat[i].append(time.monotonic() - t0)
-            except Exception as exc:  # noqa: BLE001 - counted, the load goes on
-                kind = _error_kind(exc)
-                errs[i][kind] = errs[i].get(kind, 0) + 1
-            k += 1
-        ends[i] = time.monotonic()
-
-    threads = [threading.Thread(target=loop, args=(i,), daemon=True, name=f"qualify-{op}-{i}")
-               for i in range(len(clients))]
-    for t in threads:
-        t.start()
-    t_start = time.monotonic()
-    box["deadline"] = t_start + seconds
-    start_gate.wait()
-    for t in threads:
-        t.join(seconds + 60)
-    elapsed = max(ends + [t_start + 1e-9]) - t_start
-    values = sorted(v for per in lat for v in per)
-    kinds: dict[str, int] = {}
-    for e in errs:
-        for k, n in e.items():
-            kinds[k] = kinds.get(k, 0) + n
-
-    def ms(v: float | None) -> float | None:
-        return None if v is None else round(v * 1000, 1)
-
-    return LoadResult(op, len(clients), round(elapsed, 2), len(values), sum(kinds.values()),
-                      round(len(values) / elapsed, 1) if elapsed > 0 else 0.0,
-                      ms(_percentile(values, 0.50)), ms(_percentile(values, 0.95)),
-                      ms(values[-1] if values else None), kinds)
-
-
-def measure_load(env, levels: tuple[int, ...] = (1, 4, 16), seconds: float = 10.0,
-                 log: Callable[[str], None] = lambda s: None) -> list[LoadResult]:
-    """For each level: `seconds` of stores by N clients, then `seconds` of gets by N clients
-    (of secrets stored in the store phases). Clients are spread over the nodes round-robin."""
-    role = env.writer_role
-    urls = [n.url for n in env.nodes]
-    pool = [_Client(env, urls[i % len(urls)], role) for i in range(max(levels))]
-    payload = secrets.token_bytes(PAYLOAD_BYTES)
-    refs: list[str] = []
-    lock = threading.Lock()
-    results: list[LoadResult] = []
-
-    def store(i: int, k: int, c: _Client) -> None:
-        ref = c.store(payload)
-        with lock:
-            refs.append(ref)
-
-    for n in levels:
-        clients = pool[:n]
-        res = _run_phase("store", clients, seconds, store)
-        results.append(res)
-        log(f"  store x{n}: {res.ops_per_s} ops/s, p95 {res.p95_ms} ms, {res.errors} errors")
-        if not refs:
-            continue
-        snapshot = list(refs)
-
-        def get(i: int, k: int, c: _Client, snapshot=snapshot, n=n) -> None:
-            data = c.get(snapshot[(i + k * n) % len(snapshot)])
-            if data != payload:
-                raise ValueError("payload mismatch")
-
-        res = _run_phase("get", clients, seconds, get)
-        results.append(res)
-        log(f"  get   x{n}: {res.ops_per_s} ops/s, p95 {res.p95_ms} ms, {res.errors} errors")
-    return results
-
-
-# --------------------------------------------------------------------------------------
-# PKCS#11 calls per API operation
-# --------------------------------------------------------------------------------------
-
-
-def _settled_reset(control) -> None:
-    time.sleep(STATS_SETTLE_S)
-    control.reset_stats()
-
-
-def _settled_stats(control) -> dict[str, dict]:
-    time.sleep(STATS_SETTLE_S)
-    return control.stats()
-
-
-def _per_op(stats: dict[str, dict], n: int) -> dict[str, Any]:
-    calls = {fn: round(e["calls"] / n, 2) for fn, e in sorted(stats.items()) if e["calls"]}
-    errors = {fn: e["errors"] for fn, e in sorted(stats.items()) if e["errors"]}
-    return {"n": n, "total": round(sum(e["calls"] for e in stats.values()) / n, 2), "calls": calls,
-            "errors": errors}
-
-
-def hsm_calls_per_operation(env, n: int = 20, fresh_projects: int = 3) -> dict[str, dict]:
-    """Sequential batches through the first node, counters reset before each batch:
-    store (project KEK cached), get, delete, and the first store of a new project."""
-    control = env.facet(Capability.HSM_SHIM)
-    client = env.barbican(node=env.nodes[0].name)
-    out: dict[str, dict] = {}
-    client.secrets.create(name="qualify-warm", payload=b"w" * PAYLOAD_BYTES).store()  # project KEK exists
-    payload = secrets.token_bytes(PAYLOAD_BYTES)
-
-    _settled_reset(control)
-    refs = [client.secrets.create(name="qualify-calls", payload=payload).store() for _ in range(n)]
-    out["store"] = _per_op(_settled_stats(control), n)
-
-    session = env.session()
-    _settled_reset(control)
-    for ref in refs:
-        if session.get(f"{ref}/payload", headers={"Accept": "application/octet-stream"}).content != payload:
-            raise RuntimeError("payload read back different while counting HSM calls")
-    out["get"] = _per_op(_settled_stats(control), n)
-
-    _settled_reset(control)
-    for ref in refs:
-        client.secrets.delete(ref)
-    out["delete"] = _per_op(_settled_stats(control), n)
-
-    if fresh_projects:
-        roles = [env.fresh_project() for _ in range(fresh_projects)]
-        clients = [env.barbican(role=role, node=env.nodes[0].name) for role in roles]
-        _settled_reset(control)
-        for c in clients:
-            c.secrets.create(name="qualify-first", payload=payload).store()
-        out["store_first_in_project"] = _per_op(_settled_stats(control), fresh_projects)
-    return out
-
-
-def hsm_call_rows(calls: dict[str, dict]) -> list[Row]:
-    """The secrets really go through the HSM: one C_Encrypt per store, one C_Decrypt per get,
-    no PKCS#11 errors in the counted batches."""
-    rows = []
-    for op, fn in (("store", "C_Encrypt"), ("get", "C_Decrypt")):
-        got = calls.get(op, {}).get("calls", {}).get(fn, 0)
-        errors = calls.get(op, {}).get("errors", {})
-        ok = got == 1 and not errors
-        detail = (f"{fn} per {op}: {got:g} (of {calls.get(op, {}).get('total', 0):g} PKCS#11 calls per {op})"
-                  + (f"; PKCS#11 errors: {errors}" if errors else ""))
-        rows.append(Row("hsm", f"hsm.{op}", ok, detail, error=None if ok else "UNEXPECTED_HSM_CALLS"))
-    return rows
 
 
 # --------------------------------------------------------------------------------------
@@ -507,7 +276,7 @@ def transient_fault(env, fn: str, code: str, op: str, log_wait: float = 10.0) ->
     req = f"reinit.{code.removeprefix('CKR_').lower()}.{op}"
     ref = client.secrets.create(name="qualify-fault", payload=payload).store() if op == "get" else None
     offset = _log_size(env, node.name)
-    _settled_reset(control)
+    settled_reset(control)
     control.set_rules([shim.Rule(fn=fn, rv=code, count=1)])
     error = None
     try:
@@ -519,14 +288,12 @@ def transient_fault(env, fn: str, code: str, op: str, log_wait: float = 10.0) ->
         error = _short(exc)
     finally:
         control.clear()
-    injected = _settled_stats(control).get(fn, {}).get("injected", 0)
-    deadline = time.monotonic() + log_wait
-    seen = False
-    while True:
-        seen = expected in _log_since(env, node.name, offset)
-        if seen or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    injected = settled_stats(control).get(fn, {}).get("injected", 0)
+    try:
+        seen = wait_until(lambda: expected in _log_since(env, node.name, offset), timeout=log_wait,
+                          what=f"{node.name}'s log shows the re-initialisation")
+    except WaitTimeout:
+        seen = False
     what = f"{code} ({hex(rv)}) injected once into {fn} during a {op} on {node.name}"
     if injected != 1:
         return Row("reinit", req, False, f"{what}: the shim injected it {injected} times (expected 1); "
@@ -549,6 +316,45 @@ def transient_fault(env, fn: str, code: str, op: str, log_wait: float = 10.0) ->
     return Row("reinit", req, True, f"{what}: the request succeeded and the log shows {expected!r}")
 
 
+def recovery_after_burst(env, burst: int = 2) -> Row:
+    """CKR_DEVICE_ERROR from C_Encrypt `burst` times in a row outlasts Barbican's single retry:
+    that store fails. Once the HSM answers again, the next store on the same node must work and
+    read back, without a restart (the plugin re-initialised itself and is usable)."""
+    control = env.facet(Capability.HSM_SHIM)
+    node = env.nodes[0]
+    client = env.barbican(node=node.name)
+    session = env.session()
+    req = "reinit.recovery.store"
+    what = f"CKR_DEVICE_ERROR injected into {burst} C_Encrypt calls in a row on {node.name}"
+    settled_reset(control)
+    control.set_rules([shim.Rule(fn="C_Encrypt", rv="CKR_DEVICE_ERROR", count=burst)])
+    try:
+        with _quiet_client_errors():
+            client.secrets.create(name="qualify-burst", payload=secrets.token_bytes(PAYLOAD_BYTES)).store()
+        during = "the store succeeded"
+    except Exception as exc:  # noqa: BLE001 - the failure is expected: the burst outlasts the retry
+        during = f"the store failed ({_short(exc)})"
+    finally:
+        control.clear()
+    injected = settled_stats(control).get("C_Encrypt", {}).get("injected", 0)
+    if injected != burst:
+        return Row("reinit", req, False, f"{what}: the shim injected {injected} (expected {burst}); {during}",
+                   error="NOT_EXERCISED")
+    payload = secrets.token_bytes(PAYLOAD_BYTES)
+    try:
+        ref = client.secrets.create(name="qualify-after-burst", payload=payload).store()
+        got = session.get(f"{ref}/payload", headers={"Accept": "application/octet-stream"}).content
+    except Exception as exc:  # noqa: BLE001
+        return Row("reinit", req, False, f"{what}: {during}; the next store after the HSM recovered failed too "
+                                         f"({_short(exc)}): the node does not recover by itself",
+                   error="NO_RECOVERY")
+    if got != payload:
+        return Row("reinit", req, False, f"{what}: {during}; afterwards a secret reads back different",
+                   error="DATA_MISMATCH")
+    return Row("reinit", req, True, f"{what}: {during} (one retry only); the next store and read on "
+                                    f"{node.name} worked without a restart")
+
+
 FAULTS: tuple[tuple[str, str, str], ...] = (
     ("C_Encrypt", "CKR_DEVICE_ERROR", "store"),
     ("C_Decrypt", "CKR_DEVICE_ERROR", "get"),
@@ -558,4 +364,4 @@ FAULTS: tuple[tuple[str, str, str], ...] = (
 
 
 def fault_rows(env) -> list[Row]:
-    return [transient_fault(env, fn, code, op) for fn, code, op in FAULTS]
+    return [transient_fault(env, fn, code, op) for fn, code, op in FAULTS] + [recovery_after_burst(env)]
