@@ -113,9 +113,10 @@ def _conformance(target, spec: dict, out_dir: Path, name: str) -> dict:
 
 
 def run_campaign(profile: str, progress: Progress | None = None, provider: str = DEFAULT_PROVIDER,
-                 target=None, permission=None) -> CampaignResult:
-    """One profile on one provider (local processes or Docker containers, same topologies),
-    or (preprod) on a target that is up."""
+                 target=None, permission=None, barbican: str | None = None) -> CampaignResult:
+    """One profile on one provider (local processes or Docker containers, same topologies)
+    on the Barbican build `barbican` (default: the harness's own release), or (preprod) on a
+    target that is up."""
     from harness.scenario import load_scenario
 
     if profile not in PROFILES:
@@ -126,6 +127,13 @@ def run_campaign(profile: str, progress: Progress | None = None, provider: str =
                            "--deployment FILE or --run RUN_ID")
     if target is not None and not spec.get("on_target"):
         raise HarnessError(f"profile '{profile}' brings its own environments up; on a target use --profile preprod")
+    if target is not None and barbican:
+        raise HarnessError("--barbican chooses the build of the environments a campaign brings up; "
+                           "a target that is up already runs its own")
+    if barbican:
+        from harness.builds import parse_source
+
+        barbican = parse_source(barbican).spec  # a bad source is one line before anything starts
     check_provider(provider)
     progress = progress or Progress()
     where = target.run_id if target is not None else ('' if provider == DEFAULT_PROVIDER else provider)
@@ -139,7 +147,7 @@ def run_campaign(profile: str, progress: Progress | None = None, provider: str =
     if target is not None:
         _on_target(target, spec, scenarios, result, out_dir, progress, permission)
     else:
-        _on_environments(spec, provider, scenarios, result, out_dir, progress)
+        _on_environments(spec, provider, scenarios, result, out_dir, progress, barbican)
     result.failures += [f"conformance {n}: {c.get('summary')}" for n, c in result.conformance.items()
                         if not c.get("ok")]
     result.failures += [f"incident {i['incident']}: {'; '.join(i['failures'])}" for i in result.incidents
@@ -178,7 +186,7 @@ def _incident(scenario, r) -> dict:
 
 
 def _on_environments(spec: dict, provider: str, scenarios: list, result: CampaignResult, out_dir: Path,
-                     progress) -> None:
+                     progress, barbican: str | None = None) -> None:
     from harness.runner import run_scenario
 
     # The catalog's provider-specific incidents (a network partition needs containers).
@@ -187,13 +195,15 @@ def _on_environments(spec: dict, provider: str, scenarios: list, result: Campaig
     try:
         for name in spec["environments"]:
             with progress.step(f"{name}: up"):
-                envs[name] = Environment.up(ENVIRONMENTS / f"{name}.yaml", progress=progress, provider=provider)
+                envs[name] = Environment.up(ENVIRONMENTS / f"{name}.yaml", progress=progress, provider=provider,
+                                            barbican=barbican)
             _round_trips_and_conformance(envs[name], name, spec, result, out_dir, progress)
         for scenario in scenarios:
             topo = scenario.environment_path().stem
             if topo not in envs:
                 with progress.step(f"{topo}: up"):
-                    envs[topo] = Environment.up(scenario.environment_path(), progress=progress, provider=provider)
+                    envs[topo] = Environment.up(scenario.environment_path(), progress=progress, provider=provider,
+                                                barbican=barbican)
             with progress.step(f"incident: {scenario.name}"):
                 result.incidents.append(_incident(scenario, run_scenario(scenario, env=envs[topo])))
         load_spec = spec.get("load")

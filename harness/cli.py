@@ -38,13 +38,16 @@ DESTRUCTIVE_OPT = typer.Option(False, "--allow-destructive",
                                help="On a cloud or deployment: allow changes beyond API calls on the harness's data")
 MAX_NODES_OPT = typer.Option(1, "--max-nodes", min=1, help="On a cloud or deployment: nodes one fault may touch")
 DRY_RUN_OPT = typer.Option(False, "--dry-run", help="Print the plan and change nothing")
+BARBICAN_OPT = typer.Option(None, "--barbican", help="Barbican build: pypi:VERSION, wheel:PATH, sdist:PATH or "
+                                                     "git:PATH[@REF] (default: the topology's, else the harness's)")
 
 
 @app.command()
 def up(topology: Path = typer.Argument(..., help="Topology file, e.g. environments/simple-crypto.yaml"),
        json_out: bool = typer.Option(False, "--json", help="Print one JSON document for scripts"),
        provider: Optional[str] = typer.Option(None, help="Override the topology's provider"),
-       keep_on_failure: bool = typer.Option(False, help="Leave a failed environment running to debug it")) -> None:
+       keep_on_failure: bool = typer.Option(False, help="Leave a failed environment running to debug it"),
+       barbican: Optional[str] = BARBICAN_OPT) -> None:
     """Bring an environment up and leave it running; prints its endpoints."""
     from harness.environment import Environment
     from harness.progress import RichProgress
@@ -52,7 +55,7 @@ def up(topology: Path = typer.Argument(..., help="Topology file, e.g. environmen
     try:
         with RichProgress(console) as progress:
             env = Environment.up(topology, progress=progress, provider=provider,
-                                     keep_on_failure=keep_on_failure)
+                                 keep_on_failure=keep_on_failure, barbican=barbican)
     except HarnessError as exc:
         _fail(exc)
     summary = env.summary()
@@ -145,7 +148,8 @@ def campaign(profile: str = typer.Option("quick", help="quick, full, or preprod 
              run_id: Optional[str] = typer.Option(None, "--run", help="preprod: an environment of this harness"),
              cloud: Optional[str] = CLOUD_OPT, targets: Optional[Path] = TARGETS_OPT,
              deployment: Optional[Path] = DEPLOYMENT_OPT, allow_destructive: bool = DESTRUCTIVE_OPT,
-             max_nodes: int = MAX_NODES_OPT, dry_run: bool = DRY_RUN_OPT) -> None:
+             max_nodes: int = MAX_NODES_OPT, dry_run: bool = DRY_RUN_OPT,
+             barbican: Optional[str] = BARBICAN_OPT) -> None:
     """The main job: environments up, round trips and a conformance smoke on every node and
     store, four incidents with verdicts and the ledger, load with a fault window, report.
     --profile preprod runs on a target that is up (--cloud, --deployment, --run) instead."""
@@ -163,7 +167,8 @@ def campaign(profile: str = typer.Option("quick", help="quick, full, or preprod 
         if profile not in PROFILES:
             raise HarnessError(f"--profile '{profile}': profiles: {', '.join(PROFILES)}")
         with RichProgress(console) as progress:
-            result = run_campaign(profile, progress, provider=provider, target=target, permission=permission)
+            result = run_campaign(profile, progress, provider=provider, target=target, permission=permission,
+                                  barbican=barbican)
     except HarnessError as exc:
         _fail(exc)
     table = Table(title=f"campaign ({profile}, {result.provider}): incidents")
@@ -385,7 +390,7 @@ def run(paths: list[Path] = typer.Argument(..., help="Scenario files or director
                                                                 "up each scenario's topology"),
         cloud: Optional[str] = CLOUD_OPT, targets: Optional[Path] = TARGETS_OPT,
         deployment: Optional[Path] = DEPLOYMENT_OPT, allow_destructive: bool = DESTRUCTIVE_OPT,
-        max_nodes: int = MAX_NODES_OPT, dry_run: bool = DRY_RUN_OPT,
+        max_nodes: int = MAX_NODES_OPT, dry_run: bool = DRY_RUN_OPT, barbican: Optional[str] = BARBICAN_OPT,
         json_out: bool = typer.Option(False, "--json")) -> None:
     """Run scenarios: environment (or the target given), seed, fault timeline with probing,
     heal, verify."""
@@ -397,10 +402,14 @@ def run(paths: list[Path] = typer.Argument(..., help="Scenario files or director
     try:
         if provider is not None:
             check_provider(provider)
-        if on_target and provider:
-            raise HarnessError("--provider chooses how each scenario's topology comes up; with --run, --cloud "
-                               "or --deployment the scenarios run on that target instead")
+        if on_target and (provider or barbican):
+            raise HarnessError("--provider and --barbican choose how each scenario's topology comes up; with "
+                               "--run, --cloud or --deployment the scenarios run on that target instead")
         scenarios = [load_scenario(f) for f in _scenario_files(paths)]  # all checked before any starts
+        if barbican:
+            from harness.builds import parse_source
+
+            barbican = parse_source(barbican).spec
         if on_target:
             target = _target(run_id, cloud, targets, deployment)
             permission = _permission(allow_destructive, max_nodes)
@@ -427,7 +436,7 @@ def run(paths: list[Path] = typer.Argument(..., help="Scenario files or director
         if on_target:
             results = run_on_target(scenarios, target, progress, permission)
         else:
-            results = run_many(scenarios, progress, provider=provider)
+            results = run_many(scenarios, progress, provider=provider, barbican=barbican)
     if json_out:
         out.print_json(json.dumps([{"name": r.name, "passed": r.passed, "failures": r.failures,
                                     "verdict": r.observed and {k: r.observed[k] for k in
@@ -545,7 +554,8 @@ def load(run_id: Optional[str] = typer.Option(None, "--run", help="Run id of an 
          max_p95_ms: list[str] = typer.Option([], "--max-p95-ms", help="(inside:|outside:)(NAME=)MS"),
          seed: Optional[int] = typer.Option(None, "--seed"),
          weight: list[str] = typer.Option([], "--weight", help="NAME=N: user class mix (octavia, luks, crud, "
-                                          "orders, store_get; default 2/4/3/1/0), repeatable")) -> None:
+                                          "orders, store_get; default 2/4/3/1/0), repeatable"),
+         barbican: Optional[str] = BARBICAN_OPT) -> None:
     """Locust load with a fault timeline; thresholds inside/outside fault windows; ledger; report."""
     from harness.load.cli import load_command
 
@@ -553,7 +563,8 @@ def load(run_id: Optional[str] = typer.Option(None, "--run", help="Run id of an 
         target = _target(None, cloud, targets, deployment) if (cloud or deployment) else None
         code = load_command(run_id, env_path, scenario, users, spawn_rate, duration, workers,
                             max_error_ratio, max_p95_ms, seed=seed, weight=weight, console=console, out=out,
-                            target=target, permission=_permission(allow_destructive, max_nodes), dry_run=dry_run)
+                            target=target, permission=_permission(allow_destructive, max_nodes), dry_run=dry_run,
+                            barbican=barbican)
     except HarnessError as exc:
         _fail(exc)
     raise typer.Exit(code)
@@ -621,18 +632,44 @@ def qualify_hsm_matrix(
 
 @app.command("upgrade-gate")
 def upgrade_gate(
-        from_version: str = typer.Option(..., "--from", help="Barbican release the environment starts on, e.g. 14.0.0"),
-        to_version: str = typer.Option(..., "--to", help="Barbican release it is upgraded to, e.g. 23.0.0"),
-        env_path: Optional[Path] = typer.Option(None, "--env", help="Topology file (default environments/simple-crypto.yaml)"),
+        from_source: Optional[str] = typer.Option(None, "--from", help="Build the environment starts on: pypi:VERSION "
+                                                  "(or VERSION), wheel:PATH, sdist:PATH, git:PATH[@REF]"),
+        to_source: Optional[str] = typer.Option(None, "--to", help="Build it is upgraded to (same forms)"),
+        path: Optional[str] = typer.Option(None, "--path", help="A,B,C: upgrade hop by hop (instead of --from/--to); "
+                                           "the ledger is verified after each hop"),
+        env_path: Optional[Path] = typer.Option(None, "--env", help="Topology file (default environments/simple-crypto"
+                                                ".yaml; with --rolling simple-crypto-3.yaml)"),
+        provider: Optional[str] = typer.Option(None, "--provider", help="local or docker (default: the topology's)"),
         from_config: str = typer.Option("harness", "--from-config",
                                         help="harness (explicit KEK) or default-kek (no kek line on FROM: the 2025.2 trap)"),
         break_mode: str = typer.Option("none", "--break", help="none or kek-change (TO gets another KEK)"),
+        rolling: bool = typer.Option(False, "--rolling", help="Rolling upgrade under Locust load, node by node"),
+        users: int = typer.Option(10, "--users", min=1, help="--rolling: Locust users"),
+        max_error_ratio: list[str] = typer.Option([], "--max-error-ratio", help="--rolling: [PHASE:]RATIO per phase "
+                                                  "(from, db, node, to); default 0 in every phase"),
+        max_p95_ms: list[str] = typer.Option([], "--max-p95-ms", help="--rolling: [PHASE:]MS per phase"),
+        seed: Optional[int] = typer.Option(None, "--seed", help="--rolling: the load's seed"),
+        weight: list[str] = typer.Option([], "--weight", help="--rolling: NAME=N user class mix (default octavia=2 "
+                                         "luks=4 crud=0 orders=1 store_get=3; crud hits Barbican's metadata deadlock)"),
+        no_conformance: bool = typer.Option(False, "--no-conformance", help="Skip conformance/api on TO"),
         json_out: bool = typer.Option(False, "--json", help="Print the JSON report")) -> None:
-    """Upgrade gate: secrets seeded on FROM must read back byte-identical on TO, then conformance/api on TO.
-    Exit 0 PASS, 1 FAIL, 2 ERROR (the gate could not run); report in the run dir (upgrade-gate.json/.txt)."""
-    from harness.upgrade import upgrade_gate_command
+    """Upgrade gate between any builds: secrets seeded on FROM must read back byte-identical after
+    every hop, new secrets must work, then conformance/api on TO; --rolling also judges each phase
+    of a rolling upgrade under load (zero-downtime: yes/no). Exit 0 PASS, 1 FAIL, 2 ERROR (the gate
+    could not run); report in the run dir (upgrade-gate.json/.txt, report.html)."""
+    from harness.upgrade.command import rolling_plan, upgrade_gate_command, upgrade_path
 
-    raise typer.Exit(upgrade_gate_command(from_version, to_version, env_path, from_config, break_mode, json_out))
+    try:
+        hops = upgrade_path(from_source, to_source, path)
+        plan = rolling_plan(users, max_error_ratio, max_p95_ms, seed, weight) if rolling else None
+        if not rolling and (max_error_ratio or max_p95_ms or weight):
+            raise HarnessError("--max-error-ratio, --max-p95-ms and --weight are options of --rolling")
+        code = upgrade_gate_command(hops, env_path, provider=provider, from_config=from_config,
+                                    break_mode=break_mode, rolling=plan, conformance=not no_conformance,
+                                    json_out=json_out)
+    except HarnessError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ import secrets as _rand
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
@@ -68,11 +69,23 @@ class RunContext:
     topology: Topology
     secrets: EnvSecrets
     ports: dict[str, int] = field(default_factory=dict)
+    # The Barbican build the environment runs (harness.builds.Build); None: the harness's own.
+    build: Any = None
 
     @property
     def bin_dir(self) -> Path:
-        # The venv the harness runs in holds barbican, keystone and uwsgi.
+        # The venv the harness runs in holds keystone, uwsgi and its own barbican; Barbican's
+        # services take their programs from their build (harness.builds.Build.bin).
         return Path(sys.prefix) / "bin"
+
+    @property
+    def barbican_build(self):
+        """The build Barbican's services run unless told another (a node during an upgrade)."""
+        if self.build is None:
+            from harness.builds import own_build
+
+            self.build = own_build()
+        return self.build
 
     def bin(self, name: str) -> str:
         return str(self.bin_dir / name)

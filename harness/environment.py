@@ -68,30 +68,54 @@ class Environment:
     @classmethod
     def up(cls, topology_path: str | Path, *, progress: Progress | None = None,
            provider: str | None = None, run_id: str | None = None,
-           keep_on_failure: bool = False) -> "Environment":
+           keep_on_failure: bool = False, barbican: str | None = None,
+           barbican_overrides: dict | None = None) -> "Environment":
+        """`barbican`: the Barbican build to run (harness.builds.sources), instead of the
+        topology's `barbican.source` (default: the harness's own release).
+        `barbican_overrides`: config changes every Barbican process starts with (the keys of
+        BarbicanConfig.render's overrides, e.g. {"keks": []}: no kek line at all)."""
+        from harness.builds import parse_source, resolve
+
         topology = load_topology(topology_path)
         if provider:
             topology = topology.model_copy(update={"provider": provider})
+        progress = progress or Progress()
         provider_cls = provider_class(topology.provider)
+        # The build: parsed before anything starts (a missing file or commit is one line),
+        # installed once per machine; its canonical source is what the state records.
+        text, base = (barbican, None) if barbican else (topology.barbican.source,
+                                                         Path(topology_path).resolve().parent)
+        source = parse_source(text, base, "--barbican" if barbican else f"{topology_path}: barbican.source") \
+            if text else None
+        if source is not None:
+            topology = topology.model_copy(update={"barbican": topology.barbican.model_copy(
+                update={"source": source.spec})})
+            with progress.step(f"Barbican build {source.spec} (venv, installed once per machine)"):
+                build = resolve(source)
+        else:
+            build = resolve(None)
         run_id = run_id or new_run_id(topology)
         run_dir = runs_dir() / run_id
         secrets = EnvSecrets().register()
-        ctx = RunContext(run_id, run_dir, topology, secrets)
+        ctx = RunContext(run_id, run_dir, topology, secrets, build=build)
         env = cls(ctx, state={
             "run_id": run_id, "run_dir": str(run_dir), "topology_path": str(Path(topology_path).resolve()),
             "topology": topology.model_dump(), "provider": topology.provider, "status": "starting",
             "created": dt.datetime.now(dt.timezone.utc).isoformat(),
         })
         env.provider = provider_cls(ctx, on_change=env.save_state)
+        for service in (*env.provider.nodes, *env.provider.workers) if barbican_overrides else ():
+            service.overrides = dict(barbican_overrides)
         env.provider.check()  # missing packages are reported before anything is written or started
         run_dir.mkdir(parents=True, exist_ok=False)
         secrets.save(run_dir / SECRETS_FILE)
         env.save_state()
-        progress = progress or Progress()
         try:
             env.provider.up(progress, seed_identity=env._seed_identity)
             with progress.step("readiness: store+get on every node and store"):
                 env.verify_ready()
+            with progress.step(f"every node runs Barbican {build.label} (GET /?build)"):
+                env.check_build()
             env._write_client_files()
             env.state["status"] = "up"
             env.state["timings"] = progress.timings
@@ -111,10 +135,13 @@ class Environment:
     def attach(cls, run: str | Path | None = None) -> "Environment":
         """An environment started earlier (by this or another process), from its state file."""
         run_dir = find_run_dir(run)
+        from harness.builds import Build
+
         state = json.loads((run_dir / STATE_FILE).read_text())
         topology = Topology.model_validate(state["topology"])
         secrets = EnvSecrets.load(run_dir / SECRETS_FILE)
-        ctx = RunContext(state["run_id"], run_dir, topology, secrets, ports=dict(state.get("ports", {})))
+        build = Build.from_state(state["build"]) if state.get("build") else None
+        ctx = RunContext(state["run_id"], run_dir, topology, secrets, ports=dict(state.get("ports", {})), build=build)
         env = cls(ctx, state=state)
         env.provider = provider_class(state.get("provider", "local"))(ctx, on_change=env.save_state)
         env.provider.adopt(state.get("processes", []), state.get("overrides", {}))
@@ -189,6 +216,9 @@ class Environment:
             self.state["nodes"] = [{"name": n.name, "url": n.url} for n in self.provider.nodes]
             self.state["keystone_url"] = self.provider.keystone.url
             self.state["overrides"] = {n.name: n.overrides for n in self.provider.nodes if n.overrides}
+            # During a rolling upgrade nodes run different builds.
+            self.state["node_builds"] = {n.name: n.build.source for n in self.provider.nodes if n.build}
+        self.state["build"] = self.ctx.barbican_build.describe()
         self.state["ports"] = dict(self.ctx.ports)
         # One temporary file per writer: services start in parallel threads.
         tmp = self.run_dir / f"{STATE_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
@@ -280,12 +310,14 @@ class Environment:
         self.state["project_ids"] = identity.seed(self.provider.keystone.url, self.credentials, nodes)
         self.save_state()
 
-    def verify_ready(self, timeout: float = 60.0) -> None:
-        """/healthcheck is not enough (200 with a broken backend): store on each node and read
-        back byte-identical through the next node; with async orders, a key order must go
-        ACTIVE through the worker."""
+    def verify_ready(self, timeout: float = 60.0, only: str | None = None) -> None:
+        """/healthcheck is not enough (200 with a broken backend): store on each node (or on
+        node `only`) and read back byte-identical through the next node; with async orders,
+        a key order must go ACTIVE through the worker."""
         nodes = self.nodes
         for i, node in enumerate(nodes):
+            if only and node.name != only:
+                continue
             reader = nodes[(i + 1) % len(nodes)]
             payload = _rand.token_hex(16)
 
@@ -302,8 +334,31 @@ class Environment:
                               log=lambda node=node: log_tail(self.ctx.logs_dir / f"{node.name}-app.log", 15))
             if not done["same"]:
                 raise ServiceStartError(f"{node.name}: stored secret read back different through {reader.name}")
-        if self.ctx.topology.async_orders:
+        if self.ctx.topology.async_orders and not only:
             self._verify_order_active(timeout)
+
+    def barbican_versions(self) -> dict[str, str]:
+        """node → the Barbican version it says it runs (GET /?build, unauthenticated)."""
+        import requests
+
+        out = {}
+        for node in self.nodes:
+            try:
+                r = requests.get(node.url + "/", params={"build": ""}, timeout=10)
+                out[node.name] = r.json().get("build", f"HTTP {r.status_code}") if r.ok else f"HTTP {r.status_code}"
+            except Exception as exc:  # noqa: BLE001 - reported as what the node answered
+                out[node.name] = f"no answer ({type(exc).__name__})"
+        return out
+
+    def check_build(self) -> None:
+        """Every node runs the build it was started from (its version; the state records
+        the build's source and commit)."""
+        got = self.barbican_versions()
+        self.state["node_versions"] = got
+        wanted = {n.name: (n.build or self.ctx.barbican_build).version for n in self.provider.nodes}
+        wrong = {name: f"{got.get(name)} (expected {want})" for name, want in wanted.items() if got.get(name) != want}
+        if wrong:
+            raise ServiceStartError(f"nodes run another Barbican than their build: {wrong}")
 
     def _verify_order_active(self, timeout: float) -> None:
         client = self.barbican()
@@ -405,6 +460,7 @@ class Environment:
         return {
             "run_id": self.run_id, "run_dir": str(self.run_dir), "status": self.state.get("status"),
             "provider": self.state.get("provider"), "topology": self.ctx.topology.name,
+            "build": self.state.get("build"),
             "keystone_url": self.state.get("keystone_url"), "clouds_yaml": self.state.get("clouds_yaml"),
             "clouds": self.cloud_names() if self.state.get("clouds_yaml") else {},
             "nodes": [{"name": n.name, "endpoint": n.url, "pid": pids.get(n.name)} for n in self.nodes],

@@ -109,7 +109,7 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _file_sha(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -137,8 +137,10 @@ def _run(argv: list[str], log: Log, what: str, timeout: float = 1800, **kw) -> N
 
 # -- wheelhouse ---------------------------------------------------------------------------
 
-def frozen_requirements(python: str = sys.executable) -> list[str]:
-    """The harness venv's pins (`pip freeze --all`, without the editable harness itself)."""
+def frozen_requirements(python: str = sys.executable, exclude: Iterable[str] = ()) -> list[str]:
+    """A venv's pins (`pip freeze --all`), without the editable harness itself and the
+    packages named in `exclude` (a Barbican build brings its own wheel)."""
+    skip = {"barbican-harness", *(n.lower() for n in exclude)}
     out = procs.run([python, "-m", "pip", "freeze", "--all", "--exclude-editable"], timeout=120,
                     what="pip freeze", error=ImageBuildError)
     reqs = []
@@ -146,21 +148,26 @@ def frozen_requirements(python: str = sys.executable) -> list[str]:
         line = line.strip()
         if not line or line.startswith("#") or line.startswith("-e "):
             continue
-        if "==" not in line:
-            raise ImageBuildError(f"cannot pin '{line}' from the harness venv for the image "
-                                  "(only name==version requirements can go in the wheelhouse)")
-        name = line.split("==", 1)[0].lower().replace("_", "-")
-        if name == "barbican-harness":
+        name = re.split(r"\s*(?:==| @ )", line, maxsplit=1)[0].lower().replace("_", "-")
+        if name in skip:
             continue
+        if "==" not in line:
+            raise ImageBuildError(f"cannot pin '{line}' from {python} for the image "
+                                  "(only name==version requirements can go in the wheelhouse)")
         reqs.append(line)
     return sorted(reqs, key=str.lower)
 
 
-def wheelhouse(log: Log, python: str = sys.executable) -> Path:
-    """Wheels of every pinned package, made on the host; cached per pin set."""
-    reqs = frozen_requirements(python)
+def wheelhouse(log: Log, python: str = sys.executable, exclude: Iterable[str] = (),
+               local_wheels: Iterable[Path] = ()) -> Path:
+    """Wheels of every package pinned in the venv of `python` (but `exclude`), made on the
+    host, plus `local_wheels` (a Barbican build's own); cached per pin set. Its
+    requirements.txt names all of them, local wheels by NAME==VERSION."""
+    reqs = frozen_requirements(python, exclude)
+    local = sorted(local_wheels)
     text = "\n".join(reqs) + "\n"
-    path = CACHE / "wheelhouse" / _sha(text.encode())[:16]
+    wanted = text + "".join(f"{w.name} {file_sha256(w)}\n" for w in local)
+    path = CACHE / "wheelhouse" / _sha(wanted.encode())[:16]
     if (path / ".complete").is_file():
         return path
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -178,6 +185,11 @@ def wheelhouse(log: Log, python: str = sys.executable) -> Path:
              "pip wheel (wheelhouse sdists)")
         for p in sdists:
             p.unlink()
+    for w in local:
+        shutil.copy2(w, tmp / w.name)
+        name, version = w.name.split("-")[:2]
+        text += f"{name}=={version}\n"
+    (tmp / "requirements.txt").write_text(text)
     (tmp / ".complete").write_text(text)
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
@@ -425,7 +437,7 @@ class Context:
                 # The listing: versioned file names and sizes.
                 h.update(f"{arc} {path.stat().st_size}\n".encode())
             else:
-                h.update(f"{arc} {_file_sha(path)}\n".encode())
+                h.update(f"{arc} {file_sha256(path)}\n".encode())
         return h.hexdigest()
 
     def write_tar(self, fileobj) -> None:
@@ -598,6 +610,27 @@ def ensure(client=None, names: Iterable[str] = IMAGES, progress: Progress | None
     """The image tags for the current sources, building only what changed (the Docker
     provider calls this before an environment starts)."""
     return build(client, air_gapped=None, names=names, progress=progress, log=log).tags
+
+
+def build_on(client, name: str, base_tag: str, wheels: Path, key: str, progress: Progress | None = None,
+             log: Log | None = None) -> str:
+    """An image FROM one of ours (`base_tag`) with environments/docker/<name>.Dockerfile and a
+    wheelhouse: tagged barbican-harness/<name>:<content hash>, built only when missing,
+    without network (everything is in the context). `prune` keeps the newest per `key`."""
+    progress = progress or Progress()
+    log = log or (lambda line: None)
+    ctx = Context(name)
+    ctx.add("Dockerfile", _dockerfile(name))
+    ctx.add_dir("wheelhouse", wheels, ".whl")
+    base = BaseChoice(base_tag, client.images.get(base_tag).id, air_gapped=True)
+    tag = f"{PREFIX}/{name}:{ctx.content_hash(base.image_id)[:16]}"
+    with _locked():
+        if not _image_exists(client, tag):
+            with progress.step(f"image {tag} (on {base_tag})"):
+                _build_one(client, name, ctx, base, tag, log)
+        state = _last_state()
+        _save_state({**state, "tags": {**state.get("tags", {}), f"{name}:{key}": tag}})
+    return tag
 
 
 def _last_state() -> dict:

@@ -3,6 +3,7 @@
 Options:
   --barbican-env PATH      bring up the topology PATH (one environment per xdist worker)
   --barbican-run RUN_ID    use an environment that is already up (`barbican-harness up`)
+  --barbican-source SRC    the Barbican build environments come up on (pypi:, wheel:, sdist:, git:)
   --barbican-cloud NAME    an existing cloud from clouds.yaml
   --barbican-targets FILE  users per role for that cloud (see harness.targets)
   --soak                   also run the long tests marked `soak`
@@ -30,6 +31,9 @@ def pytest_addoption(parser):
     group.addoption("--barbican-env", default=os.environ.get("BARBICAN_HARNESS_ENV"),
                     help="Topology file to bring up for the tests")
     group.addoption("--barbican-run", default=None, help="Run id of an environment already up")
+    group.addoption("--barbican-source", default=os.environ.get("BARBICAN_HARNESS_SOURCE"),
+                    help="Barbican build of the environments the tests bring up: pypi:VERSION, wheel:PATH, "
+                         "sdist:PATH or git:PATH[@REF] (default: each topology's, else the harness's)")
     group.addoption("--barbican-cloud", default=None, help="Existing cloud (clouds.yaml name)")
     group.addoption("--barbican-targets", default=None, help="Targets file naming a cloud per role")
     group.addoption("--soak", action="store_true", default=False, help="Run long soak tests too")
@@ -56,8 +60,9 @@ class EnvironmentPool:
     """At most one environment per (topology file, provider) for this process (this xdist
     worker). provider=None means the one the topology file names (local by default)."""
 
-    def __init__(self):
+    def __init__(self, barbican: str | None = None):
         self._envs: dict[tuple[Path, str], object] = {}
+        self.barbican = barbican  # the build every environment of the pool runs
 
     def get(self, topology: str | Path, provider: str | None = None):
         from harness.environment import Environment
@@ -69,7 +74,7 @@ class EnvironmentPool:
         key = (path, provider or load_topology(path).provider)
         if key not in self._envs:
             try:
-                self._envs[key] = Environment.up(path, provider=key[1])
+                self._envs[key] = Environment.up(path, provider=key[1], barbican=self.barbican)
             except HarnessError as exc:
                 where = f" on the {provider} provider" if provider else ""
                 pytest.fail(f"environment {topology}{where} did not come up: {exc}", pytrace=False)
@@ -106,8 +111,8 @@ def docker_client():
 
 
 @pytest.fixture(scope="session")
-def barbican_env_pool():
-    pool = EnvironmentPool()
+def barbican_env_pool(request):
+    pool = EnvironmentPool(request.config.getoption("--barbican-source"))
     yield pool
     pool.close()
 

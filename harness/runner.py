@@ -87,7 +87,7 @@ class _Writers(threading.Thread):
 
 
 def run_scenario(scenario: Scenario, env=None, progress: Progress | None = None,
-                 permission: Permission | None = None) -> ScenarioResult:
+                 permission: Permission | None = None, barbican: str | None = None) -> ScenarioResult:
     """One scenario on a target: an environment of the harness (brought up from the
     scenario's topology when none is given), an existing cloud or a deployment. On a
     target the harness does not own, what it writes is named under a prefix recorded
@@ -100,7 +100,7 @@ def run_scenario(scenario: Scenario, env=None, progress: Progress | None = None,
     own_env = env is None
     if own_env:
         with progress.step(f"{scenario.name}: environment up"):
-            env = Environment.up(scenario.environment_path(), progress=progress)
+            env = Environment.up(scenario.environment_path(), progress=progress, barbican=barbican)
     timeline: list[dict] = []
     writes = Writes(env.run_dir) if env.foreign else None
     prefix = new_prefix() if env.foreign else None
@@ -302,9 +302,9 @@ def _copy_logs(env, run_dir: Path) -> None:
 
 
 def run_many(scenarios: list[Scenario], progress: Progress | None = None,
-             provider: str | None = None) -> list[ScenarioResult]:
+             provider: str | None = None, barbican: str | None = None) -> list[ScenarioResult]:
     """The catalog: scenarios with the same topology share one environment. `provider`
-    overrides the topology files' (local or docker)."""
+    overrides the topology files' (local or docker), `barbican` their Barbican build."""
     progress = progress or Progress()
     results = []
     by_env: dict[Path, list[Scenario]] = {}
@@ -312,7 +312,7 @@ def run_many(scenarios: list[Scenario], progress: Progress | None = None,
         by_env.setdefault(s.environment_path(), []).append(s)
     for path, group in by_env.items():
         with progress.step(f"environment {path.name} up"):
-            env = Environment.up(path, progress=progress, provider=provider)
+            env = Environment.up(path, progress=progress, provider=provider, barbican=barbican)
         try:
             for s in group:
                 results.append(run_scenario(s, env=env, progress=progress))

@@ -7,12 +7,13 @@ containers. Every validation error names the file, the field path and what is al
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.errors import TopologyError
 from harness.providers import DEFAULT_PROVIDER, PROVIDERS
@@ -85,6 +86,16 @@ class BarbicanSpec(_Strict):
     nodes: int = Field(2, ge=1, le=8)
     processes: int = Field(1, ge=1, le=8)
     threads: int = Field(4, ge=1, le=32)
+    # The Barbican build to run (harness.builds.sources): pypi:VERSION, wheel:PATH, sdist:PATH or
+    # git:PATH[@REF], paths relative to the topology file; default: the harness's own release.
+    source: str | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _source_kind(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^((pypi|wheel|sdist|git):.+|\d+(\.\d+)*)$", value):
+            raise ValueError(f"'{value}': use pypi:VERSION, wheel:PATH, sdist:PATH or git:PATH[@REF]")
+        return value
 
 
 class Topology(_Strict):

@@ -47,6 +47,7 @@ class LoadConfig:
         self.series_dir = data["series_dir"]
         self.started_file = data.get("started_file")
         self.run_time = float(data.get("run_time") or 0)
+        self.rotation = Rotation(data.get("rotation_file"), self.nodes)
 
     @classmethod
     def from_env(cls) -> "LoadConfig":
@@ -62,6 +63,36 @@ class LoadConfig:
             if url.startswith(n.url + "/") or url == n.url:
                 return n
         return None
+
+
+class Rotation:
+    """The nodes in rotation (harness.load.rotation): every node but those the file names;
+    the file is re-read when it changes (one stat per request)."""
+
+    def __init__(self, path: str | None, nodes: list[Node]):
+        self.path, self.nodes = path, nodes
+        self._stamp: int | None = None
+        self.serving = list(nodes)
+
+    def current(self) -> list[Node]:
+        if not self.path:
+            return self.nodes
+        try:
+            stamp = os.stat(self.path).st_mtime_ns
+        except OSError:
+            stamp = None
+        if stamp != self._stamp:
+            self._stamp = stamp
+            out: set[str] = set()
+            if stamp is not None:
+                try:
+                    with open(self.path) as f:
+                        out = set(json.load(f).get("out", []))
+                except (OSError, ValueError):
+                    return self.serving  # mid-replace: keep the last set
+            # A load balancer with every backend out still sends somewhere: all of them.
+            self.serving = [n for n in self.nodes if n.name not in out] or list(self.nodes)
+        return self.serving
 
 
 def on_node(ref: str, node: Node) -> str:

@@ -20,8 +20,9 @@ Users (weights from the configuration; 0 disables a class):
 Every secret created or deleted goes through the integrity ledger (one JSONL file per
 Locust process). A create is recorded as 'unknown' before it is sent and completed with
 'ok' / 'failed' (HTTP answer) / 'unknown' (no answer): a process killed mid-request leaves
-the honest 'unknown'. Requests go round-robin over every API node (one rotation per Locust
-process, as behind a load balancer; reads that check a write go to another node). Every request is counted per second in harness.load.series.
+the honest 'unknown'. Requests go round-robin over every API node in rotation (one rotation
+per Locust process, as behind a load balancer that takes a node out before it is stopped:
+harness.load.rotation; reads that check a write go to another node). Every request is counted per second in harness.load.series.
 """
 
 from __future__ import annotations
@@ -187,15 +188,17 @@ class BarbicanUser(FastHttpUser):
         self.rng = random.Random(f"{CFG.seed}:{worker}:{type(self).__name__}:{next(_user_numbers)}")
 
     def node(self) -> Node:
-        """The next API node, round-robin over every request of this process (what a
-        load balancer in front of the nodes does)."""
-        return CFG.nodes[next(_round_robin) % len(CFG.nodes)]
+        """The next API node in rotation, round-robin over every request of this process
+        (what a load balancer in front of the nodes does)."""
+        serving = CFG.rotation.current()
+        return serving[next(_round_robin) % len(serving)]
 
     @staticmethod
     def other(node: Node) -> Node:
-        """Another node than `node`: reads that must cross nodes."""
-        i = CFG.nodes.index(node)
-        return CFG.nodes[(i + 1) % len(CFG.nodes)]
+        """Another node in rotation than `node`: reads that must cross nodes."""
+        serving = CFG.rotation.current()
+        i = serving.index(node) if node in serving else -1
+        return serving[(i + 1) % len(serving)]
 
     @property
     def role(self) -> str:

@@ -28,7 +28,7 @@ def test_misspelt_field_names_file_field_and_allowed_values(tmp_path):
     assert str(p) in msg
     assert "barbican.nodez" in msg
     assert "did you mean 'nodes'" in msg
-    assert "allowed: nodes, processes, threads" in msg
+    assert "allowed: nodes, processes, source, threads" in msg
 
 
 def test_misspelt_top_level_field(tmp_path):

@@ -62,7 +62,7 @@ def load_command(run_id: Optional[str], env_path: Optional[Path], scenario: Opti
                  spawn_rate: float, duration: Optional[str], workers: int = 0,
                  max_error_ratio: list[str] | None = None, max_p95_ms: list[str] | None = None, *,
                  seed: Optional[int] = None, weight: list[str] | None = None, console=None, out=None,
-                 target=None, permission=None, dry_run: bool = False) -> int:
+                 target=None, permission=None, dry_run: bool = False, barbican: Optional[str] = None) -> int:
     """The body of `barbican-harness load`; returns the exit code (raises HarnessError on usage
     errors). `target`: a cloud or deployment opened by the caller (instead of --run/--env)."""
     from rich.console import Console
@@ -78,6 +78,9 @@ def load_command(run_id: Optional[str], env_path: Optional[Path], scenario: Opti
     if [bool(run_id), bool(env_path), target is not None].count(True) != 1:
         raise HarnessError("load: name exactly one target: --run RUN_ID (an environment that is up), "
                            "--env PATH (a topology to bring up for this load), --cloud NAME or --deployment FILE")
+    if barbican and not env_path:
+        raise HarnessError("load: --barbican chooses the build of the environment --env brings up; "
+                           "a target that is up already runs its own")
     thresholds = build_thresholds(max_error_ratio or [], max_p95_ms or [])
     weights = parse_weights(weight or [])
     events, scenario_duration = read_fault_timeline(scenario) if scenario else ([], None)
@@ -96,7 +99,7 @@ def load_command(run_id: Optional[str], env_path: Optional[Path], scenario: Opti
                   markup=False, highlight=False)
         return 0
     with RichProgress(console) as progress:
-        env = target if target is not None else Environment.up(env_path, progress=progress)
+        env = target if target is not None else Environment.up(env_path, progress=progress, barbican=barbican)
         try:
             result = run_load(env, users, spawn_rate, seconds, workers, events, thresholds, progress=progress,
                               seed=seed, weights=weights, permission=permission)

@@ -33,6 +33,7 @@ from harness.ledger import Ledger, LedgerChecker
 from harness.load.fixtures import make_fixtures
 from harness.load.hsm import HsmSampler
 from harness.load.locust_procs import LocustProcesses
+from harness.load.rotation import rotation_file
 from harness.load.series import AGGREGATED, Series, overlaps
 from harness.load.thresholds import Threshold, Verdict, evaluate
 from harness.progress import Progress
@@ -194,7 +195,7 @@ def run_load(env, users: int, spawn_rate: float, duration: float, workers: int =
         "roles": roles, "weights": weights, "seed": seed, "wait": list(wait), "timeout": request_timeout,
         "consumer_probability": consumer_probability, "fixtures": fx.to_dict(),
         "ledger_dir": str(ledger.directory), "series_dir": str(series_dir), "started_file": str(started_file),
-        "run_time": duration,
+        "run_time": duration, "rotation_file": str(rotation_file(env.run_dir)),
     })
 
     sampler = HsmSampler(env.facet(Capability.HSM_SHIM)) if Capability.HSM_SHIM in env.capabilities else None

@@ -1173,7 +1173,22 @@ class DockerBarbicanNode(ContainerService):
         self.name = f"barbican-{index}"
         self.softhsm, self.shim = softhsm, shim
         self.overrides: dict = {}
+        self.build = None  # None: the environment's build (a rolling upgrade sets one per node)
         self.ctx.ports.setdefault(self.name, free_port())
+
+    @property
+    def image_name(self) -> str:
+        """The key of its image in Runtime.images: the python image for the harness's own
+        Barbican, the build's image otherwise (DockerProvider.prepare_build)."""
+        build = self.build or self.ctx.barbican_build
+        return "python" if build.own else f"build:{build.key}"
+
+    def start(self) -> None:
+        # A container made from another build's image (before an upgrade) is made anew.
+        c = self.container()
+        if c is not None and c.attrs.get("Config", {}).get("Image") != self.rt.images.get(self.image_name):
+            c.remove(force=True)
+        super().start()
 
     @property
     def home(self) -> Path:
@@ -1198,7 +1213,7 @@ class DockerBarbicanNode(ContainerService):
         return {BARBICAN_PORT: self.port}
 
     def render(self) -> None:
-        self.config.render(self.home, self.name, self.url, self.overrides)
+        self.config.render(self.home, self.name, self.url, self.overrides, self.build)
         spec = self.ctx.topology.barbican
         _render_for_container(self.ctx, "uwsgi.ini.j2", self.home / "uwsgi.ini", port=BARBICAN_PORT,
                               must_contain=rf"^[\w-]*socket\s*=\s*(0\.0\.0\.0)?:{BARBICAN_PORT}\s*$",
@@ -1231,14 +1246,17 @@ class DockerBarbicanNode(ContainerService):
         self.restart()
         self.wait_healthy(timeout)
 
-    def manage(self, *args: str, timeout: float = 120) -> str:
+    def manage(self, *args: str, timeout: float = 120, build=None) -> str:
         """barbican-manage as an operator runs it on this node: in its container (same
-        config, same HSM environment), or in a one-shot container when it is stopped."""
+        config, same HSM environment), or in a one-shot container when it is stopped or
+        another build's (`build`) is asked for."""
         what = f"barbican-manage {' '.join(args)}"
         log = self.ctx.logs_dir / "barbican-manage.log"
-        if self.running():
+        if self.running() and build in (None, self.build):
             return self.rt.exec(self.name, ["barbican-manage", *args], what=what, log=log)
-        return self.rt.one_shot(f"{self.name}-manage", self.rt.images["python"], ["barbican-manage", *args],
+        image = self.rt.images[self.image_name] if build is None else \
+            self.rt.images["python" if build.own else f"build:{build.key}"]
+        return self.rt.one_shot(f"{self.name}-manage", image, ["barbican-manage", *args],
                                 env=self.env(), volumes=self.volumes(), what=what, timeout=timeout)
 
 
@@ -1252,6 +1270,7 @@ class DockerBarbicanWorker(DockerBarbicanNode):
         self.name = f"barbican-worker-{index}"
         self.softhsm, self.shim, self.rabbit = softhsm, shim, rabbit
         self.overrides = {}
+        self.build = None
 
     def host_ports(self) -> list[int]:
         return []
@@ -1260,7 +1279,7 @@ class DockerBarbicanWorker(DockerBarbicanNode):
         return {}
 
     def render(self) -> None:
-        self.config.render(self.home, self.name, "http://127.0.0.1")
+        self.config.render(self.home, self.name, "http://127.0.0.1", self.overrides, self.build)
 
     def argv(self) -> list[str]:
         return ["barbican-worker"]
@@ -1371,6 +1390,9 @@ class DockerProvider(StartSequence):
     def _adopt_images(self) -> None:
         """The images the running containers were made from (a restart after `attach`
         creates a container only when it is gone; then it uses the same image)."""
+        build = self.ctx.barbican_build
+        if build.image and not build.own:
+            self.rt.images[f"build:{build.key}"] = build.image
         try:
             for c in self.rt.containers():
                 img = c.get("Image") or ""
@@ -1384,8 +1406,20 @@ class DockerProvider(StartSequence):
     def _before_services(self, progress: Progress) -> None:
         with progress.step("container images (built only when missing)"):
             self.rt.images.update(images.ensure(self.rt.client, self.image_names(), progress=progress))
+        self.prepare_build(self.ctx.barbican_build, progress)
         self.rt.ensure_network()
         self.on_change()
+
+    def prepare_build(self, build, progress: Progress | None = None) -> None:
+        """The image that runs a Barbican build (harness.builds.image), made once per machine;
+        recorded on the build (the state file names it)."""
+        from harness.builds.image import ensure_image
+
+        if not build.own and f"build:{build.key}" not in self.rt.images:
+            if "python" not in self.rt.images:
+                self.rt.images.update(images.ensure(self.rt.client, ["python"], progress=progress))
+            build.image = ensure_image(build, self.rt.client, self.rt.images["python"], progress=progress)
+            self.rt.images[f"build:{build.key}"] = build.image
 
     def _start_keystone(self) -> None:
         # The container runs db_sync before uWSGI; bootstrap needs it started.
@@ -1399,7 +1433,7 @@ class DockerProvider(StartSequence):
         # One throwaway container for all of them: each container start costs seconds.
         first = self.nodes[0]
         script = " && ".join("barbican-manage " + " ".join(c) for c in commands)
-        self.rt.one_shot("barbican-manage", self.rt.images["python"], ["sh", "-c", script],
+        self.rt.one_shot("barbican-manage", self.rt.images[first.image_name], ["sh", "-c", script],
                          env=first.env(), volumes=first.volumes(), what=script, timeout=300)
 
     def restart_node(self, name: str, overrides: dict | None = None, timeout: float = 90.0) -> None:

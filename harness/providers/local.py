@@ -129,6 +129,9 @@ class LocalProvider(StartSequence):
         for command in commands:
             self.nodes[0].manage(*command)
 
+    def prepare_build(self, build, progress=None) -> None:
+        """Nothing to make: a build's venv is all its processes need (harness.builds)."""
+
     def restart_node(self, name: str, overrides: dict | None = None, timeout: float = 90.0) -> None:
         """Restart one API node, with changed config (a fault) or back to the original ({})."""
         node = self.node(name)

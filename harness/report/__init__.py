@@ -83,7 +83,8 @@ def build_report(run_dir: str | Path) -> Path:
     state = _read_json(run_dir / "state.json") or {}
     verdict = VerdictFile.read(run_dir)
     loads = load_runs(run_dir)
-    html = page.render(run_dir, state, verdict, loads)
+    gate = _read_json(run_dir / "upgrade-gate.json")  # harness.upgrade's report, when the run was a gate
+    html = page.render(run_dir, state, verdict, loads, gate)
     out = run_dir / REPORT
     tmp = out.with_suffix(".html.tmp")
     tmp.write_text(mask(html))
@@ -102,12 +103,9 @@ def build_report(run_dir: str | Path) -> Path:
 
 def _facts_from_state(state: dict) -> dict:
     topo = state.get("topology") or {}
-    try:
-        from importlib.metadata import version
-
-        barbican_version = version("barbican")
-    except Exception:  # noqa: BLE001 - informative only
-        barbican_version = "unknown"
+    build = state.get("build") or {}
+    barbican_version = build.get("version", "unknown") + (f" ({build['source']})" if build.get("kind", "pypi") != "pypi"
+                                                           else "")
     return {"run_id": state.get("run_id", ""), "topology": topo.get("name", ""), "provider": state.get("provider", ""),
             "backends": [s.get("backend", "") for s in topo.get("stores", [])], "policy": topo.get("policy", ""),
             "barbican_version": barbican_version, "nodes": state.get("nodes", [])}

@@ -90,6 +90,7 @@ def environment_section(state: dict, facts: dict) -> str:
                                    [s.get("backend", "") for s in (state.get("topology") or {}).get("stores", [])])],
             ["policy", facts.get("policy") or (state.get("topology") or {}).get("policy")],
             ["Barbican version", facts.get("barbican_version", "")],
+            ["Barbican build", _build_text(state.get("build"))],
             ["Keystone", state.get("keystone_url") or facts.get("keystone_url")],
             ["status", state.get("status")], ["created", state.get("created")]]
     nodes = [[n.get("name"), n.get("url")] for n in (state.get("nodes") or facts.get("nodes") or [])]
@@ -98,6 +99,55 @@ def environment_section(state: dict, facts: dict) -> str:
     if procs:
         html += "<details><summary>processes</summary>" + _t(procs, ["process", "pid", "ports"]) + "</details>"
     return "<h2>Environment</h2>" + html
+
+
+def _build_text(build: dict | None) -> str:
+    if not build:
+        return ""
+    return f"{build.get('source')}" + (f", commit {build['commit']}" if build.get("commit") else "") + \
+        (f", image {build['image']}" if build.get("image") else "")
+
+
+def upgrade_section(gate: dict | None) -> str:
+    """upgrade-gate.json: the path, each hop, and each phase of a rolling hop."""
+    if not gate:
+        return ""
+    html = [f'<h2 id="upgrade-gate">Upgrade gate {_ok(gate.get("verdict") == "PASS", "PASS", gate.get("verdict", "?")).html}'
+            + (f' zero-downtime: {_ok(bool(gate["zero_downtime"]), "yes", "no").html}'
+               if gate.get("zero_downtime") is not None else "") + "</h2>",
+            f'<p class="muted">{gate.get("topology")} on {gate.get("provider")}, '
+            f'{"rolling under load" if gate.get("rolling") else "every node stopped"}; '
+            f'{gate.get("seconds")} s; exit {gate.get("exit_code")}</p>']
+    html.append(_t([[b.get("label"), _build_text(b), b.get("constraints")] for b in gate.get("builds", [])],
+                   ["build", "source", "pins"], tid="upgrade-builds"))
+    rows = []
+    for h in gate.get("hops", []):
+        v = h.get("verification", {})
+        rows.append([f"{h['from_build']} → {h['to_build']}", h["mode"],
+                     f"{h.get('db_revision', {}).get('before')} → {h.get('db_revision', {}).get('after')}",
+                     f"{v.get('verified', 0)} / {v.get('acknowledged', 0)}", len(h.get("unreadable_secrets", {})),
+                     _ok(bool(h.get("new_operations", {}).get("ok"))), _ok(bool(h.get("ok")))])
+    html.append(_t(rows, ["hop", "mode", "schema", "seeded secrets read back", "unreadable", "new secrets", "result"],
+                   tid="upgrade-hops", cls="hops"))
+    for i, h in enumerate(gate.get("hops", []), 1):
+        rolling = h.get("rolling") or {}
+        if not rolling.get("phases"):
+            continue
+        prow = [[p["phase"], f"{p['from_s']:g}–{p['to_s']:g}", p["requests"], p["failures"], p["error_ratio"],
+                 _ms(p.get("p50_ms")), _ms(p.get("p95_ms")), ", ".join(f"{k} x{n}" for k, n in p["errors"].items()),
+                 "; ".join(p["breaches"] + ([p["error"]] if p.get("error") else [])) or ", ".join(p["limits"]),
+                 _ok(p["ok"])] for p in rolling["phases"]]
+        led = (rolling.get("load") or {}).get("ledger") or {}
+        html.append(f"<h3>Hop {i}: rolling {escape(h['from_build'])} → {escape(h['to_build'])}, phase by phase "
+                    f"{_ok(bool(rolling.get('zero_downtime')), 'zero-downtime', 'downtime').html}</h3>"
+                    + _t(prow, ["phase", "window (s)", "requests", "failures", "error ratio", "p50 (ms)", "p95 (ms)",
+                                "errors", "limits / breaches", "result"], tid=f"phases-{i}", cls="phases")
+                    + f'<p class="muted">Load ledger: {led.get("verified", 0)} / {led.get("acknowledged", 0)} writes '
+                      f'acknowledged during the rollout read back on TO; windows are the load run '
+                      f'{escape(Path(rolling["load"]["out_dir"]).name)} below.</p>')
+    if gate.get("failures"):
+        html.append("<ul>" + "".join(f"<li>{escape(f)}</li>" for f in gate["failures"]) + "</ul>")
+    return "".join(html)
 
 
 def verdict_rows(verdict: VerdictFile) -> tuple[list[str], list[list]]:
@@ -350,13 +400,14 @@ def locust_tables(r: dict) -> str:
     return html
 
 
-def render(run_dir: Path, state: dict, verdict: VerdictFile | None, loads: list[dict]) -> str:
+def render(run_dir: Path, state: dict, verdict: VerdictFile | None, loads: list[dict],
+           gate: dict | None = None) -> str:
     facts = loads[0].get("environment", {}) if loads else {}
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     body = [f"<h1>Barbican harness report: {escape(state.get('run_id') or run_dir.name)}</h1>",
             f'<p class="muted">Generated {now} from {escape(str(run_dir))}. '
             f"{len(loads)} load run(s). Self-contained: no scripts, no network.</p>",
-            verdicts_section(verdict, loads), environment_section(state, facts)]
+            verdicts_section(verdict, loads), upgrade_section(gate), environment_section(state, facts)]
     body += [load_section(r) for r in loads]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>Barbican harness report {escape(state.get('run_id') or run_dir.name)}</title>"

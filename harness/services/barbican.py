@@ -53,16 +53,19 @@ class BarbicanConfig:
         return [StoreSection(s.name, *BACKEND_PLUGINS[s.backend], s.global_default)
                 for s in self.ctx.topology.stores]
 
-    def env(self, home: Path) -> dict:
+    def env(self, home: Path, build=None) -> dict:
         env = self.ctx.environ(HOME=str(home))
         if self.softhsm:
             env.update(self.softhsm.env())
         if self.shim:
             env.update(self.shim.env())
-        return env
+        return (build or self.ctx.barbican_build).environ(env)
 
-    def render(self, home: Path, node: str, host_href: str, overrides: dict | None = None) -> Path:
+    def render(self, home: Path, node: str, host_href: str, overrides: dict | None = None, build=None) -> Path:
+        """barbican.conf for one process; `build` (default: the environment's) decides the
+        few lines that differ between releases."""
         o = overrides or {}
+        build = build or self.ctx.barbican_build
         topo = self.ctx.topology
         stores = self.stores()
         crypto = [s.crypto_plugin for s in stores if s.crypto_plugin]
@@ -80,6 +83,7 @@ class BarbicanConfig:
             run_id=self.ctx.run_id, node=node, host_href=host_href,
             log_file=self.ctx.logs_dir / f"{node}-app.log", debug=o.get("debug", False),
             db_url=self.database.url("barbican", port=self._via("db")),
+            legacy_sql_connection=build.legacy_sql_connection,
             keystone_url=self.keystone.url_on(self._via("keystone")),
             service_password=self.ctx.secrets.barbican_service_password,
             secure_rbac=topo.policy == "secure-rbac",
@@ -99,9 +103,11 @@ class BarbicanConfig:
             options["port"] = str(self._via("kmip"))
         return options
 
-    def manage(self, home: Path, *args: str, timeout: float = 120, check: bool = True) -> str:
-        """barbican-manage as an operator runs it on this node (same config, same HSM env)."""
-        return run_command([self.ctx.bin("barbican-manage"), *args], env=self.env(home),
+    def manage(self, home: Path, *args: str, timeout: float = 120, build=None) -> str:
+        """barbican-manage as an operator runs it on this node (same config, same HSM env),
+        from `build` (default: the environment's)."""
+        build = build or self.ctx.barbican_build
+        return run_command([build.bin("barbican-manage"), *args], env=self.env(home, build),
                            log_path=self.ctx.logs_dir / "barbican-manage.log", timeout=timeout,
                            what=f"barbican-manage {' '.join(args)}")
 
@@ -115,6 +121,7 @@ class BarbicanNode(Service):
         self.index = index
         self.name = f"barbican-{index}"
         self.overrides: dict = {}
+        self.build = None  # None: the environment's build (a rolling upgrade sets one per node)
         ctx.ports.setdefault(self.name, free_port())
 
     @property
@@ -130,15 +137,16 @@ class BarbicanNode(Service):
         return f"http://127.0.0.1:{self.port}"
 
     def render(self) -> None:
-        self.config.render(self.home, self.name, self.url, self.overrides)
+        self.config.render(self.home, self.name, self.url, self.overrides, self.build)
         spec = self.ctx.topology.barbican
         self.ctx.render("uwsgi.ini.j2", self.home / "uwsgi.ini", port=self.port,
                         module="harness.wsgi.barbican_api:application", processes=spec.processes,
                         threads=spec.threads, procname=f"{self.name}-{self.ctx.run_id}")
 
     def start(self) -> None:
-        self.spawn([self.ctx.bin("uwsgi"), "--ini", str(self.home / "uwsgi.ini")],
-                   env=self.config.env(self.home), cwd=self.home, ports=[self.port])
+        build = self.build or self.ctx.barbican_build
+        self.spawn([build.bin("uwsgi"), "--ini", str(self.home / "uwsgi.ini")],
+                   env=self.config.env(self.home, build), cwd=self.home, ports=[self.port])
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
         # /healthcheck answers 200 even with a broken crypto backend: the environment
@@ -155,8 +163,9 @@ class BarbicanNode(Service):
         self.start()
         self.wait_healthy(timeout)
 
-    def manage(self, *args: str, timeout: float = 120) -> str:
-        return self.config.manage(self.home, *args, timeout=timeout)
+    def manage(self, *args: str, timeout: float = 120, build=None) -> str:
+        """barbican-manage with this node's config, from `build` (default: the node's)."""
+        return self.config.manage(self.home, *args, timeout=timeout, build=build or self.build)
 
 
 class BarbicanWorker(Service):
@@ -166,16 +175,19 @@ class BarbicanWorker(Service):
         super().__init__(ctx)
         self.config = config
         self.name = f"barbican-worker-{index}"
+        self.overrides: dict = {}  # the nodes' config changes that concern the worker too (KEKs)
+        self.build = None
 
     @property
     def home(self) -> Path:
         return self.ctx.run_dir / "barbican" / self.name
 
     def render(self) -> None:
-        self.config.render(self.home, self.name, "http://127.0.0.1")
+        self.config.render(self.home, self.name, "http://127.0.0.1", self.overrides, self.build)
 
     def start(self) -> None:
-        self.spawn([self.ctx.bin("barbican-worker")], env=self.config.env(self.home), cwd=self.home)
+        build = self.build or self.ctx.barbican_build
+        self.spawn([build.bin("barbican-worker")], env=self.config.env(self.home, build), cwd=self.home)
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
         """Ready = consuming its topic queue. An order cast before that is dropped by the
