@@ -317,6 +317,39 @@ def heal(run_id: Optional[str] = typer.Argument(None, help="Run id, or cloud-NAM
                   f"container(s)" + (f", {removed['failed']} could not be deleted" if removed["failed"] else ""))
 
 
+shim_app = typer.Typer(help="The PKCS#11 fault shim in a deployment's Barbican containers.", no_args_is_help=True)
+app.add_typer(shim_app, name="shim")
+
+
+def _shim_step(step: str, deployment: Path, dry_run: bool) -> None:
+    from harness.deployment import DeploymentTarget, shim
+
+    try:
+        target = DeploymentTarget.load(deployment)
+        if dry_run:
+            out.print(shim.plan(target, step).render(), markup=False, highlight=False)
+            return
+        done = getattr(shim, step)(target, say=lambda line: out.print(line, markup=False, highlight=False))
+    except HarnessError as exc:
+        _fail(exc)
+    out.print(f"{step}: {len(done)} container(s) changed")
+
+
+@shim_app.command("install")
+def shim_install(deployment: Path = typer.Option(..., "--deployment", help="The deployment file"),
+                 dry_run: bool = DRY_RUN_OPT) -> None:
+    """Put the fault shim in front of the PKCS#11 module of every Barbican container (one
+    at a time: copy it in, point library_path at it, restart); HSM faults need it."""
+    _shim_step("install", deployment, dry_run)
+
+
+@shim_app.command("uninstall")
+def shim_uninstall(deployment: Path = typer.Option(..., "--deployment", help="The deployment file"),
+                   dry_run: bool = DRY_RUN_OPT) -> None:
+    """Undo `shim install`: each barbican.conf back byte-identical, restart, shim removed."""
+    _shim_step("uninstall", deployment, dry_run)
+
+
 scenario_app = typer.Typer(help="Scenario files.", no_args_is_help=True)
 app.add_typer(scenario_app, name="scenario")
 

@@ -137,7 +137,8 @@ def _run(scenario: Scenario, env, run_dir: Path, result: ScenarioResult, timelin
     # Also where `barbican-harness diagnose --run ENV` looks: the environment's last seed.
     seeded.known.save(Path(env.run_dir) / "known.json")
     logs = env.facet(Capability.SERVICE_LOGS).dir() if Capability.SERVICE_LOGS in env.capabilities else None
-    diag = Diagnoser(env, known=seeded.known, logs_dir=logs)
+    diag = Diagnoser(env, known=seeded.known, logs_dir=logs,
+                     **({"canary_name": f"{prefix}-triage-canary"} if prefix else {}))
     orders = env.async_orders
     baseline = diag.diagnose(orders=orders)
     timeline.append({"t": 0.0, "kind": "baseline", "verdict": _brief(baseline)})

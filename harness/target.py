@@ -16,9 +16,9 @@ uses what a target has (database, logs) and does without what it has not.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable, Mapping, Protocol
 
 from harness.errors import HarnessError
 
@@ -62,11 +62,13 @@ class MissingCapability(HarnessError):
     """A command needs something the target cannot do."""
 
     def __init__(self, target_name: str, needed: Iterable[Capability], has: Iterable[Capability],
-                 what: str = "this"):
+                 what: str = "this", why_not: Mapping[Capability, str] | None = None):
         self.needed = sorted(needed, key=lambda c: c.value)
         names = ", ".join(f"'{c.value}' ({CAPABILITY_HELP[c]})" for c in self.needed)
         have = ", ".join(sorted(c.value for c in has)) or "nothing"
-        super().__init__(f"{what} needs capability {names}; target {target_name} has: {have}")
+        # A target that could have a capability but not here says why (host networking ...).
+        reasons = "".join(f"; no '{c.value}': {why_not[c]}" for c in self.needed if why_not and c in why_not)
+        super().__init__(f"{what} needs capability {names}; target {target_name} has: {have}{reasons}")
 
 
 # -- facets: one interface per capability ------------------------------------------------
@@ -89,10 +91,15 @@ class ConfigWrite(Protocol):
 
     Overrides are what a config change means, not how a file looks: `keks` (list: the
     simple_crypto KEKs, first one wraps), `p11` (dict merged into [p11_crypto_plugin]),
-    `single_store_crypto` (list: one store_crypto store on just these crypto plugins)."""
+    `single_store_crypto` (list: one store_crypto store on just these crypto plugins).
+
+    `keep` runs in a fault's prepare, before anything changes: it keeps what heal needs to
+    bring the node's config back and returns what the journal records of it (paths and
+    hashes, never the content). An environment re-renders its configs and keeps nothing."""
 
     def restart_with(self, node: str, overrides: dict[str, Any]) -> None: ...
     def overrides(self, node: str) -> dict[str, Any]: ...
+    def keep(self, node: str) -> dict[str, Any]: ...
 
 
 class Manage(Protocol):
@@ -240,11 +247,13 @@ class Traits:
     async_orders: bool = False
     nodes: tuple[str, ...] = ()
     links: tuple[str, ...] = ()
+    # Capabilities the kind of target has but this one has not, with the reason.
+    why_not: Mapping[Capability, str] = field(default_factory=dict, compare=False)
 
     def require(self, needed: Iterable[Capability], what: str = "this") -> None:
         missing = set(needed) - set(self.capabilities)
         if missing:
-            raise MissingCapability(self.name, missing, self.capabilities, what)
+            raise MissingCapability(self.name, missing, self.capabilities, what, self.why_not)
 
 
 def traits_of(target) -> Traits:
@@ -253,11 +262,13 @@ def traits_of(target) -> Traits:
     if Capability.NETWORK_LINKS in target.capabilities:
         links = tuple(target.facet(Capability.NETWORK_LINKS).names())
     return Traits(target.name, frozenset(target.capabilities), tuple(target.backends),
-                  bool(target.async_orders), tuple(n.name for n in target.nodes), links)
+                  bool(target.async_orders), tuple(n.name for n in target.nodes), links,
+                  dict(getattr(target, "why_not", None) or {}))
 
 
 def require(target, needed: Iterable[Capability], what: str = "this") -> None:
     """Raise MissingCapability when the target lacks any of `needed`."""
     missing = set(needed) - set(target.capabilities)
     if missing:
-        raise MissingCapability(target.name, missing, target.capabilities, what)
+        raise MissingCapability(target.name, missing, target.capabilities, what,
+                                getattr(target, "why_not", None))

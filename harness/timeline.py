@@ -196,7 +196,7 @@ class Timeline(threading.Thread):
         self.t0 = time.monotonic()
         try:
             for t, kind, i in plan(self.events):
-                if not self._sleep_until(t):
+                if not self._sleep_until(self._due(t, kind, i)):
                     break
                 self._do(kind, i)
             self._sleep_until(self.duration)
@@ -204,6 +204,15 @@ class Timeline(threading.Thread):
             self.error = exc
         finally:
             self.heal_all()
+
+    def _due(self, t: float, kind: str, i: int) -> float:
+        """A fault holds for its planned span (heal_at - at) even when its inject took
+        longer than planned (a container that needs 30 s to serve again): its heal waits,
+        and the heal drift says so. Otherwise the fault would never be seen in effect."""
+        w, e = self.windows[i], self.events[i]
+        if kind != "heal" or w.in_effect_at is None or e.heal_at is None:
+            return t
+        return max(t, w.in_effect_at + (e.heal_at - e.at))
 
     def _params(self, i: int) -> dict[str, Any]:
         e = self.events[i]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -147,14 +148,19 @@ class Topology(_Strict):
 def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
     """Allowed field names at a location, for the 'did you mean' part of an error."""
     current: Any = model
+    key_next = False  # after a dict[str, Model] field comes a key, then the model's fields
     for part in loc[:-1]:
-        if isinstance(part, int):
+        if isinstance(part, int) or key_next:
+            key_next = False
             continue
         field = getattr(current, "model_fields", {}).get(part)
         if field is None:
             return []
         ann = field.annotation
         args = getattr(ann, "__args__", ()) or (ann,)
+        maps = [a for a in (ann, *args) if typing.get_origin(a) is dict]
+        if maps:
+            args, key_next = typing.get_args(maps[0])[1:], True
         current = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
         if current is None:
             return []

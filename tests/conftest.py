@@ -30,6 +30,18 @@ def harness_cli(*args: str, timeout: float = 300, env: dict | None = None,
     return proc
 
 
+def project_resources(target, roles) -> set[str]:
+    """Every secret and container in the projects of these roles (what a run on someone
+    else's cloud must leave as it found it)."""
+    refs = set()
+    for role in roles:
+        sess = target.session(role)
+        for kind in ("secrets", "containers"):
+            r = sess.get(target.nodes[0].url + f"/v1/{kind}", params={"limit": 200}, raise_exc=False, timeout=15)
+            refs |= {item[f"{kind[:-1]}_ref"] for item in r.json().get(kind, [])}
+    return refs
+
+
 def cli_json(*args: str, timeout: float = 300) -> dict:
     return json.loads(harness_cli(*args, "--json", timeout=timeout, check=True).stdout)
 

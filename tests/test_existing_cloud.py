@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from harness.faults.journal import Journal
-from tests.conftest import CLI, REPO, harness_cli
+from tests.conftest import CLI, REPO, harness_cli, project_resources
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("simple-crypto"), pytest.mark.timeout(1200)]
 
@@ -42,14 +42,7 @@ def cli(cloud, *args, timeout=600):
 
 
 def everything(env) -> set[str]:
-    """Every secret and container in the projects of the roles the targets file names."""
-    refs = set()
-    for role in ROLES:
-        sess = env.session(role)
-        for kind in ("secrets", "containers"):
-            r = sess.get(env.nodes[0].url + f"/v1/{kind}", params={"limit": 200}, raise_exc=False, timeout=15)
-            refs |= {item[f"{kind[:-1]}_ref"] for item in r.json().get(kind, [])}
-    return refs
+    return project_resources(env, ROLES)
 
 
 def state_dir(cloud):

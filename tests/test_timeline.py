@@ -30,6 +30,16 @@ class _Noop(Fault):
         env.actions.append(("heal", time.monotonic()))
 
 
+class _Slow(_Noop):
+    """An inject that takes longer than the fault is planned to last (a slow restart)."""
+
+    name = "test_slow"
+
+    def inject(self, env, undo):
+        time.sleep(0.5)
+        super().inject(env, undo)
+
+
 class _Broken(_Noop):
     name = "test_broken"
 
@@ -41,6 +51,7 @@ class _Broken(_Noop):
 def noop(monkeypatch):
     monkeypatch.setitem(CATALOG, "test_noop", _Noop)
     monkeypatch.setitem(CATALOG, "test_broken", _Broken)
+    monkeypatch.setitem(CATALOG, "test_slow", _Slow)
 
 
 def test_plan_orders_by_time_heal_before_inject_at_the_same_time():
@@ -72,6 +83,16 @@ def test_actions_happen_on_time_while_the_caller_is_busy(tmp_path, noop):
         assert abs(w.drift_s["inject"]) < 0.1 and abs(w.drift_s["heal"]) < 0.1, w.drift_s
     states = {e["state"] for e in Journal(tmp_path).entries().values()}
     assert states == {"healed"}
+
+
+def test_a_slow_inject_still_holds_for_its_planned_span(tmp_path, noop):
+    target = StubTarget(tmp_path)
+    timeline = Timeline(target, [Event(at=0.1, fault="test_slow", heal_at=0.4)], duration=0.5)
+    timeline.start()
+    timeline.join(timeout=5)
+    (w,) = timeline.windows
+    assert w.healed_at is not None and w.heal_started_at - w.in_effect_at >= 0.3 - 0.01
+    assert w.drift_s["heal"] >= 0.3  # later than planned, and said so
 
 
 def test_stop_heals_what_is_injected_and_an_inject_error_is_recorded(tmp_path, noop):

@@ -130,3 +130,11 @@ def node_in(traits: Traits, node: str | int | None) -> str:
 
 def node_name(target, node: str | int | None) -> str:
     return node_in(traits_of(target), node)
+
+
+def kept_configs(env, nodes: list[str]) -> dict[str, Any]:
+    """For a config fault's prepare: keep each node's config before it changes (a
+    deployment saves the original file); the journal records where and its hash."""
+    config = env.facet(Capability.CONFIG_WRITE)
+    kept = {n: k for n in nodes if (k := config.keep(n))}
+    return {"kept_configs": kept} if kept else {}

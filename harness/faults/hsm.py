@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from harness import shim
-from harness.faults.base import Fault, Params, node_name
+from harness.faults.base import Fault, Params, kept_configs, node_name
 from harness.target import Capability
 
 SHIM = Capability.HSM_SHIM
@@ -152,6 +152,8 @@ class HsmWrongPin(Fault):
         undo: dict[str, Any] = {"node": node_name(env, self.params.node)}
         if self.params.mode == "relogin":
             undo["previous"] = [r.to_line() for r in env.facet(SHIM).rules()]
+        else:
+            undo.update(kept_configs(env, [undo["node"]]))
         return undo
 
     def inject(self, env, undo: dict[str, Any]) -> None:

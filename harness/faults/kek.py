@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.context import fernet_key
-from harness.faults.base import Fault, FaultError, Params, node_name
+from harness.faults.base import Fault, FaultError, Params, kept_configs, node_name
 from harness.target import Capability, Traits
 
 CONFIG = Capability.CONFIG_WRITE
@@ -30,7 +30,8 @@ class KekMismatch(Fault):
     backend = "simple_crypto"
 
     def prepare(self, env) -> dict[str, Any]:
-        return {"node": node_name(env, self.params.node)}
+        node = node_name(env, self.params.node)
+        return {"node": node, **kept_configs(env, [node])}
 
     def inject(self, env, undo: dict[str, Any]) -> None:
         # A fresh KEK nobody else has; kept in memory and the node's 0600 config only.
@@ -54,7 +55,8 @@ class KekRotationWithoutRewrap(Fault):
     backend = "simple_crypto"
 
     def prepare(self, env) -> dict[str, Any]:
-        return {"nodes": [n.name for n in env.nodes]}
+        nodes = [n.name for n in env.nodes]
+        return {"nodes": nodes, **kept_configs(env, nodes)}
 
     def inject(self, env, undo: dict[str, Any]) -> None:
         new = fernet_key()
@@ -96,7 +98,8 @@ class CryptoPluginRemoved(Fault):
     def prepare(self, env) -> dict[str, Any]:
         remaining = [CRYPTO_PLUGINS[b] for b in env.backends
                      if b in CRYPTO_PLUGINS and CRYPTO_PLUGINS[b] != self.params.plugin]
-        return {"nodes": [n.name for n in env.nodes], "remaining": remaining}
+        nodes = [n.name for n in env.nodes]
+        return {"nodes": nodes, "remaining": remaining, **kept_configs(env, nodes)}
 
     def inject(self, env, undo: dict[str, Any]) -> None:
         # One store, on the remaining plugin: what an operator who "switched" backends runs.

@@ -67,6 +67,9 @@ class ProviderConfigWrite:
     def overrides(self, node: str) -> dict[str, Any]:
         return dict(self.provider.node(node).overrides)
 
+    def keep(self, node: str) -> dict[str, Any]:
+        return {}  # the original config is re-rendered from the environment's state
+
 
 class ProviderManage:
     def __init__(self, provider):

@@ -61,6 +61,63 @@
 #define EXPORT __attribute__((visibility("default")))
 
 /* ------------------------------------------------------------------------ */
+/* Settings: the environment, or a file next to the shim                      */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * The P11SHIM_* settings come from the environment.  When P11SHIM_MODULE is
+ * not set there, they come from KEY=VALUE lines of a file instead: the one
+ * named by $P11SHIM_CONFIG, by default the shim's own path + ".conf".  A
+ * process whose environment cannot be changed (Barbican in a container that
+ * is already running) finds its settings next to the shim that way.
+ */
+#define SETTINGS_MAX 8
+static char settings_key[SETTINGS_MAX][32];
+static char settings_value[SETTINGS_MAX][PATH_MAX];
+static int settings_count;
+static pthread_once_t settings_once = PTHREAD_ONCE_INIT;
+
+static void settings_read(void)
+{
+    char path[PATH_MAX], line[PATH_MAX + 64];
+    const char *named = getenv("P11SHIM_CONFIG");
+    Dl_info self;
+    if (named && *named) {
+        if (snprintf(path, sizeof(path), "%s", named) >= (int)sizeof(path))
+            return;
+    } else if (!dladdr((void *)settings_read, &self) || !self.dli_fname ||
+               snprintf(path, sizeof(path), "%s.conf", self.dli_fname) >= (int)sizeof(path)) {
+        return;
+    }
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return;
+    while (settings_count < SETTINGS_MAX && fgets(line, sizeof(line), f)) {
+        char *eq = strchr(line, '=');
+        if (strncmp(line, "P11SHIM_", 8) != 0 || !eq || eq - line >= 32)
+            continue;
+        *eq = '\0';
+        eq[1 + strcspn(eq + 1, "\r\n")] = '\0';
+        strcpy(settings_key[settings_count], line);
+        strcpy(settings_value[settings_count], eq + 1);
+        settings_count++;
+    }
+    fclose(f);
+}
+
+static const char *setting(const char *name)
+{
+    const char *module = getenv("P11SHIM_MODULE");
+    if (module && *module)
+        return getenv(name);
+    pthread_once(&settings_once, settings_read);
+    for (int i = 0; i < settings_count; i++)
+        if (strcmp(settings_key[i], name) == 0)
+            return settings_value[i];
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Minimal PKCS#11 2.40 / 3.0 declarations                                   */
 /* ------------------------------------------------------------------------ */
 
@@ -344,7 +401,7 @@ static int store_enter(int fn)
         return 0;
     pthread_mutex_lock(&store_mu);
     if (store_fd < 0) {
-        const char *path = getenv("P11SHIM_STORE_LOCK");
+        const char *path = setting("P11SHIM_STORE_LOCK");
         if (path && *path)
             store_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
         if (store_fd < 0) {
@@ -1047,7 +1104,7 @@ static void maybe_start_flusher(void)
 
 static void copy_env(char *dst, size_t size, const char *name)
 {
-    const char *v = getenv(name);
+    const char *v = setting(name);
     dst[0] = '\0';
     if (v && strlen(v) < size)
         strcpy(dst, v);
@@ -1062,12 +1119,13 @@ static int load_real(int verbose)
         pthread_mutex_unlock(&load_mu);
         return 0;
     }
-    const char *path = getenv("P11SHIM_MODULE");
+    const char *path = setting("P11SHIM_MODULE");
     char why[512];
     why[0] = '\0';
     if (!path || !*path) {
         snprintf(why, sizeof(why), "P11SHIM_MODULE is not set: set it to the path of the real "
-                 "PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so)");
+                 "PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so), in the environment or in "
+                 "the shim's settings file ($P11SHIM_CONFIG, default: the shim's path + .conf)");
     } else {
         void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
         if (!h) {

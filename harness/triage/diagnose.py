@@ -89,8 +89,11 @@ class Diagnoser:
     """Keeps log offsets between calls, so each diagnosis reads only what is new."""
 
     def __init__(self, target, known: Known | None = None, role: str | None = None,
-                 logs_dir: Path | None = None, fresh_projects: bool = True):
+                 logs_dir: Path | None = None, fresh_projects: bool = True, canary_name: str = "triage-canary"):
         self.target = target
+        # On a target the harness does not own, under the run's writes prefix: a canary
+        # left by a killed run is then deleted by `heal` with the rest.
+        self.canary_name = canary_name
         self.known = known or Known()
         self.role = role or target.writer_role
         self.logs_dir = logs_dir
@@ -156,7 +159,7 @@ class Diagnoser:
         url = node.url + "/v1/secrets"
         start = time.monotonic()
         payload = _rand.token_hex(8)
-        r = self._req(role, "POST", url, json={"name": "triage-canary", "payload": payload,
+        r = self._req(role, "POST", url, json={"name": self.canary_name, "payload": payload,
                                                 "payload_content_type": "text/plain"})
         result = {"store": self._status(r)}
         if not isinstance(r, Exception) and r.status_code == 201:
@@ -194,7 +197,7 @@ class Diagnoser:
         if isinstance(r, Exception) or r.status_code != 200:
             return []
         refs = [s["secret_ref"] for s in r.json().get("secrets", [])
-                if s.get("name") != "triage-canary" and s.get("status") == "ACTIVE"]
+                if not (s.get("name") or "").endswith("triage-canary") and s.get("status") == "ACTIVE"]
         return [{"role": self.role, "ref": ref} for ref in refs[:limit]]
 
     def _reachable(self, node) -> str:
