@@ -32,7 +32,6 @@ import yaml
 
 from harness.deployment.docker_hosts import Box, Changes, Containers, DockerHosts, HostUnreachable, ContainerGone
 from harness.deployment.spec import Deployment
-from harness.errors import HarnessError
 from harness.target import Capability, MissingCapability
 from harness.targets import TARGET_FILE, CloudTarget, TargetsFile, barbican_build
 from harness.topology import load_yaml_model
