@@ -81,7 +81,7 @@ def test_every_catalogued_bug_is_pinned_by_its_tests_through_the_catalogue():
         for node in bug.pinned_by:
             path = REPO / node.split("::")[0]
             text = path.read_text()
-            uses = f'known_bug("{bug.id}")' in text
+            uses = f'known_bug("{bug.id}"' in text
             if not uses:  # parametrized from data: the order outcomes of capabilities.yaml
                 uses = f"bug: {bug.id}" in (REPO / "conformance/capabilities.yaml").read_text()
             assert uses, f"{bug.id}: {path} does not use known_bug(\"{bug.id}\")"

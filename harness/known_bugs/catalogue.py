@@ -16,6 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Why no API call can show a p11_crypto plugin bug (they live between Barbican and its module).
+_P11_NOT_CHECKABLE = ("needs a PKCS#11 module loaded by Barbican's plugin, which no API call reaches: "
+                      "`qualify-hsm` and tests/test_barbican_p11_plugin.py reproduce it with Barbican's own code")
+
 CODE_READ = ("14.0.0", "20.0.0", "21.0.0", "22.0.0", "23.0.0")
 
 
@@ -258,6 +262,57 @@ BUGS: tuple[KnownBug, ...] = (
                       "shows it on Barbican's own code)",
         pinned_by=("tests/test_barbican_text_columns.py::test_project_kek_metadata_is_text_for_a_text_column",),
     ),
+    # The p11_crypto plugin's bugs that `qualify-hsm` found on real modules. They need a PKCS#11
+    # module in Barbican's process, which no API call reaches; harness/qualify/barbican_bugs.py
+    # reproduces each with Barbican's own plugin class on a freshly provisioned token.
+    KnownBug(
+        id="function-list-only",
+        title="Barbican's p11_crypto plugin cannot load a module that exports only C_GetFunctionList",
+        cause="Barbican's cffi binding looks every C_* function up by exported symbol (ffi.dlopen + "
+              "lib.C_Initialize) instead of C_GetFunctionList, so it cannot load a module that exports only "
+              "its function list (Kryoptic 1.5.4, NSS softoken): AttributeError at start-up",
+        present_means="PKCS11() raises AttributeError on Kryoptic 1.5.4",
+        conditions="p11_crypto with a module exporting only its function list (Kryoptic, NSS softoken)",
+        not_checkable=_P11_NOT_CHECKABLE,
+        pinned_by=("tests/test_barbican_p11_plugin.py::test_barbican_p11_plugin",),
+    ),
+    KnownBug(
+        id="unwrap-template-extractable",
+        title="project KEKs cannot be unwrapped on opencryptoki (CKA_EXTRACTABLE in the unwrap template)",
+        cause="Barbican hard-codes CKA_EXTRACTABLE=True in C_UnwrapKey's template (pkcs11.py unwrap_key), which "
+              "an unwrapped project KEK never needs; opencryptoki 3.8's soft token refuses to set it at unwrap "
+              "(CKR_ATTRIBUTE_READ_ONLY) and no [p11_crypto_plugin] option removes it, so every project KEK "
+              "cache miss (another node, after pkek_cache_ttl, after a restart) fails",
+        present_means="Barbican's unwrap_key fails on opencryptoki while the same unwrap without "
+                      "CKA_EXTRACTABLE succeeds",
+        conditions="p11_crypto on opencryptoki's soft token (and any module that treats CKA_EXTRACTABLE as "
+                   "read-only at unwrap)",
+        not_checkable=_P11_NOT_CHECKABLE,
+        pinned_by=("tests/test_barbican_p11_plugin.py::test_barbican_p11_plugin",),
+    ),
+    KnownBug(
+        id="default-hmac-key-type",
+        title="the default hmac_key_type (CKK_AES) does not sign with the default CKM_SHA256_HMAC",
+        cause="Barbican's default hmac_key_type = CKK_AES does not work with its default hmac_mechanism = "
+              "CKM_SHA256_HMAC, which takes generic-secret keys (PKCS#11 2.40 section 2.20): C_SignInit "
+              "answers CKR_KEY_TYPE_INCONSISTENT on SoftHSM, opencryptoki and Kryoptic alike",
+        present_means="with the default HMAC options, C_SignInit answers CKR_KEY_TYPE_INCONSISTENT",
+        conditions="p11_crypto with the default hmac options",
+        not_checkable=_P11_NOT_CHECKABLE,
+        pinned_by=("tests/test_barbican_p11_plugin.py::test_barbican_p11_plugin",),
+    ),
+    KnownBug(
+        id="gcm-16-byte-iv-unpadding",
+        title="p11_crypto GCM decrypt silently shortens some secrets stored with a 16-byte IV",
+        cause="PKCS11._VENDOR_SAFENET_CKM_AES_GCM_decrypt strips anything that looks like PKCS#7 padding from "
+              "the plaintext whenever the stored IV is 16 bytes (meant for secrets of old releases). With "
+              "aes_gcm_generate_iv = False the HSM-generated IV is 16 bytes, so a secret whose length is a "
+              "multiple of 16 and which ends in 0x01 (1 in 256 random keys), 0x02 0x02, ... is silently shortened",
+        present_means="a 32-byte secret ending in 0x01, encrypted with a 16-byte IV, decrypts to 31 bytes",
+        conditions="p11_crypto with CKM_AES_GCM and aes_gcm_generate_iv = False",
+        not_checkable=_P11_NOT_CHECKABLE,
+        pinned_by=("tests/test_barbican_p11_plugin.py::test_barbican_p11_plugin",),
+    ),
 )
 
 CATALOGUE: dict[str, KnownBug] = {b.id: b for b in BUGS}
@@ -271,8 +326,9 @@ def get(bug_id: str) -> KnownBug:
                        f"known: {', '.join(CATALOGUE)}") from None
 
 
-def known_bug(bug_id: str):
-    """The strict-xfail mark of a catalogued bug: its reason is the catalogue's."""
+def known_bug(bug_id: str, raises: type[BaseException] | None = None):
+    """The strict-xfail mark of a catalogued bug: its reason is the catalogue's. `raises`
+    narrows the expected failure (a reproduction that cannot run must fail, not xfail)."""
     import pytest
 
-    return pytest.mark.xfail(strict=True, reason=get(bug_id).xfail_reason)
+    return pytest.mark.xfail(strict=True, raises=raises, reason=get(bug_id).xfail_reason)

@@ -4,7 +4,7 @@ code (barbican.plugin.crypto.pkcs11.PKCS11, Barbican 23.0.0) on a real module.
 Each reproduction runs in a child process of its own, under the module's isolation, with a
 freshly provisioned token, and answers what happened next to what should have happened:
 
-    BUGS[name].reproduce() -> {"correct": bool, "observed": str, "expected": str}
+    REPRODUCTIONS[bug_id].reproduce() -> {"correct": bool, "observed": str, "expected": str}
 
 `correct` is False while the bug is there (tests/test_barbican_p11_plugin.py pins each one
 as a strict xfail: the day Barbican fixes it, the test says so).
@@ -26,40 +26,26 @@ _COMMON = {"hmac_mechanism": "CKM_SHA256_HMAC", "os_locking_ok": True}
 
 
 @dataclass(frozen=True)
-class Bug:
-    name: str
+class Reproduction:
+    """How one catalogued bug (harness/known_bugs/catalogue.py says what it is) is reproduced."""
+    bug_id: str
     module: str        # the provisioner it is reproduced on
-    summary: str
 
     def reproduce(self, timeout: float = 300) -> dict[str, Any]:
         from harness.qualify.provision import PROVISIONERS
 
-        done = call_worker("harness.qualify.barbican_bugs", self.name, {}, timeout=timeout,
+        done = call_worker("harness.qualify.barbican_bugs", self.bug_id, {}, timeout=timeout,
                            argv_prefix=PROVISIONERS[self.module].isolation)
         if done.answer is None:
             return {"correct": None, "observed": f"the reproduction {done.why}", "expected": ""}
         return done.answer
 
 
-BUGS = {b.name: b for b in (
-    Bug("function-list-only", "kryoptic",
-        "Barbican's cffi binding looks every C_* function up by exported symbol (ffi.dlopen + lib.C_Initialize) "
-        "instead of C_GetFunctionList, so it cannot load a module that exports only its function list "
-        "(Kryoptic 1.5.4, NSS softoken): AttributeError at start-up"),
-    Bug("unwrap-template-extractable", "opencryptoki",
-        "Barbican hard-codes CKA_EXTRACTABLE=True in C_UnwrapKey's template (pkcs11.py unwrap_key), which an "
-        "unwrapped project KEK never needs; opencryptoki 3.8's soft token refuses to set it at unwrap "
-        "(CKR_ATTRIBUTE_READ_ONLY) and no [p11_crypto_plugin] option removes it, so every project KEK "
-        "cache miss (another node, after pkek_cache_ttl, after a restart) fails"),
-    Bug("default-hmac-key-type", "softhsm",
-        "Barbican's default hmac_key_type = CKK_AES does not work with its default hmac_mechanism = "
-        "CKM_SHA256_HMAC, which takes generic-secret keys (PKCS#11 2.40 section 2.20): C_SignInit answers "
-        "CKR_KEY_TYPE_INCONSISTENT on SoftHSM, opencryptoki and Kryoptic alike"),
-    Bug("gcm-16-byte-iv-unpadding", "softhsm",
-        "PKCS11._VENDOR_SAFENET_CKM_AES_GCM_decrypt strips anything that looks like PKCS#7 padding from the "
-        "plaintext whenever the stored IV is 16 bytes (meant for secrets of old releases). With "
-        "aes_gcm_generate_iv = False the HSM-generated IV is 16 bytes, so a secret whose length is a multiple "
-        "of 16 and which ends in 0x01 (1 in 256 random keys), 0x02 0x02, ... is silently shortened"),
+REPRODUCTIONS = {r.bug_id: r for r in (
+    Reproduction("function-list-only", "kryoptic"),
+    Reproduction("unwrap-template-extractable", "opencryptoki"),
+    Reproduction("default-hmac-key-type", "softhsm"),
+    Reproduction("gcm-16-byte-iv-unpadding", "softhsm"),
 )}
 
 
