@@ -66,17 +66,22 @@ class Environment:
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
-    def up(cls, topology_path: str | Path, *, progress: Progress | None = None,
+    def up(cls, topology: str | Path | Topology, *, progress: Progress | None = None,
            provider: str | None = None, run_id: str | None = None,
            keep_on_failure: bool = False, barbican: str | None = None,
            barbican_overrides: dict | None = None) -> "Environment":
-        """`barbican`: the Barbican build to run (harness.builds.sources), instead of the
+        """`topology`: a topology file, or a Topology already built (a test's or a campaign's).
+        `barbican`: the Barbican build to run (harness.builds.sources), instead of the
         topology's `barbican.source` (default: the harness's own release).
         `barbican_overrides`: config changes every Barbican process starts with (the keys of
         BarbicanConfig.render's overrides, e.g. {"keks": []}: no kek line at all)."""
         from harness.builds import parse_source, resolve
 
-        topology = load_topology(topology_path)
+        # The topology's file, if it has one: its relative `barbican.source` paths start
+        # there (a Topology built in code starts them in the working directory).
+        topology_file = None if isinstance(topology, Topology) else Path(topology).resolve()
+        if topology_file is not None:
+            topology = load_topology(topology)   # errors name the file as the user gave it
         if provider:
             topology = topology.model_copy(update={"provider": provider})
         progress = progress or Progress()
@@ -84,8 +89,8 @@ class Environment:
         # The build: parsed before anything starts (a missing file or commit is one line),
         # installed once per machine; its canonical source is what the state records.
         text, base = (barbican, None) if barbican else (topology.barbican.source,
-                                                         Path(topology_path).resolve().parent)
-        source = parse_source(text, base, "--barbican" if barbican else f"{topology_path}: barbican.source") \
+                                                         (topology_file.parent if topology_file else Path.cwd()))
+        source = parse_source(text, base, "--barbican" if barbican else f"{topology_file or 'topology'}: barbican.source") \
             if text else None
         if source is not None:
             topology = topology.model_copy(update={"barbican": topology.barbican.model_copy(
@@ -99,7 +104,7 @@ class Environment:
         secrets = EnvSecrets().register()
         ctx = RunContext(run_id, run_dir, topology, secrets, build=build)
         env = cls(ctx, state={
-            "run_id": run_id, "run_dir": str(run_dir), "topology_path": str(Path(topology_path).resolve()),
+            "run_id": run_id, "run_dir": str(run_dir), "topology_path": str(topology_file) if topology_file else None,
             "topology": topology.model_dump(), "provider": topology.provider, "status": "starting",
             "created": dt.datetime.now(dt.timezone.utc).isoformat(),
         })

@@ -66,3 +66,19 @@ def test_missing_and_non_yaml_files(tmp_path):
     assert "file not found" in str(pytest.raises(TopologyError, load_topology, tmp_path / "nope.yaml").value)
     p = write(tmp_path, "name: [unclosed\n")
     assert "not valid YAML" in str(pytest.raises(TopologyError, load_topology, p).value)
+
+
+def test_environment_up_takes_a_topology_object_and_resolves_its_sources_from_the_working_directory(tmp_path,
+                                                                                                     monkeypatch):
+    """Environment.up accepts a Topology built in code; its relative barbican.source paths
+    start in the working directory, and a missing one is refused before anything starts."""
+    from harness.environment import Environment
+    from harness.errors import HarnessError
+
+    topo = load_topology(ENVIRONMENTS / "simple-crypto.yaml")
+    topo = topo.model_copy(update={"barbican": topo.barbican.model_copy(update={"source": "wheel:missing.whl"})})
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(HarnessError) as err:
+        Environment.up(topo)
+    assert "topology: barbican.source" in str(err.value)
+    assert str(tmp_path / "missing.whl") in str(err.value)
