@@ -72,9 +72,7 @@ def test_scenario_validate_refuses_functions_and_codes_the_shim_does_not_know_an
         _refused(harness_cli("scenario", "validate", str(path), timeout=60), str(path), "timeline.0", *needles)
     # A run of decades is a typing error: refused with the bound.
     far = _scenario(tmp_path, "far", "simple-crypto", "{at: 1e9, fault: node_kill}")
-    proc = harness_cli("scenario", "validate", str(far), timeout=60)
-    assert proc.returncode == 2 and "timeline.0.at" in proc.stderr and "86400" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    _refused(harness_cli("scenario", "validate", str(far), timeout=60), str(far), "timeline.0.at", "86400")
 
 
 def test_load_numbers_out_of_range_are_refused_before_any_environment(tmp_path):

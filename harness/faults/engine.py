@@ -21,7 +21,7 @@ from harness.faults import fault_class
 from harness.faults.base import Fault, FaultError
 from harness.faults.journal import CLOSED, Journal
 from harness.target import traits_of
-from harness.topology import describe_validation_error
+from harness.topology import validation_lines
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,7 @@ def make_fault(name: str, params: dict[str, Any] | None = None) -> Fault:
     except ValidationError as exc:
         allowed = ", ".join(f"{k} ({v})" for k, v in cls.parameters().items()) or "none"
         # One line (every refusal is one line): each bad field, then what is allowed.
-        detail = "; ".join(line.strip().replace("Value error, ", "") for line in
-                           describe_validation_error(f"fault {name}", exc, cls.Params).splitlines()[1:])
+        detail = "; ".join(validation_lines(exc, cls.Params))
         raise FaultError(f"fault '{name}': bad parameters: {detail}; parameters: {allowed}") from None
 
 
