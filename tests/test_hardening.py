@@ -67,6 +67,8 @@ def test_scenario_validate_refuses_functions_and_codes_the_shim_does_not_know_an
          ["'code'", "CKR_NO_SUCH_CODE", "CKR_DEVICE_ERROR"]),
         (_scenario(tmp_path, "node-nine", "simple-crypto", "{at: 1, fault: kek_mismatch, params: {node: '9'}}"),
          ["node '9'", "nodes 1-2"]),
+        (_scenario(tmp_path, "node-zero", "simple-crypto", "{at: 1, fault: node_kill, params: {node: 0}}"),
+         ["node '0'", "nodes 1-2"]),
     ]
     for path, needles in cases:
         _refused(harness_cli("scenario", "validate", str(path), timeout=60), str(path), "timeline.0", *needles)
