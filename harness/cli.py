@@ -319,7 +319,20 @@ def fault_heal(fault_id: Optional[str] = typer.Argument(None), all_: bool = type
         healed = engine.heal_all() if all_ else (engine.heal(fault_id) or [fault_id])
     except HarnessError as exc:
         _fail(exc)
-    out.print(f"healed: {', '.join(healed) or 'nothing to heal'}")
+    _print_healed(engine, healed)
+
+
+def _print_healed(engine, ids: list[str]) -> None:
+    """What a heal did: healed, or closed on a run that is down (files reverted, nothing
+    started)."""
+    entries = engine.journal.entries()
+    closed = [i for i in ids if entries.get(i, {}).get("state") == "closed"]
+    healed = [i for i in ids if i not in closed]
+    if healed or not closed:
+        out.print(f"healed: {', '.join(healed) or 'nothing to heal'}")
+    if closed:
+        out.print(f"closed (the run is down: {entries[closed[0]].get('run_down')}; files reverted, "
+                  f"nothing started): {', '.join(closed)}", highlight=False)
 
 
 @app.command()
@@ -334,11 +347,12 @@ def heal(run_id: Optional[str] = typer.Argument(None, callback=_run_id,
 
     try:
         target = _target(run_id, cloud, targets, deployment)
-        healed = FaultEngine(target).heal_all()
+        engine = FaultEngine(target)
+        healed = engine.heal_all()
         cleaned = clean_up_all(target) if target.foreign else {}
     except HarnessError as exc:
         _fail(exc)
-    out.print(f"healed: {', '.join(healed) or 'nothing to heal'}")
+    _print_healed(engine, healed)
     for prefix, removed in cleaned.items():
         out.print(f"deleted what {prefix} wrote: {removed['secrets']} secret(s), {removed['containers']} "
                   f"container(s)" + (f", {removed['failed']} could not be deleted" if removed["failed"] else ""))
