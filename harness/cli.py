@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.errors import HarnessError
+from harness.progress import print_table
 from harness.providers import DEFAULT_PROVIDER, PROVIDERS, check_provider
 
 app = typer.Typer(help="Stand up real Barbican environments, inject faults, check and report.",
@@ -29,8 +30,19 @@ def _fail(exc: HarnessError) -> None:
     raise typer.Exit(2)
 
 
+def _run_id(param: typer.CallbackParam, value: Optional[str]) -> Optional[str]:
+    """Every run id a command takes names a directory under reports/runs/, nothing else."""
+    from harness.environment import checked_run_id
+
+    try:
+        return checked_run_id(value, param.opts[0] if param.opts and param.opts[0].startswith("-") else "RUN_ID")
+    except HarnessError as exc:
+        _fail(exc)
+
+
 # -- the target of a command: an environment (--run), an existing cloud, a deployment -------
-RUN_OPT = typer.Option(None, "--run", help="Run id of an environment of this harness (default: the newest up)")
+RUN_OPT = typer.Option(None, "--run", callback=_run_id,
+                       help="Run id of an environment of this harness (default: the newest up)")
 CLOUD_OPT = typer.Option(None, "--cloud", help="An existing cloud (a clouds.yaml name)")
 TARGETS_OPT = typer.Option(None, "--targets", help="With --cloud: the targets file naming a cloud per role")
 DEPLOYMENT_OPT = typer.Option(None, "--deployment", help="A deployment file (Kolla-style containers)")
@@ -72,7 +84,7 @@ def _print_summary(summary: dict) -> None:
     table.add_row("keystone", summary.get("keystone_url") or "")
     for node in summary["nodes"]:
         table.add_row(node["name"], f"{node['endpoint']}  pid {node['pid']}")
-    out.print(table)
+    print_table(out, table)
     if summary.get("clouds_yaml"):
         clouds = summary["clouds"]
         example = next(iter(clouds.get("creator", clouds.get("member", {})).values()), "")
@@ -82,7 +94,8 @@ def _print_summary(summary: dict) -> None:
 
 
 @app.command()
-def status(run_id: Optional[str] = typer.Argument(None, help="Run id (default: newest environment up)"),
+def status(run_id: Optional[str] = typer.Argument(None, callback=_run_id,
+                                                  help="Run id (default: newest environment up)"),
            json_out: bool = typer.Option(False, "--json")) -> None:
     """Show an environment's endpoints and whether each process still runs."""
     from harness.environment import Environment
@@ -101,12 +114,12 @@ def status(run_id: Optional[str] = typer.Argument(None, help="Run id (default: n
         table.add_column(col)
     for p in summary["processes"]:
         table.add_row(p["name"], str(p["pid"]), ",".join(map(str, p["ports"])), "yes" if p["running"] else "no")
-    out.print(table)
+    print_table(out, table)
 
 
 @app.command()
 def logs(node: str = typer.Argument(..., help="Service name, e.g. barbican-1, keystone, mariadb"),
-         run_id: Optional[str] = typer.Option(None, "--run"),
+         run_id: Optional[str] = typer.Option(None, "--run", callback=_run_id),
          lines: int = typer.Option(50, "-n", help="How many lines from the end")) -> None:
     """Print the end of a service's logs (secrets masked)."""
     from harness.environment import find_run_dir
@@ -126,7 +139,8 @@ def logs(node: str = typer.Argument(..., help="Service name, e.g. barbican-1, ke
 
 
 @app.command()
-def down(run_id: Optional[str] = typer.Argument(None, help="Run id (default: newest environment up)")) -> None:
+def down(run_id: Optional[str] = typer.Argument(None, callback=_run_id,
+                                                help="Run id (default: newest environment up)")) -> None:
     """Stop every process of an environment. Idempotent; works after the CLI was killed."""
     from harness.environment import Environment
 
@@ -145,7 +159,8 @@ def down(run_id: Optional[str] = typer.Argument(None, help="Run id (default: new
 @app.command()
 def campaign(profile: str = typer.Option("quick", help="quick, full, or preprod (on a target that is up)"),
              provider: str = typer.Option(DEFAULT_PROVIDER, help=f"one of: {', '.join(PROVIDERS)}"),
-             run_id: Optional[str] = typer.Option(None, "--run", help="preprod: an environment of this harness"),
+             run_id: Optional[str] = typer.Option(None, "--run", callback=_run_id,
+                                                  help="preprod: an environment of this harness"),
              cloud: Optional[str] = CLOUD_OPT, targets: Optional[Path] = TARGETS_OPT,
              deployment: Optional[Path] = DEPLOYMENT_OPT, allow_destructive: bool = DESTRUCTIVE_OPT,
              max_nodes: int = MAX_NODES_OPT, dry_run: bool = DRY_RUN_OPT,
@@ -157,7 +172,8 @@ def campaign(profile: str = typer.Option("quick", help="quick, full, or preprod 
     from harness.progress import RichProgress
 
     try:
-        target = _target(run_id, cloud, targets, deployment) if (run_id or cloud or deployment) else None
+        target = _target(run_id, cloud, targets, deployment, acts="campaign") \
+            if (run_id or cloud or deployment) else None
         permission = _permission(allow_destructive, max_nodes)
         if dry_run:
             from harness.campaign import campaign_plan
@@ -171,6 +187,12 @@ def campaign(profile: str = typer.Option("quick", help="quick, full, or preprod 
                                   barbican=barbican)
     except HarnessError as exc:
         _fail(exc)
+    print_campaign(result, profile)
+    raise typer.Exit(0 if result.passed else 1)
+
+
+def print_campaign(result, profile: str) -> None:
+    """The campaign's incident table, round trips, load and failures (stdout)."""
     table = Table(title=f"campaign ({profile}, {result.provider}): incidents")
     for col in ("incident", "expected", "observed", "outage or data loss", "evidence", "result"):
         table.add_column(col)
@@ -180,7 +202,7 @@ def campaign(profile: str = typer.Option("quick", help="quick, full, or preprod 
                       f"{i['observed'].get('category')} / {i['observed'].get('blast_radius')}",
                       str(i["outage_or_data_loss"]), (i["evidence"] or [""])[0][:80],
                       "[green]PASS[/green]" if i["passed"] else "[red]FAIL[/red]")
-    out.print(table)
+    print_table(out, table)
     for name, why in result.not_applicable.items():
         out.print(f"not run on this target: {name}: {why}", markup=False, highlight=False)
     for name, rt in result.round_trips.items():
@@ -195,7 +217,6 @@ def campaign(profile: str = typer.Option("quick", help="quick, full, or preprod 
     for failure in result.failures:
         out.print(f"[red]FAIL[/red] {failure}", markup=True, highlight=False)
     out.print(f"results: {Path(result.run_dir) / 'campaign.json'}" + (f"\nreport: {result.report}" if result.report else ""))
-    raise typer.Exit(0 if result.passed else 1)
 
 
 fault_app = typer.Typer(help="Inject and heal faults on a running environment.", no_args_is_help=True)
@@ -237,15 +258,20 @@ def fault_list(as_json: bool = typer.Option(False, "--json", help="one JSON docu
     out.print(table)
 
 
-def _target(run_id=None, cloud=None, targets=None, deployment=None):
+def _target(run_id=None, cloud=None, targets=None, deployment=None, acts: str | None = None):
     """The one way the CLI opens a target; a state directory's id (cloud-NAME,
-    deployment-NAME) reopens that cloud or deployment."""
+    deployment-NAME) reopens that cloud or deployment. `acts`: the command acts on the
+    target, so an environment of the harness that is not up is refused here, in one line,
+    before anything changes (heals do not pass it: they work on a run that is down)."""
     from harness.environment import runs_dir
     from harness.targets import TARGET_FILE, open_target, reopen_target
 
     if run_id and (runs_dir() / run_id / TARGET_FILE).is_file() and not (cloud or deployment):
         return reopen_target(runs_dir() / run_id)
-    return open_target(run_id, cloud, targets, deployment)
+    target = open_target(run_id, cloud, targets, deployment)
+    if acts and not target.foreign:
+        target.require_up(acts)
+    return target
 
 
 def _permission(allow_destructive: bool, max_nodes: int):
@@ -266,7 +292,7 @@ def fault_inject(name: str, node: Optional[str] = typer.Option(None, "--node"),
     from harness.plan import fault_plan
 
     try:
-        target = _target(run_id, cloud, targets, deployment)
+        target = _target(run_id, cloud, targets, deployment, acts=f"fault inject {name}")
         engine = FaultEngine(target, _permission(allow_destructive, max_nodes))
         fault = make_fault(name, _parse_params(node, param))
         engine.check(fault)
@@ -293,11 +319,25 @@ def fault_heal(fault_id: Optional[str] = typer.Argument(None), all_: bool = type
         healed = engine.heal_all() if all_ else (engine.heal(fault_id) or [fault_id])
     except HarnessError as exc:
         _fail(exc)
-    out.print(f"healed: {', '.join(healed) or 'nothing to heal'}")
+    _print_healed(engine, healed)
+
+
+def _print_healed(engine, ids: list[str]) -> None:
+    """What a heal did: healed, or closed on a run that is down (files reverted, nothing
+    started)."""
+    entries = engine.journal.entries()
+    closed = [i for i in ids if entries.get(i, {}).get("state") == "closed"]
+    healed = [i for i in ids if i not in closed]
+    if healed or not closed:
+        out.print(f"healed: {', '.join(healed) or 'nothing to heal'}")
+    if closed:
+        out.print(f"closed (the run is down: {entries[closed[0]].get('run_down')}; files reverted, "
+                  f"nothing started): {', '.join(closed)}", highlight=False)
 
 
 @app.command()
-def heal(run_id: Optional[str] = typer.Argument(None, help="Run id, or cloud-NAME / deployment-NAME"),
+def heal(run_id: Optional[str] = typer.Argument(None, callback=_run_id,
+                                                help="Run id, or cloud-NAME / deployment-NAME"),
          cloud: Optional[str] = CLOUD_OPT, targets: Optional[Path] = TARGETS_OPT,
          deployment: Optional[Path] = DEPLOYMENT_OPT) -> None:
     """Restore everything a crashed run left: heal every injected fault (from the fault
@@ -307,11 +347,12 @@ def heal(run_id: Optional[str] = typer.Argument(None, help="Run id, or cloud-NAM
 
     try:
         target = _target(run_id, cloud, targets, deployment)
-        healed = FaultEngine(target).heal_all()
+        engine = FaultEngine(target)
+        healed = engine.heal_all()
         cleaned = clean_up_all(target) if target.foreign else {}
     except HarnessError as exc:
         _fail(exc)
-    out.print(f"healed: {', '.join(healed) or 'nothing to heal'}")
+    _print_healed(engine, healed)
     for prefix, removed in cleaned.items():
         out.print(f"deleted what {prefix} wrote: {removed['secrets']} secret(s), {removed['containers']} "
                   f"container(s)" + (f", {removed['failed']} could not be deleted" if removed["failed"] else ""))
@@ -386,7 +427,8 @@ def scenario_validate(files: list[Path]) -> None:
 def run(paths: list[Path] = typer.Argument(..., help="Scenario files or directories"),
         provider: Optional[str] = typer.Option(None, "--provider",
                                                help=f"{' or '.join(PROVIDERS)} (default: each topology file's)"),
-        run_id: Optional[str] = typer.Option(None, "--run", help="Run on this environment instead of bringing "
+        run_id: Optional[str] = typer.Option(None, "--run", callback=_run_id,
+                                             help="Run on this environment instead of bringing "
                                                                 "up each scenario's topology"),
         cloud: Optional[str] = CLOUD_OPT, targets: Optional[Path] = TARGETS_OPT,
         deployment: Optional[Path] = DEPLOYMENT_OPT, allow_destructive: bool = DESTRUCTIVE_OPT,
@@ -411,7 +453,7 @@ def run(paths: list[Path] = typer.Argument(..., help="Scenario files or director
 
             barbican = parse_source(barbican).spec
         if on_target:
-            target = _target(run_id, cloud, targets, deployment)
+            target = _target(run_id, cloud, targets, deployment, acts="run")
             permission = _permission(allow_destructive, max_nodes)
             preflight(target, scenarios, permission)  # refused here, before anything is written
             if dry_run:
@@ -423,20 +465,30 @@ def run(paths: list[Path] = typer.Argument(..., help="Scenario files or director
         else:
             if dry_run:
                 raise HarnessError("--dry-run plans a run on a target (--run, --cloud or --deployment)")
+            # A catalog runs what its provider can; the rest is named, not silently dropped.
+            skipped = {}
             for s in scenarios:
                 runs_on = provider or load_topology(s.environment_path()).provider
                 if runs_on not in s.providers:
-                    raise HarnessError(f"{s.path}: scenario '{s.name}' runs on {', '.join(s.providers)} only, "
+                    skipped[s.name] = (f"{s.path}: scenario '{s.name}' runs on {', '.join(s.providers)} only, "
                                        f"not on {runs_on} (use --provider {s.providers[0]})")
+            if len(skipped) == len(scenarios):
+                raise HarnessError("; ".join(skipped.values()))
+            scenarios = [s for s in scenarios if s.name not in skipped]
+            for line in skipped.values():
+                console.print(f"skipped: {line}", markup=False, highlight=False)
     except HarnessError as exc:
         _fail(exc)
     from harness.progress import RichProgress
 
-    with RichProgress(console) as progress:
-        if on_target:
-            results = run_on_target(scenarios, target, progress, permission)
-        else:
-            results = run_many(scenarios, progress, provider=provider, barbican=barbican)
+    try:
+        with RichProgress(console) as progress:
+            if on_target:
+                results = run_on_target(scenarios, target, progress, permission)
+            else:
+                results = run_many(scenarios, progress, provider=provider, barbican=barbican)
+    except HarnessError as exc:  # an environment that did not come up: one line, no traceback
+        _fail(exc)
     if json_out:
         out.print_json(json.dumps([{"name": r.name, "passed": r.passed, "failures": r.failures,
                                     "verdict": r.observed and {k: r.observed[k] for k in
@@ -456,12 +508,13 @@ def run(paths: list[Path] = typer.Argument(..., help="Scenario files or director
                           f"{obs.get('category', '-')} / {obs.get('blast_radius', '-')}",
                           str(r.time_to_verdict_s), f"{ledger.get('verified', 0)}/{ledger.get('acknowledged', 0)} ok",
                           "; ".join(r.failures)[:200])
-        out.print(table)
+        print_table(out, table)
     raise typer.Exit(0 if all(r.passed for r in results) else 1)
 
 
 @app.command()
-def diagnose(run_id: Optional[str] = typer.Option(None, "--run", help="An environment of this harness"),
+def diagnose(run_id: Optional[str] = typer.Option(None, "--run", callback=_run_id,
+                                                  help="An environment of this harness"),
              cloud: Optional[str] = typer.Option(None, "--cloud", help="An existing cloud (clouds.yaml)"),
              targets: Optional[Path] = typer.Option(None, "--targets", help="Targets file for --cloud"),
              json_out: bool = typer.Option(False, "--json")) -> None:
@@ -478,6 +531,7 @@ def diagnose(run_id: Optional[str] = typer.Option(None, "--run", help="An enviro
             from harness.environment import Environment
 
             target = Environment.attach(run_id)
+            target.require_up("diagnose")
             logs = target.run_dir / "logs"
             known = Known.load(target.run_dir / "known.json")
         d = Diagnoser(target, known=known, logs_dir=logs)
@@ -513,7 +567,7 @@ def known_bugs(run_id: Optional[str] = RUN_OPT, cloud: Optional[str] = CLOUD_OPT
 
     try:
         select(bug)  # an unknown id is refused before anything is opened or written
-        target = _target(run_id, cloud, targets, deployment)
+        target = _target(run_id, cloud, targets, deployment, acts="known-bugs")
         report = run_known_bugs(target, cloud or target.run_id, bug, allow_quota_changes,
                                 progress=lambda line: console.print(line, highlight=False, markup=False))
     except HarnessError as exc:
@@ -540,7 +594,8 @@ def known_bugs(run_id: Optional[str] = RUN_OPT, cloud: Optional[str] = CLOUD_OPT
 
 
 @app.command()
-def load(run_id: Optional[str] = typer.Option(None, "--run", help="Run id of an environment that is up"),
+def load(run_id: Optional[str] = typer.Option(None, "--run", callback=_run_id,
+                                              help="Run id of an environment that is up"),
          env_path: Optional[Path] = typer.Option(None, "--env", help="Topology to bring up for this load (down after)"),
          cloud: Optional[str] = CLOUD_OPT, targets: Optional[Path] = TARGETS_OPT,
          deployment: Optional[Path] = DEPLOYMENT_OPT, allow_destructive: bool = DESTRUCTIVE_OPT,
@@ -571,7 +626,8 @@ def load(run_id: Optional[str] = typer.Option(None, "--run", help="Run id of an 
 
 
 @app.command()
-def report(run_id: Optional[str] = typer.Argument(None, help="Run id or directory (default: newest environment up)"),
+def report(run_id: Optional[str] = typer.Argument(None, callback=_run_id,
+                                                  help="Run id (default: newest environment up)"),
            latest: bool = typer.Option(False, "--latest", help="Only print the newest report's path")) -> None:
     """Rebuild a run's report.html (+ allure-results/, junit.xml) and print its path."""
     from harness.report.cli import report_command

@@ -10,9 +10,11 @@ each node can really store and read a secret, and writes clouds.yaml and openrc 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+import re
 import secrets as _rand
 import threading
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ import yaml
 
 from harness import identity
 from harness.context import EnvSecrets, RunContext
-from harness.errors import EnvironmentNotFound, HarnessError, ServiceStartError
+from harness.errors import EnvironmentNotFound, HarnessError, RunNotUp, ServiceStartError
 from harness.ports import port_is_free
 from harness.procs import is_running, log_tail
 from harness.progress import Progress
@@ -41,6 +43,22 @@ def reports_dir() -> Path:
 
 def runs_dir() -> Path:
     return reports_dir() / "runs"
+
+
+RUN_ID_FORM = "a directory name under reports/runs/ (letters, digits, '.', '_', '-'; no '/', no '..')"
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def checked_run_id(run_id: str | None, what: str = "run id") -> str | None:
+    """A run id as a person typed it (a command's argument): only the name of a directory
+    directly under runs_dir(), so that no command reads, heals or writes a report anywhere
+    else (`report ../../../etc`). None stays None (the command's default run)."""
+    if run_id is None:
+        return None
+    text = str(run_id)
+    if not _RUN_ID.match(text) or ".." in text:
+        raise HarnessError(f"{what} '{text}': a run id is {RUN_ID_FORM}, e.g. simple-crypto-20260101-120000-ab12")
+    return text
 
 
 def new_run_id(topology: Topology) -> str:
@@ -63,6 +81,7 @@ class Environment:
             ctx.secrets.user_password, ctx.secrets.admin_password, ctx.secrets.barbican_service_password)
         self._sessions: dict[str, object] = {}
         self._facets: Facets | None = None
+        self._offline = False  # see offline()
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -171,13 +190,43 @@ class Environment:
     def name(self) -> str:
         return f"{self.run_id} ({self.ctx.topology.provider} provider)"
 
+    # -- is it up? --------------------------------------------------------------------------
+    def why_not_up(self) -> str | None:
+        """None when the run is up: its state says so and its own services (database,
+        Keystone, proxy ...) still run; else why not, in a few words."""
+        status = self.state.get("status")
+        if status != "up":
+            return f"its state is '{status}'"
+        stopped = self.provider.stopped_services() if self.provider is not None else []
+        if stopped:
+            return f"{', '.join(stopped)} not running"
+        return None
+
+    def require_up(self, what: str) -> None:
+        """Refuse, before anything changes, a command that acts on a run that is not up."""
+        why = self.why_not_up()
+        if why:
+            raise RunNotUp(f"{what}: run '{self.run_id}' is not up ({why}); nothing was changed. "
+                           f"`barbican-harness down {self.run_id}` cleans it up, `barbican-harness up TOPOLOGY` "
+                           "brings up a new one")
+
+    @contextlib.contextmanager
+    def offline(self):
+        """Facets that never start anything (a heal on a run that is down: configs are
+        rewritten, nodes stay stopped)."""
+        self._offline, self._facets = True, None
+        try:
+            yield self
+        finally:
+            self._offline, self._facets = False, None
+
     # -- capabilities (harness.target) -----------------------------------------------------
     @property
     def _facet_table(self) -> Facets:
         if self._facets is None:
             from harness.providers.facets import provider_facets
 
-            self._facets = Facets(self.name, provider_facets(self.provider))
+            self._facets = Facets(self.name, provider_facets(self.provider, offline=self._offline))
         return self._facets
 
     @property
@@ -477,7 +526,10 @@ class Environment:
 def find_run_dir(run: str | Path | None) -> Path:
     """A run directory by id or path; None means the newest environment that is up."""
     if run is not None:
-        for candidate in (Path(run), runs_dir() / str(run)):
+        # A bare id names a directory under runs_dir() only; a path (the Python API, the
+        # pytest plugin's --barbican-run) is taken as it is.
+        path_like = isinstance(run, Path) or os.sep in str(run)
+        for candidate in ((Path(run),) if path_like else ()) + (runs_dir() / str(run),):
             if (candidate / STATE_FILE).is_file():
                 return candidate.resolve()
         raise EnvironmentNotFound(f"no environment '{run}' (looked for {runs_dir() / str(run) / STATE_FILE})")

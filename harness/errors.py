@@ -36,3 +36,7 @@ class EnvironmentNotFound(HarnessError):
 
 class EndpointUnreachable(HarnessError):
     """A network endpoint did not answer within its timeout."""
+
+
+class RunNotUp(HarnessError):
+    """A command that acts on a run found it not up (taken down, or its services gone)."""

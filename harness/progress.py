@@ -64,3 +64,21 @@ class RichProgress(Progress):
         if task is not None:
             self._bar.remove_task(task)
         self.console.print(f"[green]✓[/green] {name} [dim]({seconds:.1f} s)[/dim]")
+
+
+def print_table(console, table) -> None:
+    """A table at its natural width when the output is not a terminal (a pipe, a CI log):
+    rich would squeeze it to 80 columns there ("kek_mismat…"), losing the names people
+    copy into commands. On a terminal it fits the terminal as usual."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    from rich.measure import Measurement
+
+    natural = Measurement.get(console, console.options.update(max_width=10_000), table).maximum
+    width = console.width
+    console.width = max(natural, width)
+    try:
+        console.print(table)
+    finally:
+        console.width = width

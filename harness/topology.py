@@ -168,7 +168,17 @@ def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def describe_validation_error(path: Path, exc: ValidationError, model: type[BaseModel]) -> str:
-    lines = [f"{path}: invalid {model.__name__.lower()}"]
+    """One line for one bad field ("FILE: field 'x': what is allowed"); several bad fields:
+    a header, then one line each."""
+    lines = validation_lines(exc, model)
+    if len(lines) == 1:
+        return f"{path}: {lines[0]}"
+    return "\n".join([f"{path}: invalid {model.__name__.lower()}", *(f"  {line}" for line in lines)])
+
+
+def validation_lines(exc: ValidationError, model: type[BaseModel]) -> list[str]:
+    """Each error of a pydantic validation as "field 'a.b': what is wrong / allowed"."""
+    lines = []
     for err in exc.errors():
         loc = tuple(err["loc"])
         where = ".".join(str(p) for p in loc) or "(top level)"
@@ -176,10 +186,10 @@ def describe_validation_error(path: Path, exc: ValidationError, model: type[Base
             allowed = _field_names(model, loc)
             guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
             hint = f"; did you mean '{guess[0]}'?" if guess else ""
-            lines.append(f"  field '{where}': unknown field{hint} allowed: {', '.join(allowed)}")
+            lines.append(f"field '{where}': unknown field{hint} allowed: {', '.join(allowed)}")
         else:
-            lines.append(f"  field '{where}': {err['msg']}")
-    return "\n".join(lines)
+            lines.append(f"field '{where}': {err['msg'].replace('Value error, ', '')}")
+    return lines
 
 
 def load_yaml_model(path: str | Path, model: type[BaseModel]) -> Any:

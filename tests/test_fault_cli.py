@@ -76,7 +76,7 @@ def test_sigkill_while_kek_mismatch_is_injected_then_heal_restores_the_kek(env_o
         holder.wait(timeout=10)
     journal = [json.loads(line) for line in (env.run_dir / "faults.jsonl").read_text().splitlines()]
     assert journal[-1]["state"] == "injected"
-    out = harness_cli("heal", str(env.run_dir), check=True, timeout=180).stdout
+    out = harness_cli("heal", env.run_id, check=True, timeout=180).stdout
     assert "kek_mismatch" in out
     assert original in conf.read_text()
     env.reload_state()  # `heal` (another process) restarted barbican-2

@@ -35,7 +35,7 @@ def test_cli_diagnose_names_kek_mismatch_with_evidence(env_of):
     env = env_of("simple-crypto")
     env.barbican(node="barbican-1").secrets.create(name="pre-existing", payload=b"p" * 8).store()
     with FaultEngine(env).injected("kek_mismatch", {"node": "2"}):
-        out = harness_cli("diagnose", "--run", str(env.run_dir), "--json", check=True, timeout=120).stdout
+        out = harness_cli("diagnose", "--run", env.run_id, "--json", check=True, timeout=120).stdout
     verdict = json.loads(out)
     assert verdict["category"] == "kek_mismatch_or_key_loss"
     assert verdict["incident"] == "data_loss" and verdict["blast_radius"] == "existing_secrets_at_risk"

@@ -29,7 +29,9 @@ class FaultError(HarnessError):
 class Params(BaseModel):
     """Parameters of a fault; subclasses add typed fields. Unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    # `node: 2` in a scenario file means what `--node 2` means: a number is read as its text,
+    # then checked like any value (a node outside the topology names the allowed range).
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
 
 class Fault:

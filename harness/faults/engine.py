@@ -19,9 +19,9 @@ from pydantic import ValidationError
 
 from harness.faults import fault_class
 from harness.faults.base import Fault, FaultError
-from harness.faults.journal import Journal
+from harness.faults.journal import CLOSED, Journal
 from harness.target import traits_of
-from harness.topology import describe_validation_error
+from harness.topology import validation_lines
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,9 @@ def make_fault(name: str, params: dict[str, Any] | None = None) -> Fault:
         return cls(cls.Params.model_validate(params or {}))
     except ValidationError as exc:
         allowed = ", ".join(f"{k} ({v})" for k, v in cls.parameters().items()) or "none"
-        detail = describe_validation_error(f"fault {name}", exc, cls.Params).split("\n", 1)[-1]
-        raise FaultError(f"fault '{name}': bad parameters\n{detail}\n  parameters: {allowed}") from None
+        # One line (every refusal is one line): each bad field, then what is allowed.
+        detail = "; ".join(validation_lines(exc, cls.Params))
+        raise FaultError(f"fault '{name}': bad parameters: {detail}; parameters: {allowed}") from None
 
 
 @contextlib.contextmanager
@@ -103,10 +104,18 @@ class FaultEngine:
             for ref in fault.refs():
                 _must_be_the_harness_own(self.env, fault.name, ref)
 
+    def _why_down(self) -> str | None:
+        """Why an environment of the harness is not up (None when it is, or for a target
+        the harness does not own: its liveness is not the harness's to judge)."""
+        why_not_up = getattr(self.env, "why_not_up", None)
+        return why_not_up() if why_not_up and not self.env.foreign else None
+
     def inject(self, name: str, params: dict[str, Any] | None = None) -> str:
         fault = make_fault(name, params)
         # Refused before the journal has an entry: a target that cannot take the fault is
-        # left exactly as it was.
+        # left exactly as it was (a run that is down included: an inject would start nodes).
+        if self._why_down() is not None:
+            self.env.require_up(f"fault '{name}'")
         self.check(fault)
         fault_id = self.journal.begin(name, fault.params.model_dump())
         undo: dict[str, Any] = {}
@@ -124,6 +133,10 @@ class FaultEngine:
         return fault_id
 
     def _heal(self, fault_id: str, fault: Fault, undo: dict[str, Any]) -> None:
+        why_down = self._why_down()
+        if why_down is not None:
+            self._close_on_a_run_that_is_down(fault_id, fault, undo, why_down)
+            return
         self.journal.mark(fault_id, "healing")
         try:
             fault.heal(self.env, undo)
@@ -132,11 +145,24 @@ class FaultEngine:
             raise
         self.journal.mark(fault_id, "healed")
 
+    def _close_on_a_run_that_is_down(self, fault_id: str, fault: Fault, undo: dict[str, Any], why: str) -> None:
+        """A heal on a run that is down reverts what is in files (configs, the token, shim
+        rules) and starts nothing: a restart would leave a node that nothing owns. What
+        needs a live service (the API, the database, a proxy) went down with the run."""
+        self.journal.mark(fault_id, "healing", run_down=why)
+        with self.env.offline():
+            try:
+                fault.heal(self.env, undo)
+                left = ""
+            except Exception as exc:  # noqa: BLE001 - its service is down with the run
+                left = f"{type(exc).__name__}: {exc}"
+        self.journal.mark(fault_id, "closed", run_down=why, **({"not_reverted": left} if left else {}))
+
     def heal(self, fault_id: str) -> None:
         entry = self.journal.entries().get(fault_id)
         if entry is None:
             raise FaultError(f"no fault '{fault_id}' in {self.journal.path}")
-        if entry["state"] == "healed":
+        if entry["state"] in CLOSED:
             return
         self._heal(fault_id, make_fault(entry["name"], entry["params"]), entry.get("undo", {}))
 

@@ -9,7 +9,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from harness import shim
 from harness.faults.base import Fault, Params, kept_configs, node_name
@@ -39,12 +39,26 @@ class _ShimFault(Fault):
         env.facet(SHIM).set_rules([shim.Rule.parse(line) for line in undo["previous"]])
 
 
+def _known_function(name: str) -> str:
+    """A function the shim can fault (its own table, harness.shim.FAULTABLE) or '*': any
+    other name would be a rule that never matches, a silent no-op fault."""
+    if name != "*" and name not in shim.FAULTABLE:
+        raise ValueError(f"'{name}' is not a PKCS#11 function the shim knows; allowed: '*' or one of "
+                         f"{', '.join(f for f in shim.FUNCTIONS if f in shim.FAULTABLE)}")
+    return name
+
+
 class LatencyParams(Params):
-    functions: list[str] = Field(default_factory=lambda: ["*"])
+    functions: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     ms: float = Field(500, ge=0)
     jitter: float = Field(0, ge=0)
     # Seed of the jitter draws (a scenario fills in its rng_seed): the same run replays.
     seed: int | None = None
+
+    @field_validator("functions")
+    @classmethod
+    def _known_functions(cls, value: list[str]) -> list[str]:
+        return [_known_function(name) for name in value]
 
 
 class HsmLatency(_ShimFault):
@@ -70,6 +84,21 @@ class ErrorParams(Params):
     # requests re-initialising the library at once can leave a node with no PKCS#11
     # session ("TypeError: an integer is required" on every request) until it restarts.
     restart_nodes_on_heal: bool = False
+
+    @field_validator("function")
+    @classmethod
+    def _known_function(cls, value: str) -> str:
+        return _known_function(value)
+
+    @field_validator("code")
+    @classmethod
+    def _known_code(cls, value: str) -> str:
+        try:
+            shim.rv_value(value)  # a vendor's code may be given as a number (0x80000001)
+        except ValueError:
+            raise ValueError(f"'{value}' is not a CK_RV the shim knows; allowed: a number (e.g. 0x80000001) "
+                             f"or one of {', '.join(shim.CKR)}") from None
+        return value
 
 
 class HsmError(_ShimFault):

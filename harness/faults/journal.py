@@ -2,7 +2,7 @@
 
 An entry is written *before* a fault is injected, so a crash mid-inject still leaves a
 record that `heal` finds. States: injecting → injected → healing → healed (or
-heal_failed). Secrets never enter the journal: undo data holds references, file paths
+heal_failed), or closed (healed on a run that was down: files reverted, nothing started). Secrets never enter the journal: undo data holds references, file paths
 and config overrides only (KEKs and PINs stay in secrets.json).
 """
 
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 _lock = threading.Lock()
+#: States after which a fault is no longer in effect.
+CLOSED = ("healed", "closed")
 
 
 def _now() -> str:
@@ -58,4 +60,4 @@ class Journal:
 
     def active(self) -> list[dict]:
         """Faults that may still be in effect (anything not healed)."""
-        return [e for e in self.entries().values() if e["state"] != "healed"]
+        return [e for e in self.entries().values() if e["state"] not in CLOSED]

@@ -20,6 +20,7 @@ from typing import Optional
 from harness.errors import HarnessError
 from harness.load.thresholds import Threshold, parse_error_ratio, parse_p95
 from harness.redact import mask
+from harness.timeline import MAX_TIMELINE_S
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
 
@@ -33,8 +34,8 @@ def parse_duration(text: str | float | int) -> float:
         raise HarnessError(f"--duration '{text}': expected seconds or e.g. 90s, 2m, 1h30m")
     h, mi, s = (float(g) if g else 0.0 for g in m.groups())
     value = h * 3600 + mi * 60 + s
-    if value <= 0:
-        raise HarnessError(f"--duration '{text}': must be more than 0 s")
+    if not 0 < value <= MAX_TIMELINE_S:
+        raise HarnessError(f"--duration '{text}': more than 0 s and at most {MAX_TIMELINE_S:g} s (a day)")
     return value
 
 
@@ -75,6 +76,11 @@ def load_command(run_id: Optional[str], env_path: Optional[Path], scenario: Opti
 
     console = console or Console(stderr=True, soft_wrap=True)
     out = out or Console(soft_wrap=True)
+    # Numbers first: a bad one is refused before any environment is attached or brought up.
+    if not spawn_rate > 0:
+        raise HarnessError(f"--spawn-rate {spawn_rate:g}: users started per second, a number more than 0")
+    if users < 1 or workers < 0:
+        raise HarnessError(f"--users {users} / --workers {workers}: --users at least 1, --workers at least 0")
     if [bool(run_id), bool(env_path), target is not None].count(True) != 1:
         raise HarnessError("load: name exactly one target: --run RUN_ID (an environment that is up), "
                            "--env PATH (a topology to bring up for this load), --cloud NAME or --deployment FILE")
@@ -89,6 +95,7 @@ def load_command(run_id: Optional[str], env_path: Optional[Path], scenario: Opti
     seconds = parse_duration(duration) if duration is not None else scenario_duration
     if run_id:
         target = Environment.attach(run_id)
+        target.require_up("load")
     if dry_run:
         if target is None:
             raise HarnessError("load: --dry-run plans a load on a target that is up (--run, --cloud, --deployment)")
@@ -115,6 +122,8 @@ def load_command(run_id: Optional[str], env_path: Optional[Path], scenario: Opti
 def print_result(result, report: Path, out) -> int:
     from rich.table import Table
 
+    from harness.progress import print_table
+
     table = Table(title=f"load {result.out_dir.name}: thresholds")
     for col in ("threshold", "result", "measured"):
         table.add_column(col)
@@ -123,7 +132,7 @@ def print_result(result, report: Path, out) -> int:
                  f"{len(v.breaches)} of {len(v.checks)} checks breached (below)")
         table.add_row(v.threshold.label, "[green]PASS[/green]" if v.passed else "[red]BREACHED[/red]", shown)
     if result.verdicts:
-        out.print(table)
+        print_table(out, table)
     for v in result.breached:
         for c in v.breaches:
             out.print(f"BREACH: {mask(c.message)}", markup=False, highlight=False)

@@ -38,6 +38,9 @@ class Threshold:
             raise HarnessError(f"threshold phase '{self.phase}': use one of {', '.join(PHASES)}")
         if self.limit < 0:
             raise HarnessError(f"threshold {self.metric}: limit must be >= 0, got {self.limit}")
+        if self.metric == "error_ratio" and self.limit > 1:
+            # A ratio above 1 can never be breached: a threshold that checks nothing.
+            raise HarnessError(f"threshold error_ratio: a ratio between 0 and 1, got {self.limit:g}")
 
     @property
     def label(self) -> str:
@@ -103,9 +106,13 @@ def parse_error_ratio(text: str) -> Threshold:
     phase, rest = _split_phase(text.strip())
     name, sep, value = rest.rpartition("=")
     try:
-        return Threshold("error_ratio", float(value), name if sep else "*", phase)
+        ratio = float(value)
     except ValueError:
         raise HarnessError(f"--max-error-ratio '{text}': expected [PHASE:][NAME=]RATIO, e.g. outside:0.01") from None
+    if not 0 <= ratio <= 1:
+        raise HarnessError(f"--max-error-ratio '{text}': RATIO must be between 0 and 1 (0.01 is 1 %), "
+                           f"PHASE one of {', '.join(PHASES)}")
+    return Threshold("error_ratio", ratio, name if sep else "*", phase)
 
 
 def parse_p95(text: str) -> Threshold:

@@ -1365,6 +1365,13 @@ class DockerProvider(StartSequence):
     def records(self) -> list[ProcessRecord]:
         return [r for s in self.services() for r in s.records()]
 
+    def stopped_services(self) -> list[str]:
+        """Containers of the environment's own services (not API nodes or workers, which
+        faults stop on purpose) that are gone or not running: the run is not up."""
+        api = {id(s) for s in (*self.nodes, *self.workers)}
+        return [s.name for s in self.services()
+                if id(s) not in api and not isinstance(s, DockerSqlite) and not s.running()]
+
     def node(self, name: str):
         for node in self.nodes:
             if node.name == name:

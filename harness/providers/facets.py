@@ -71,6 +71,28 @@ class ProviderConfigWrite:
         return {}  # the original config is re-rendered from the environment's state
 
 
+class OfflineNodeControl(ProviderNodeControl):
+    """Node control on a run that is down: nothing runs, and nothing may be started (a
+    healed fault must not leave a process that no environment owns)."""
+
+    def kill(self, node: str) -> None:
+        pass
+
+    pause = resume = stop = restart = kill_worker = restart_worker = kill
+
+
+class OfflineConfigWrite(ProviderConfigWrite):
+    """Config writes on a run that is down: the node's files are rendered again (with the
+    original config, for a heal) and recorded; the node is not started."""
+
+    def restart_with(self, node: str, overrides: dict[str, Any]) -> None:
+        service = self.provider.node(node)
+        if overrides is not None:
+            service.overrides = dict(overrides)
+        service.render()
+        self.provider.on_change()
+
+
 class ProviderManage:
     def __init__(self, provider):
         self.provider = provider
@@ -189,13 +211,14 @@ def environment_traits(topology, provider_name: str, name: str | None = None) ->
                   tuple(link_upstreams(topology)))
 
 
-def provider_facets(provider) -> dict[Capability, object]:
-    """The facets of a harness environment, from its provider and topology."""
+def provider_facets(provider, offline: bool = False) -> dict[Capability, object]:
+    """The facets of a harness environment, from its provider and topology; `offline`: of
+    a run that is down (Environment.offline)."""
     ctx = provider.ctx
     builders = {
         Capability.KEYSTONE_ADMIN: lambda: None,  # Environment.fresh_project: the seeded cloud admin
-        Capability.NODE_CONTROL: lambda: ProviderNodeControl(provider),
-        Capability.CONFIG_WRITE: lambda: ProviderConfigWrite(provider),
+        Capability.NODE_CONTROL: lambda: (OfflineNodeControl if offline else ProviderNodeControl)(provider),
+        Capability.CONFIG_WRITE: lambda: (OfflineConfigWrite if offline else ProviderConfigWrite)(provider),
         Capability.MANAGE: lambda: ProviderManage(provider),
         Capability.NETWORK_LINKS: lambda: ProviderLinks(provider.links),
         Capability.SERVICE_LOGS: lambda: RunDirLogs(ctx),

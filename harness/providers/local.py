@@ -100,6 +100,12 @@ class LocalProvider(StartSequence):
         for node in self.nodes:
             node.overrides = dict(overrides.get(node.name, {}))
 
+    def stopped_services(self) -> list[str]:
+        """Processes of the environment's own services (not API nodes or workers, which
+        faults stop on purpose) that no longer run: the run is not up."""
+        api = {id(s) for s in (*self.nodes, *self.workers)}
+        return [p.name for s in self.services() if id(s) not in api for p in s.processes if not p.alive()]
+
     def node(self, name: str):
         for node in self.nodes:
             if node.name == name:

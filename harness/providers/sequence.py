@@ -133,6 +133,12 @@ class StartSequence:
             commands = [["db", "upgrade"]]
             if self.softhsm:
                 commands += [["hsm", "gen_mkek"], ["hsm", "gen_hmac"]]
+            if self.ctx.topology.multiple_stores:
+                # Each node syncs the secret_stores table with its config as it starts;
+                # nodes starting together on an empty table insert the same rows (a
+                # duplicate-key failure, one bring-up in two). Synced once here, before
+                # any node starts, the nodes find every row there.
+                commands.append(["db", "sync_secret_stores"])
             with progress.step("Barbican schema" + (", MKEK and HMAC key" if self.softhsm else "")):
                 self._barbican_manage(commands)
             with progress.step(f"Barbican API node{unit}s ({len(self.nodes)}, uWSGI)"):

@@ -14,12 +14,21 @@ def report_command(run_id: Optional[str], latest: bool = False, out=None) -> Pat
     `latest` only find the newest report.html. Prints and returns its path."""
     from rich.console import Console
 
+    from harness.environment import checked_run_id, runs_dir
     from harness.report import build_report, latest_report
 
     out = out or Console(soft_wrap=True)
     if latest and run_id:
         raise HarnessError("report: give a RUN_ID or --latest, not both")
-    path = latest_report() if latest else build_report(run_id) if run_id else _newest_run_report()
+    run_id = checked_run_id(run_id, "RUN_ID")
+    if run_id:
+        # Only a run directory of this harness: never a directory named relative to here.
+        run_dir = runs_dir() / run_id
+        if not run_dir.is_dir():
+            raise HarnessError(f"RUN_ID '{run_id}': no run directory {run_dir}")
+        path = build_report(run_dir)
+    else:
+        path = latest_report() if latest else _newest_run_report()
     out.print(str(path), markup=False, highlight=False)
     return path
 
@@ -37,7 +46,7 @@ def main() -> None:
 
     console = Console(stderr=True, soft_wrap=True)
 
-    def report(run_id: Optional[str] = typer.Argument(None, help="Run id or run directory"),
+    def report(run_id: Optional[str] = typer.Argument(None, help="Run id (a directory under reports/runs/)"),
                latest: bool = typer.Option(False, "--latest", help="Print the newest report's path")) -> None:
         try:
             report_command(run_id, latest)

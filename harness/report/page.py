@@ -82,7 +82,9 @@ def _ms(v) -> str:
 
 
 # -- sections --------------------------------------------------------------------------------
-def environment_section(state: dict, facts: dict) -> str:
+def environment_section(state: dict, facts: dict, status: str = "", created: str = "") -> str:
+    """`status` and `created`: what a run without an environment of its own (a scenario,
+    a campaign) shows instead of the state file's (see run_status / run_created)."""
     rows = [["run id", state.get("run_id") or facts.get("run_id")],
             ["topology", (state.get("topology") or {}).get("name") or facts.get("topology")],
             ["provider", state.get("provider") or facts.get("provider")],
@@ -92,13 +94,35 @@ def environment_section(state: dict, facts: dict) -> str:
             ["Barbican version", facts.get("barbican_version", "")],
             ["Barbican build", _build_text(state.get("build"))],
             ["Keystone", state.get("keystone_url") or facts.get("keystone_url")],
-            ["status", state.get("status")], ["created", state.get("created")]]
+            ["status", state.get("status") or status], ["created", state.get("created") or created]]
     nodes = [[n.get("name"), n.get("url")] for n in (state.get("nodes") or facts.get("nodes") or [])]
     procs = [[p.get("name"), p.get("pid"), ", ".join(map(str, p.get("ports", [])))] for p in state.get("processes", [])]
     html = _t(rows, ["", ""], tid="environment") + _t(nodes, ["API node", "endpoint"], tid="nodes")
     if procs:
         html += "<details><summary>processes</summary>" + _t(procs, ["process", "pid", "ports"]) + "</details>"
     return "<h2>Environment</h2>" + html
+
+
+_STAMP = re.compile(r"-(\d{8})-(\d{6})-[0-9a-f]{4}$")
+
+
+def run_created(run_dir: Path) -> str:
+    """When a run began: the stamp its id carries (new_run_id, the runner, the campaign),
+    else its oldest file's time."""
+    m = _STAMP.search(run_dir.name)
+    if m:
+        return dt.datetime.strptime(m.group(1) + m.group(2), "%Y%m%d%H%M%S").isoformat()
+    times = [p.stat().st_mtime for p in run_dir.iterdir()] if run_dir.is_dir() else []
+    return dt.datetime.fromtimestamp(min(times)).isoformat(timespec="seconds") if times else ""
+
+
+def run_status(verdict: VerdictFile | None, loads: list[dict]) -> str:
+    """A finished run's status from what it judged (its verdict, else its load runs)."""
+    if verdict is not None:
+        return f"finished: {'passed' if verdict.passed else 'failed'}"
+    if loads:
+        return f"finished: {'passed' if all(r.get('ok') for r in loads) else 'failed'}"
+    return "unknown (no state.json, no verdict.json)"
 
 
 def _build_text(build: dict | None) -> str:
@@ -407,7 +431,8 @@ def render(run_dir: Path, state: dict, verdict: VerdictFile | None, loads: list[
     body = [f"<h1>Barbican harness report: {escape(state.get('run_id') or run_dir.name)}</h1>",
             f'<p class="muted">Generated {now} from {escape(str(run_dir))}. '
             f"{len(loads)} load run(s). Self-contained: no scripts, no network.</p>",
-            verdicts_section(verdict, loads), upgrade_section(gate), environment_section(state, facts)]
+            verdicts_section(verdict, loads), upgrade_section(gate),
+            environment_section(state, facts, run_status(verdict, loads), run_created(run_dir))]
     body += [load_section(r) for r in loads]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>Barbican harness report {escape(state.get('run_id') or run_dir.name)}</title>"

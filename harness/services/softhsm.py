@@ -75,6 +75,21 @@ class SoftHSM(Service):
         self.ctx.secrets.hsm_pin = pin
         redact.register(pin)
 
+    _library: str | None = None
+
+    @property
+    def library(self) -> str:
+        """The PKCS#11 module's path. check() sets it during `up`; a later command that
+        attaches to the run (a fault, `down`) resolves it the same way here."""
+        if self._library is None:
+            hsm = self.ctx.topology.hsm
+            self._library = softhsm_library() if hsm.module == "softhsm" else hsm.module
+        return self._library
+
+    @library.setter
+    def library(self, path: str) -> None:
+        self._library = path
+
     def library_or_default(self) -> str:
         """The module path before check() ran (check() raises if it is missing)."""
         if self.ctx.topology.hsm.module != "softhsm":
