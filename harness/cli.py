@@ -460,6 +460,65 @@ def run(paths: list[Path] = typer.Argument(..., help="Scenario files or director
     raise typer.Exit(0 if all(r.passed for r in results) else 1)
 
 
+@app.command("diff-behaviour")
+def diff_behaviour(
+        baseline: str = typer.Argument(..., help="Run directory (a scenario run, or a directory of them) or a "
+                                                 "Barbican build source (pypi:VERSION, wheel:PATH, git:PATH[@REF] ...)"),
+        candidate: str = typer.Argument(..., help="The same kinds as BASELINE"),
+        scenarios: Optional[list[Path]] = typer.Option(None, "--scenario", help="Scenario file(s) run on a build "
+                                                       "source (default: db-down, kek-mismatch-one-node, "
+                                                       "hsm-device-error-persistent)"),
+        accept: Optional[Path] = typer.Option(None, "--accept", help="YAML list of accepted differences "
+                                              "(scenario, field; optional phase, node, operation, before, after, reason)"),
+        provider: Optional[str] = typer.Option(None, "--provider", help="For build sources: local or docker"),
+        json_out: bool = typer.Option(False, "--json")) -> None:
+    """Behaviour under faults, build against build: scenario by scenario and phase by phase
+    (before / during / after the fault), every difference with its meaning. Exit 1 when a
+    difference is not in --accept, 0 otherwise."""
+    import datetime as dt
+    import secrets as _rand
+
+    from harness.behaviour import diff as bdiff
+    from harness.environment import runs_dir
+    from harness.scenario import load_scenario
+
+    try:
+        if provider is not None:
+            check_provider(provider)
+        accepted = bdiff.load_accept(accept) if accept else []
+        root = Path(__file__).resolve().parent.parent / "scenarios"
+        files = _scenario_files(scenarios) if scenarios else [root / f"{n}.yaml" for n in bdiff.DEFAULT_SCENARIOS]
+        needs_run = [s for s in (baseline, candidate) if not Path(s).is_dir()]
+        if needs_run:
+            from harness.builds import parse_source
+
+            for s in needs_run:
+                parse_source(s, what="diff-behaviour")  # a bad source is refused before anything runs
+            for f in files:
+                load_scenario(f)
+    except HarnessError as exc:
+        _fail(exc)
+    from harness.progress import RichProgress
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir = runs_dir() / f"behaviour-diff-{stamp}-{_rand.token_hex(2)}"
+    try:
+        with RichProgress(console) as progress:
+            sides = [bdiff.side_runs(s, files, progress, provider) for s in (baseline, candidate)]
+        report = bdiff.diff_behaviour(sides[0], sides[1], accepted, out_dir)
+    except HarnessError as exc:
+        _fail(exc)
+    if json_out:
+        out.print_json(json.dumps(report))
+    else:
+        for row in report["differences"]:
+            d = bdiff.Difference(**{k: v for k, v in row.items() if k != "accepted"})
+            out.print(("accepted " if row["accepted"] else "") + d.line(), markup=False, highlight=False)
+        out.print(f"{len(report['differences'])} difference(s) in {len(report['scenarios'])} scenario(s), "
+                  f"{report['unaccepted']} not accepted; {out_dir / 'diff.json'}", markup=False, highlight=False)
+    raise typer.Exit(1 if report["unaccepted"] else 0)
+
+
 @app.command()
 def diagnose(run_id: Optional[str] = typer.Option(None, "--run", help="An environment of this harness"),
              cloud: Optional[str] = typer.Option(None, "--cloud", help="An existing cloud (clouds.yaml)"),

@@ -1,0 +1,105 @@
+"""Phase-level summaries: the part of a signature that is the build's behaviour, not jitter.
+
+Two runs of one build differ in timing: how many probe rounds fit in a fault window, which
+node answered first, a transient error landing in round 2 or in round 3, a latency a little
+either side of a bucket's edge. A summary keeps, per phase (before / during / after the
+fault), node and operation:
+
+- the majority status (ties broken towards the more severe status, so a tie cannot flip)
+  and the normalised message that came with it,
+- the answered ratio as a band (all, most, some, none),
+- the median latency (compared with a factor, not by bucket edges alone),
+- the log signatures seen in the phase (a set: the round they landed in does not count);
+
+and for the run, the recovery after heal as a band plus whether a restart was needed.
+Round counts, round order and absolute times are left out.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+
+from harness.behaviour.signature import NOT_SENT, PHASES, latency_bucket
+
+GLOBAL = "-"  # the node name of operations that are not per node (Keystone token, orders)
+# A latency difference counts when the phase medians fall in other buckets AND differ by
+# this factor and this many seconds: one bucket edge crossed by jitter is not a change.
+LATENCY_FACTOR = 2.0
+LATENCY_MIN_DELTA_S = 0.5
+RECOVERY_BANDS = ((0.0, "first round"), (10.0, "within 10 s"), (30.0, "within 30 s"))  # else "later"
+
+
+def severity(status: str) -> int:
+    """Higher is worse for a client; used only to break ties deterministically."""
+    if status in ("200", "201", "202", "204", "ACTIVE"):
+        return 0
+    if status == "404":
+        return 5
+    if status.isdigit():
+        return 3 if status.startswith("5") else 2
+    if status == NOT_SENT:
+        return 1
+    return 4  # no answer at all
+
+
+def band(ratio: float) -> str:
+    if ratio >= 1.0:
+        return "all"
+    if ratio >= 0.5:
+        return "most"
+    return "some" if ratio > 0 else "none"
+
+
+def recovery_band(first_good_s: float | None, rounds_before_good: int | None = None) -> str:
+    if first_good_s is None:
+        return "never"
+    if rounds_before_good == 0:
+        return "first round"
+    for limit, name in RECOVERY_BANDS[1:]:
+        if first_good_s <= limit:
+            return name
+    return "later"
+
+
+def summarise(signature: dict) -> dict:
+    """{"phases": {phase: {"node/op": {...}}}, "logs": {phase: {node: [...]}}, "recovery": {...}}"""
+    cells: dict[str, dict[str, list[dict]]] = {p: {} for p in PHASES}
+    logs: dict[str, dict[str, set]] = {p: {} for p in PHASES}
+    rounds: Counter = Counter()
+    for r in signature.get("rounds", []):
+        phase = r["phase"]
+        rounds[phase] += 1
+        for node, ops in list(r.get("nodes", {}).items()) + [(GLOBAL, r.get("global", {}))]:
+            for op, v in ops.items():
+                cells[phase].setdefault(f"{node}/{op}", []).append(v)
+        for node, sigs in r.get("logs", {}).items():
+            logs[phase].setdefault(node, set()).update(sigs)
+    phases = {}
+    for phase, by_cell in cells.items():
+        phases[phase] = {}
+        for cell, values in sorted(by_cell.items()):
+            counts = Counter(v["status"] for v in values)
+            top = max(counts.items(), key=lambda kv: (kv[1], severity(kv[0]), kv[0]))[0]
+            messages = Counter(v.get("message", "") for v in values if v["status"] == top)
+            seconds = [v["seconds"] for v in values if v.get("seconds") is not None]
+            median = round(statistics.median(seconds), 3) if seconds else None
+            phases[phase][cell] = {"status": top, "statuses": dict(counts),
+                                   "message": max(messages.items(), key=lambda kv: (kv[1], kv[0]))[0],
+                                   "answered": band(sum(v["answered"] for v in values) / len(values)),
+                                   "median_s": median, "latency": latency_bucket(median)}
+    rec = signature.get("recovery") or {}
+    after = [r for r in signature.get("rounds", []) if r["phase"] == "after"]
+    first_good = next((i for i, r in enumerate(after) if r.get("category") == "healthy"), None)
+    recovery = {"band": recovery_band(rec.get("first_good_s"), first_good) if rec else "not recorded",
+                "restart_needed": rec.get("restart_needed"), "first_good_s": rec.get("first_good_s")}
+    return {"scenario": signature.get("scenario"), "build": signature.get("build"), "rounds": dict(rounds),
+            "phases": phases, "logs": {p: {n: sorted(s) for n, s in v.items()} for p, v in logs.items()},
+            "recovery": recovery}
+
+
+def latency_changed(a: float | None, b: float | None) -> bool:
+    if a is None or b is None or latency_bucket(a) == latency_bucket(b):
+        return False
+    lo, hi = sorted((a, b))
+    return hi - lo >= LATENCY_MIN_DELTA_S and hi >= LATENCY_FACTOR * max(lo, 0.001)
