@@ -475,19 +475,14 @@ def diff_behaviour(
     """Behaviour under faults, build against build: scenario by scenario and phase by phase
     (before / during / after the fault), every difference with its meaning. Exit 1 when a
     difference is not in --accept, 0 otherwise."""
-    import datetime as dt
-    import secrets as _rand
-
     from harness.behaviour import diff as bdiff
-    from harness.environment import runs_dir
     from harness.scenario import load_scenario
 
     try:
         if provider is not None:
             check_provider(provider)
         accepted = bdiff.load_accept(accept) if accept else []
-        root = Path(__file__).resolve().parent.parent / "scenarios"
-        files = _scenario_files(scenarios) if scenarios else [root / f"{n}.yaml" for n in bdiff.DEFAULT_SCENARIOS]
+        files = _scenario_files(scenarios) if scenarios else bdiff.default_scenario_files()
         needs_run = [s for s in (baseline, candidate) if not Path(s).is_dir()]
         if needs_run:
             from harness.builds import parse_source
@@ -500,22 +495,16 @@ def diff_behaviour(
         _fail(exc)
     from harness.progress import RichProgress
 
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir = runs_dir() / f"behaviour-diff-{stamp}-{_rand.token_hex(2)}"
     try:
         with RichProgress(console) as progress:
-            sides = [bdiff.side_runs(s, files, progress, provider) for s in (baseline, candidate)]
-        report = bdiff.diff_behaviour(sides[0], sides[1], accepted, out_dir)
+            report = bdiff.run_and_diff(baseline, candidate, files, accepted, progress, provider)
     except HarnessError as exc:
         _fail(exc)
     if json_out:
         out.print_json(json.dumps(report))
     else:
-        for row in report["differences"]:
-            d = bdiff.Difference(**{k: v for k, v in row.items() if k != "accepted"})
-            out.print(("accepted " if row["accepted"] else "") + d.line(), markup=False, highlight=False)
-        out.print(f"{len(report['differences'])} difference(s) in {len(report['scenarios'])} scenario(s), "
-                  f"{report['unaccepted']} not accepted; {out_dir / 'diff.json'}", markup=False, highlight=False)
+        for line in bdiff.report_lines(report):
+            out.print(line, markup=False, highlight=False)
     raise typer.Exit(1 if report["unaccepted"] else 0)
 
 
@@ -711,6 +700,10 @@ def upgrade_gate(
         weight: list[str] = typer.Option([], "--weight", help="--rolling: NAME=N user class mix (default octavia=2 "
                                          "luks=4 crud=0 orders=1 store_get=3; crud hits Barbican's metadata deadlock)"),
         no_conformance: bool = typer.Option(False, "--no-conformance", help="Skip conformance/api on TO"),
+        behaviour: bool = typer.Option(False, "--behaviour", help="Also diff behaviour under faults, FROM against "
+                                       "TO (diff-behaviour's default scenarios); an unaccepted difference fails"),
+        behaviour_accept: Optional[Path] = typer.Option(None, "--behaviour-accept",
+                                                        help="--behaviour: YAML list of accepted differences"),
         json_out: bool = typer.Option(False, "--json", help="Print the JSON report")) -> None:
     """Upgrade gate between any builds: secrets seeded on FROM must read back byte-identical after
     every hop, new secrets must work, then conformance/api on TO; --rolling also judges each phase
@@ -725,7 +718,7 @@ def upgrade_gate(
             raise HarnessError("--max-error-ratio, --max-p95-ms and --weight are options of --rolling")
         code = upgrade_gate_command(hops, env_path, provider=provider, from_config=from_config,
                                     break_mode=break_mode, rolling=plan, conformance=not no_conformance,
-                                    json_out=json_out)
+                                    json_out=json_out, behaviour=behaviour, behaviour_accept=behaviour_accept)
     except HarnessError as exc:
         _fail(exc)
     raise typer.Exit(code)

@@ -182,7 +182,9 @@ def _run(scenario: Scenario, env, run_dir: Path, result: ScenarioResult, timelin
                     t = round(clock.now(), 2)
                     injected_at = max(w.in_effect_at for w in active)
                     timeline.append({"t": t, "kind": "probe", "verdict": _brief(v)})
-                    behaviour.round("during", t, v, diag.last_log_lines)
+                    # A heal that restarts nodes takes seconds: its rounds are neither the fault nor after it.
+                    healing = any(w.heal_started_at is not None for w in active)
+                    behaviour.round("healing" if healing else "during", t, v, diag.last_log_lines)
                     if expect.verdict and result.time_to_verdict_s is None and v.matches(
                             expect.verdict.category, expect.verdict.blast_radius, expect.verdict.affected_nodes) \
                             and (expect.verdict.incident is None or v.incident == expect.verdict.incident):

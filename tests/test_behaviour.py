@@ -92,25 +92,30 @@ def test_diff_behaviour_refuses_a_bad_source_before_anything_runs(tmp_path):
 
 
 # -- real runs ----------------------------------------------------------------------------------
+NOISE_SCENARIOS = ("db-down", "kek-mismatch-one-node")  # a database outage; a node restarted with another KEK
+
+
 @pytest.mark.integration
 @pytest.mark.xdist_group("simple-crypto")
 def test_the_same_build_against_itself_reports_no_difference_three_runs_in_a_row(env_of):
     env = env_of("simple-crypto")
-    scenario = load_scenario(SCENARIOS / "db-down.yaml")
-    runs = []
-    for _ in range(3):
-        result = run_scenario(scenario, env=env)
-        assert result.passed, result.failures
-        runs.append(Path(result.run_dir))
-    sig = signature.load(runs[0])
+    runs: list[list[Path]] = [[], [], []]
+    for name in NOISE_SCENARIOS:
+        scenario = load_scenario(SCENARIOS / f"{name}.yaml")
+        for i in range(3):
+            result = run_scenario(scenario, env=env)
+            assert result.passed, result.failures
+            runs[i].append(Path(result.run_dir))
+    sig = signature.load(runs[0][0])
     assert [r["phase"] for r in sig["rounds"]][:2] == ["before", "during"] and sig["recovery"]["healthy"]
-    during = noise.summarise(sig)["phases"]["during"]
-    # The signature records what the fault does, or a run against itself proves nothing.
-    assert during["barbican-1/store"]["status"] == "500", during["barbican-1/store"]
+    # The signatures record what the faults do, or a run against itself proves nothing.
+    assert noise.summarise(sig)["phases"]["during"]["barbican-1/store"]["status"] == "500"
+    kek = noise.summarise(signature.load(runs[0][1]))["phases"]["during"]
+    assert kek["barbican-2/read_existing"]["status"] == "500" and kek["barbican-1/read_existing"]["status"] == "200"
     for a, b in itertools.combinations(runs, 2):
-        found = diff.compare(diff.load_runs([a]), diff.load_runs([b]))
+        found = diff.compare(diff.load_runs(a), diff.load_runs(b))
         assert found == [], [d.line() for d in found]
-    proc = harness_cli("diff-behaviour", str(runs[0]), str(runs[2]), timeout=120)
+    proc = harness_cli("diff-behaviour", str(runs[0][0]), str(runs[2][0]), timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 difference(s) in 1 scenario(s), 0 not accepted" in proc.stdout
 
@@ -140,7 +145,9 @@ ALTERATIONS = [
      "            e.status_code = 400\n            raise e\n",
      "barbican-2", "read_existing", "during", "500", "400"),
     ("p11-retry-failure-as-503", "hsm-device-error-persistent", "pkcs11-softhsm", "plugin/crypto/p11_crypto.py",
+     "            LOG.warning(\"Reinitializing PKCS#11 library: %s\", pe)\n"
      "            self._reinitialize_pkcs11()\n            return func(*args, **kwargs)\n",
+     "            LOG.warning(\"Reinitializing PKCS#11 library: %s\", pe)\n"
      "            self._reinitialize_pkcs11()\n            try:\n                return func(*args, **kwargs)\n"
      "            except exception.PKCS11Exception:\n"
      "                e = exception.BarbicanHTTPException(client_message='the HSM is unavailable')\n"
@@ -203,7 +210,8 @@ def test_an_altered_barbican_is_reported_naming_scenario_node_operation_and_beha
         path.write_text(original)
         _restart(env)
     found = diff.compare(diff.load_runs([Path(baseline.run_dir)]), diff.load_runs([Path(altered.run_dir)]))
-    print(f"{name}: {len(found)} difference(s), altered run {time.monotonic() - start:.0f} s")
+    print(f"{name}: {len(found)} difference(s), altered run {time.monotonic() - start:.0f} s; the scenario's "
+          f"own verdict with the change: {'PASS' if altered.passed else 'FAIL'}")
     for d in found:
         print("  " + d.line())
     match = [d for d in found if (d.scenario, d.node, d.operation, d.phase, d.before, d.after)

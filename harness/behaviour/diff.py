@@ -81,8 +81,14 @@ def _ok(status: str) -> bool:
     return all(s in ("200", "201", "202", "204", "ACTIVE") for s in status.split("|"))
 
 
-def _status_meaning(before: str, after: str, answered_before: str, answered_after: str) -> tuple[str, str]:
+WRITES = ("store", "fresh_store")
+
+
+def _status_meaning(op: str, before: str, after: str, answered_before: str, answered_after: str) -> tuple[str, str]:
     if _has_404(after) and not _has_404(before):
+        if op in WRITES:
+            return "not-found", ("a create answers 404 Not Found: a client takes the project or endpoint for gone "
+                                 "(the same error-to-404 mapping hides reads' failures as deletions)")
         if _ok(before):
             return "not-found", "a read that worked now answers 404 Not Found: a client takes the secret for deleted"
         return "not-found", ("an error turned into 404 Not Found: a client takes the secret for deleted "
@@ -110,7 +116,7 @@ def compare_one(name: str, base: dict, cand: dict) -> list[Difference]:
                                         "changed", "probed on one side only (another topology or a round missing)"))
                 continue
             if b["status"] != c["status"]:
-                cls, meaning = _status_meaning(b["status"], c["status"], b["answered"], c["answered"])
+                cls, meaning = _status_meaning(op, b["status"], c["status"], b["answered"], c["answered"])
                 diffs.append(Difference(name, phase, node, op, "status", b["status"], c["status"], cls, meaning))
             else:
                 new_404 = any(_has_404(s) for s in c["statuses"]) and not any(_has_404(s) for s in b["statuses"])
@@ -126,7 +132,7 @@ def compare_one(name: str, base: dict, cand: dict) -> list[Difference]:
                 diffs.append(Difference(name, phase, node, op, "answered", b["answered"], c["answered"],
                                         "outage" if c["answered"] == "none" else "changed",
                                         "the share of requests answered at all changed"))
-            if noise.latency_changed(b["median_s"], c["median_s"]):
+            if noise.latency_changed(b["median_s"], c["median_s"], min(b["timed"], c["timed"])):
                 slower = c["median_s"] > b["median_s"]
                 diffs.append(Difference(name, phase, node, op, "latency", f"{b['latency']} ({b['median_s']} s)",
                                         f"{c['latency']} ({c['median_s']} s)", "changed",
@@ -148,7 +154,7 @@ def compare_one(name: str, base: dict, cand: dict) -> list[Difference]:
                                 str(cr["restart_needed"]), "outage" if worse else "changed",
                                 "needs a restart after heal now (does not recover by itself)" if worse
                                 else "recovers by itself now"))
-    elif br["band"] != cr["band"]:
+    elif noise.recovery_changed(br, cr):
         diffs.append(Difference(name, "recovery", "", "", "recovery", br["band"], cr["band"], "changed",
                                 "time from heal to the first good probe round changed"))
     return diffs
@@ -220,6 +226,34 @@ def side_runs(side: str, scenario_files: list[Path], progress=None, provider: st
     spec = parse_source(side, what="diff-behaviour").spec
     results = run_many([load_scenario(f) for f in scenario_files], progress, provider=provider, barbican=spec)
     return [Path(r.run_dir) for r in results]
+
+
+def default_scenario_files() -> list[Path]:
+    root = Path(__file__).resolve().parents[2] / "scenarios"
+    return [root / f"{n}.yaml" for n in DEFAULT_SCENARIOS]
+
+
+def run_and_diff(baseline: str, candidate: str, scenario_files: list[Path], accept: list[dict],
+                 progress=None, provider: str | None = None) -> dict:
+    """Both sides as run directories (a build source is run first), compared; diff.json is
+    written into a new run directory, named in the report's `out_dir`."""
+    import datetime as dt
+    import secrets as _rand
+
+    from harness.environment import runs_dir
+
+    sides = [side_runs(s, scenario_files, progress, provider) for s in (baseline, candidate)]
+    out_dir = runs_dir() / f"behaviour-diff-{dt.datetime.now():%Y%m%d-%H%M%S}-{_rand.token_hex(2)}"
+    return {**diff_behaviour(sides[0], sides[1], accept, out_dir), "out_dir": str(out_dir)}
+
+
+def report_lines(report: dict) -> list[str]:
+    """One line per difference (accepted ones say so), then the count."""
+    lines = [("accepted " if row["accepted"] else "") + Difference(
+        **{k: v for k, v in row.items() if k != "accepted"}).line() for row in report["differences"]]
+    lines.append(f"{len(report['differences'])} difference(s) in {len(report['scenarios'])} scenario(s), "
+                 f"{report['unaccepted']} not accepted; {Path(report['out_dir']) / 'diff.json'}")
+    return lines
 
 
 def diff_behaviour(baseline: list[Path], candidate: list[Path], accept: list[dict], out_dir: Path) -> dict:

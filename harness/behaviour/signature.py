@@ -10,6 +10,10 @@ directory:
          "global": {"keystone_token": {...}}, "logs": {"barbican-1": ["the database ..."]}}],
      "recovery": {"first_good_s": 1.2, "restart_needed": false, "healthy": true}}
 
+Phases: `before` (the baseline round), `during` (a fault in effect), `healing` (a heal in
+progress: nodes restarting one by one; which node is down in which round is timing, so
+diffs leave this phase out), `after` (settle rounds after heal).
+
 Operations per node: `reach` (GET /), `new_token` (a request with a token the node never
 saw), `store` / `get` (a canary in an existing project), `fresh_store` / `fresh_get` (in a
 project new to Barbican), `read_existing` (seeded secrets' payloads), `service_read` (the
@@ -30,7 +34,8 @@ from harness.triage.signatures import REINIT, match
 
 FILE = "behaviour.json"
 FORMAT = 1
-PHASES = ("before", "during", "after")
+PHASES = ("before", "during", "after")  # compared; "healing" rounds (a heal in progress) are kept, not compared
+RECORDED_PHASES = ("before", "during", "healing", "after")
 LATENCY_BUCKETS = ((0.5, "<0.5s"), (2.0, "0.5-2s"), (8.0, "2-8s"))  # else ">=8s"
 NOT_SENT = "not_sent"
 
