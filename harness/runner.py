@@ -178,13 +178,16 @@ def _run(scenario: Scenario, env, run_dir: Path, result: ScenarioResult, timelin
             while clock.is_alive():
                 active = clock.active()
                 if active:
+                    injected_at = max(w.in_effect_at for w in active)
+                    # The round's phase is the state it starts in (its requests go out then). A heal
+                    # that restarts nodes takes seconds: its rounds are neither the fault nor after it.
+                    phase = _phase(scenario, clock.now() - injected_at)
                     v = diag.diagnose(orders=orders)
                     t = round(clock.now(), 2)
-                    injected_at = max(w.in_effect_at for w in active)
                     timeline.append({"t": t, "kind": "probe", "verdict": _brief(v)})
-                    # A heal that restarts nodes takes seconds: its rounds are neither the fault nor after it.
-                    healing = any(w.heal_started_at is not None for w in active)
-                    behaviour.round("healing" if healing else "during", t, v, diag.last_log_lines)
+                    if any(w.heal_started_at is not None for w in active):
+                        phase = "healing"  # the heal began before the round ended: some requests saw it
+                    behaviour.round(phase, t, v, diag.last_log_lines)
                     if expect.verdict and result.time_to_verdict_s is None and v.matches(
                             expect.verdict.category, expect.verdict.blast_radius, expect.verdict.affected_nodes) \
                             and (expect.verdict.incident is None or v.incident == expect.verdict.incident):
@@ -296,6 +299,14 @@ def _write_result(scenario: Scenario, run_dir: Path, result: ScenarioResult) -> 
     VerdictFile("scenario", result.name, result.passed, list(result.failures),
                 [Check("scenario", result.name, result.passed, message, row, details)]).write(run_dir)
 
+
+
+def _phase(scenario: Scenario, since_inject: float) -> str:
+    """The behaviour phase of a probe round that starts `since_inject` seconds into a fault."""
+    delayed = scenario.delayed_phase_s
+    if delayed is None or since_inject < delayed - scenario.transition_s:
+        return "during"
+    return "delayed" if since_inject >= delayed else "transition"
 
 
 def _build_label(env) -> str | None:

@@ -152,7 +152,7 @@ ALTERATIONS = [
      "            except exception.PKCS11Exception:\n"
      "                e = exception.BarbicanHTTPException(client_message='the HSM is unavailable')\n"
      "                e.status_code = 503\n                raise e\n",
-     "barbican-1", "read_existing", "during", "500", "503"),
+     "barbican-2", "get", "during", "500", "503"),
 ]
 
 

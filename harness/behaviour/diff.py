@@ -86,6 +86,9 @@ WRITES = ("store", "fresh_store")
 
 def _status_meaning(op: str, before: str, after: str, answered_before: str, answered_after: str) -> tuple[str, str]:
     if _has_404(after) and not _has_404(before):
+        if op == "consumed":
+            return "not-found", ("a consumed secret answers 404 now: its consumer (Octavia, Nova, Cinder) takes it "
+                                 "for deleted")
         if op in WRITES:
             return "not-found", ("a create answers 404 Not Found: a client takes the project or endpoint for gone "
                                  "(the same error-to-404 mapping hides reads' failures as deletions)")
@@ -108,6 +111,12 @@ def compare_one(name: str, base: dict, cand: dict) -> list[Difference]:
     diffs: list[Difference] = []
     for phase in signature.PHASES:
         b_cells, c_cells = base["phases"].get(phase, {}), cand["phases"].get(phase, {})
+        if bool(b_cells) != bool(c_cells):
+            diffs.append(Difference(name, phase, "", "", "present", "yes" if b_cells else "no",
+                                    "yes" if c_cells else "no", "changed",
+                                    "no probe round in this phase on one side (a round took the whole fault "
+                                    "window, or the phase never came): not compared"))
+            continue
         for cell in sorted(set(b_cells) | set(c_cells)):
             node, op = cell.split("/", 1)
             b, c = b_cells.get(cell), c_cells.get(cell)

@@ -10,15 +10,18 @@ directory:
          "global": {"keystone_token": {...}}, "logs": {"barbican-1": ["the database ..."]}}],
      "recovery": {"first_good_s": 1.2, "restart_needed": false, "healthy": true}}
 
-Phases: `before` (the baseline round), `during` (a fault in effect), `healing` (a heal in
-progress: nodes restarting one by one; which node is down in which round is timing, so
-diffs leave this phase out), `after` (settle rounds after heal).
+Phases: `before` (the baseline round), `during` (a fault in effect), `delayed` (a fault in
+effect for the scenario's `delayed_phase_s` or longer: a cache expired), `transition` (the
+`transition_s` before it, where the delayed phase may already have begun), `healing` (the
+heal began before the round ended: nodes restarting one by one), `after` (settle rounds
+after heal). Which node is down in which healing or transition round is timing, so diffs
+leave those two phases out.
 
 Operations per node: `reach` (GET /), `new_token` (a request with a token the node never
 saw), `store` / `get` (a canary in an existing project), `fresh_store` / `fresh_get` (in a
 project new to Barbican), `read_existing` (seeded secrets' payloads), `service_read` (the
-service user's TLS containers through their ACL), `consumed` (consumed secrets answering
-404). An operation a round did not send (the node did not answer GET /) is `not_sent`.
+service user's TLS containers through their ACL), `consumed` (whether consumed secrets
+answer 404: `404` or `not-404`). An operation a round did not send (the node did not answer GET /) is `not_sent`.
 Messages are normalised (no hrefs, UUIDs, hex, numbers, timestamps), so that two runs of
 one build say the same thing.
 """
@@ -34,8 +37,8 @@ from harness.triage.signatures import REINIT, match
 
 FILE = "behaviour.json"
 FORMAT = 1
-PHASES = ("before", "during", "after")  # compared; "healing" rounds (a heal in progress) are kept, not compared
-RECORDED_PHASES = ("before", "during", "healing", "after")
+PHASES = ("before", "during", "delayed", "after")  # compared; "transition" and "healing" rounds are kept, not compared
+RECORDED_PHASES = ("before", "during", "transition", "delayed", "healing", "after")
 LATENCY_BUCKETS = ((0.5, "<0.5s"), (2.0, "0.5-2s"), (8.0, "2-8s"))  # else ">=8s"
 NOT_SENT = "not_sent"
 
@@ -132,7 +135,8 @@ def node_ops(p: dict) -> dict[str, dict]:
     status, message = _statuses(p.get("tls", []), 0 if p.get("tls") else 1)
     ops["service_read"] = {"status": status, "answered": all(status_of(x)[1] for x in status.split("|")),
                            **({"message": normalise(message)} if message else {})}
-    ops["consumed"] = {"status": "404" if p.get("expiry") else "200", "answered": True}
+    # The expiry audit records 404s only: anything else is "not-404" (it may be an error).
+    ops["consumed"] = {"status": "404" if p.get("expiry") else "not-404", "answered": True}
     return ops
 
 
