@@ -85,6 +85,20 @@ def test_accepted_differences_are_matched_and_a_bad_accept_file_is_one_line(tmp_
         diff.load_accept(bad)
 
 
+def test_a_delayed_phase_is_told_from_the_fault_and_its_transition():
+    from harness.runner import _phase
+
+    scenario = load_scenario(SCENARIOS / "hsm-mkek-deleted-cache-expiry.yaml")
+    assert [_phase(scenario, t) for t in (0.5, 11.9, 12.0, 31.9, 32.0, 60)] == \
+        ["during", "during", "transition", "transition", "delayed", "delayed"]
+    assert _phase(load_scenario(SCENARIOS / "db-down.yaml"), 60) == "during"
+    # A phase seen on one side only is one difference, not one per cell.
+    base = _sig("s", [{"read_existing": "500"}])
+    cand = {**base, "rounds": [r for r in base["rounds"] if r["phase"] != "during"]}
+    (d,) = diff.compare({"s": [base]}, {"s": [cand]})
+    assert (d.phase, d.field, d.before, d.after) == ("during", "present", "yes", "no")
+
+
 def test_diff_behaviour_refuses_a_bad_source_before_anything_runs(tmp_path):
     proc = harness_cli("diff-behaviour", str(tmp_path), "svn:x", timeout=60)
     assert proc.returncode == 2 and "diff-behaviour 'svn:x': unknown kind 'svn'" in proc.stderr
