@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from harness.behaviour import diff, noise, signature
 from harness.errors import HarnessError
@@ -206,7 +207,8 @@ def _restart(env) -> None:
 @pytest.mark.soak
 @pytest.mark.integration
 @pytest.mark.parametrize("alteration", ALTERATIONS, ids=[a[0] for a in ALTERATIONS])
-def test_an_altered_barbican_is_reported_naming_scenario_node_operation_and_behaviour(alteration, overlay_envs):
+def test_an_altered_barbican_is_reported_naming_scenario_node_operation_and_behaviour(alteration, overlay_envs,
+                                                                                       tmp_path):
     name, scen, topo, rel, old, new, node, op, phase, before, after = alteration
     env, root = overlay_envs(topo)
     scenario = load_scenario(SCENARIOS / f"{scen}.yaml")
@@ -233,3 +235,11 @@ def test_an_altered_barbican_is_reported_naming_scenario_node_operation_and_beha
     assert match, [d.line() for d in found]
     if after == "404":
         assert match[0].cls == "not-found"
+    # The gate: non-zero until the differences are accepted, then zero.
+    proc = harness_cli("diff-behaviour", baseline.run_dir, altered.run_dir, timeout=120)
+    assert proc.returncode == 1 and match[0].line() in proc.stdout, proc.stdout + proc.stderr
+    accept = tmp_path / "accepted.yaml"
+    accept.write_text(yaml.safe_dump([{k: v for k, v in d.to_dict().items() if k not in ("cls", "meaning")}
+                                      for d in found]))
+    proc = harness_cli("diff-behaviour", baseline.run_dir, altered.run_dir, "--accept", str(accept), timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
