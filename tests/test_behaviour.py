@@ -101,6 +101,13 @@ def test_a_delayed_phase_is_told_from_the_fault_and_its_transition():
 
 
 def test_diff_behaviour_refuses_a_bad_source_before_anything_runs(tmp_path):
+    from harness.builds import parse_source
+
+    with pytest.raises(HarnessError, match=r"overlay:.*holds no barbican/__init__.py"):
+        parse_source(f"overlay:{tmp_path}")
+    (tmp_path / "barbican").mkdir()
+    (tmp_path / "barbican" / "__init__.py").write_text("")
+    assert parse_source(f"overlay:{tmp_path}").spec == f"overlay:{tmp_path}"
     proc = harness_cli("diff-behaviour", str(tmp_path), "svn:x", timeout=60)
     assert proc.returncode == 2 and "diff-behaviour 'svn:x': unknown kind 'svn'" in proc.stderr
     assert "Traceback" not in proc.stderr
