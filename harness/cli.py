@@ -512,6 +512,54 @@ def run(paths: list[Path] = typer.Argument(..., help="Scenario files or director
     raise typer.Exit(0 if all(r.passed for r in results) else 1)
 
 
+@app.command("diff-behaviour")
+def diff_behaviour(
+        baseline: str = typer.Argument(..., help="Run directory (a scenario run, or a directory of them) or a "
+                                                 "Barbican build source (pypi:VERSION, wheel:PATH, git:PATH[@REF] ...)"),
+        candidate: str = typer.Argument(..., help="The same kinds as BASELINE"),
+        scenarios: Optional[list[Path]] = typer.Option(None, "--scenario", help="Scenario file(s) run on a build "
+                                                       "source (default: db-down, kek-mismatch-one-node, "
+                                                       "hsm-device-error-persistent)"),
+        accept: Optional[Path] = typer.Option(None, "--accept", help="YAML list of accepted differences "
+                                              "(scenario, field; optional phase, node, operation, before, after, reason)"),
+        provider: Optional[str] = typer.Option(None, "--provider", help="For build sources: local or docker"),
+        json_out: bool = typer.Option(False, "--json")) -> None:
+    """Behaviour under faults, build against build: scenario by scenario and phase by phase
+    (before / during / after the fault), every difference with its meaning. Exit 1 when a
+    difference is not in --accept, 0 otherwise."""
+    from harness.behaviour import diff as bdiff
+    from harness.scenario import load_scenario
+
+    try:
+        if provider is not None:
+            check_provider(provider)
+        accepted = bdiff.load_accept(accept) if accept else []
+        files = _scenario_files(scenarios) if scenarios else bdiff.default_scenario_files()
+        needs_run = [s for s in (baseline, candidate) if not Path(s).is_dir()]
+        if needs_run:
+            from harness.builds import parse_source
+
+            for s in needs_run:
+                parse_source(s, what="diff-behaviour")  # a bad source is refused before anything runs
+            for f in files:
+                load_scenario(f)
+    except HarnessError as exc:
+        _fail(exc)
+    from harness.progress import RichProgress
+
+    try:
+        with RichProgress(console) as progress:
+            report = bdiff.run_and_diff(baseline, candidate, files, accepted, progress, provider)
+    except HarnessError as exc:
+        _fail(exc)
+    if json_out:
+        out.print_json(json.dumps(report))
+    else:
+        for line in bdiff.report_lines(report):
+            out.print(line, markup=False, highlight=False)
+    raise typer.Exit(1 if report["unaccepted"] else 0)
+
+
 @app.command()
 def diagnose(run_id: Optional[str] = typer.Option(None, "--run", callback=_run_id,
                                                   help="An environment of this harness"),
@@ -708,6 +756,10 @@ def upgrade_gate(
         weight: list[str] = typer.Option([], "--weight", help="--rolling: NAME=N user class mix (default octavia=2 "
                                          "luks=4 crud=0 orders=1 store_get=3; crud hits Barbican's metadata deadlock)"),
         no_conformance: bool = typer.Option(False, "--no-conformance", help="Skip conformance/api on TO"),
+        behaviour: bool = typer.Option(False, "--behaviour", help="Also diff behaviour under faults, FROM against "
+                                       "TO (diff-behaviour's default scenarios); an unaccepted difference fails"),
+        behaviour_accept: Optional[Path] = typer.Option(None, "--behaviour-accept",
+                                                        help="--behaviour: YAML list of accepted differences"),
         json_out: bool = typer.Option(False, "--json", help="Print the JSON report")) -> None:
     """Upgrade gate between any builds: secrets seeded on FROM must read back byte-identical after
     every hop, new secrets must work, then conformance/api on TO; --rolling also judges each phase
@@ -722,7 +774,7 @@ def upgrade_gate(
             raise HarnessError("--max-error-ratio, --max-p95-ms and --weight are options of --rolling")
         code = upgrade_gate_command(hops, env_path, provider=provider, from_config=from_config,
                                     break_mode=break_mode, rolling=plan, conformance=not no_conformance,
-                                    json_out=json_out)
+                                    json_out=json_out, behaviour=behaviour, behaviour_accept=behaviour_accept)
     except HarnessError as exc:
         _fail(exc)
     raise typer.Exit(code)

@@ -2,7 +2,9 @@
 
 Writes reports/runs/<id>/: timeline.json (every action and probe verdict on one clock),
 verdict.json (expected vs observed, time to a correct verdict, pass/fail), ledger.json
-(the integrity check), known.json (what the probes relied on), logs/ (masked copies).
+(the integrity check), known.json (what the probes relied on), behaviour.json (every probe
+round per node and operation, and the recovery after heal: harness.behaviour), logs/
+(masked copies).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness import redact
+from harness.behaviour.signature import Recorder
 from harness.environment import Environment, runs_dir
 from harness.faults.engine import sigterm_as_interrupt
 from harness.ledger import Ledger, LedgerChecker
@@ -102,13 +105,14 @@ def run_scenario(scenario: Scenario, env=None, progress: Progress | None = None,
         with progress.step(f"{scenario.name}: environment up"):
             env = Environment.up(scenario.environment_path(), progress=progress, barbican=barbican)
     timeline: list[dict] = []
+    behaviour = Recorder(scenario.name, _build_label(env))
     writes = Writes(env.run_dir) if env.foreign else None
     prefix = new_prefix() if env.foreign else None
     try:
         with sigterm_as_interrupt():
             if writes is not None:
                 writes.open(prefix, [env.writer_role, *SEED_ROLES(env)], f"scenario {scenario.name}")
-            _run(scenario, env, run_dir, result, timeline, progress, permission, prefix)
+            _run(scenario, env, run_dir, result, timeline, progress, permission, prefix, behaviour)
     except Exception as exc:  # noqa: BLE001 - a harness failure fails the scenario, with its reason
         result.failures.append(f"harness error: {type(exc).__name__}: {exc}")
     finally:
@@ -119,6 +123,7 @@ def run_scenario(scenario: Scenario, env=None, progress: Progress | None = None,
                     writes.close(prefix, removed)
                 timeline.append({"t": None, "kind": "clean_up", "prefix": prefix, "removed": removed})
         (run_dir / "timeline.json").write_text(redact.mask(json.dumps(timeline, indent=2)))
+        behaviour.write(run_dir)
         result.passed = not result.failures
         _write_result(scenario, run_dir, result)
         _copy_logs(env, run_dir)
@@ -129,7 +134,7 @@ def run_scenario(scenario: Scenario, env=None, progress: Progress | None = None,
 
 
 def _run(scenario: Scenario, env, run_dir: Path, result: ScenarioResult, timeline: list, progress,
-         permission: Permission | None, prefix: str | None) -> None:
+         permission: Permission | None, prefix: str | None, behaviour: Recorder) -> None:
     ledger = Ledger(run_dir / "ledger", prefix=prefix)
     with progress.step(f"{scenario.name}: seed"):
         seeded = seed(env, ledger, scenario.seed.secrets, scenario.seed.tls_containers, scenario.seed.luks_keys)
@@ -141,6 +146,7 @@ def _run(scenario: Scenario, env, run_dir: Path, result: ScenarioResult, timelin
                      **({"canary_name": f"{prefix}-triage-canary"} if prefix else {}))
     orders = env.async_orders
     baseline = diag.diagnose(orders=orders)
+    behaviour.round("before", 0.0, baseline, diag.last_log_lines)
     timeline.append({"t": 0.0, "kind": "baseline", "verdict": _brief(baseline)})
     if baseline.category != "healthy":
         result.failures.append(f"not healthy before the fault: {baseline.category} {baseline.evidence[:2]}")
@@ -172,10 +178,16 @@ def _run(scenario: Scenario, env, run_dir: Path, result: ScenarioResult, timelin
             while clock.is_alive():
                 active = clock.active()
                 if active:
+                    injected_at = max(w.in_effect_at for w in active)
+                    # The round's phase is the state it starts in (its requests go out then). A heal
+                    # that restarts nodes takes seconds: its rounds are neither the fault nor after it.
+                    phase = _phase(scenario, clock.now() - injected_at)
                     v = diag.diagnose(orders=orders)
                     t = round(clock.now(), 2)
-                    injected_at = max(w.in_effect_at for w in active)
                     timeline.append({"t": t, "kind": "probe", "verdict": _brief(v)})
+                    if any(w.heal_started_at is not None for w in active):
+                        phase = "healing"  # the heal began before the round ended: some requests saw it
+                    behaviour.round(phase, t, v, diag.last_log_lines)
                     if expect.verdict and result.time_to_verdict_s is None and v.matches(
                             expect.verdict.category, expect.verdict.blast_radius, expect.verdict.affected_nodes) \
                             and (expect.verdict.incident is None or v.incident == expect.verdict.incident):
@@ -202,10 +214,15 @@ def _run(scenario: Scenario, env, run_dir: Path, result: ScenarioResult, timelin
     with progress.step(f"{scenario.name}: heal and verify"):
         diag.mark_logs()
         deadline = time.monotonic() + SETTLE_TIMEOUT
+        healed = max((w.healed_at for w in clock.windows if w.healed_at is not None), default=clock.now())
         after = diag.diagnose(orders=orders)
+        behaviour.round("after", clock.now(), after, diag.last_log_lines)
         while after.category != "healthy" and time.monotonic() < deadline:
             time.sleep(1)
             after = diag.diagnose(orders=orders)
+            behaviour.round("after", clock.now(), after, diag.last_log_lines)
+        restart = after.category != "healthy"
+        behaviour.recovery(clock.now() - healed if not restart else None, restart, not restart)
         result.after_heal = _brief(after)
         timeline.append({"t": round(clock.now(), 2), "kind": "after_heal", "verdict": result.after_heal})
         if after.category != "healthy" and not env.foreign and Capability.NODE_CONTROL in env.capabilities:
@@ -282,6 +299,20 @@ def _write_result(scenario: Scenario, run_dir: Path, result: ScenarioResult) -> 
     VerdictFile("scenario", result.name, result.passed, list(result.failures),
                 [Check("scenario", result.name, result.passed, message, row, details)]).write(run_dir)
 
+
+
+def _phase(scenario: Scenario, since_inject: float) -> str:
+    """The behaviour phase of a probe round that starts `since_inject` seconds into a fault."""
+    delayed = scenario.delayed_phase_s
+    if delayed is None or since_inject < delayed - scenario.transition_s:
+        return "during"
+    return "delayed" if since_inject >= delayed else "transition"
+
+
+def _build_label(env) -> str | None:
+    """Which Barbican ran: the environment's build, or what a foreign target says it is."""
+    build = getattr(getattr(env, "ctx", None), "barbican_build", None)
+    return getattr(build, "label", None)
 
 
 def _brief(v: Verdict) -> dict:

@@ -86,6 +86,12 @@ class Scenario(_Strict):
     timeline: list[Event] = Field(min_length=1)
     duration: float | None = Field(None, gt=0, le=MAX_TIMELINE_S)  # default: last event + 10 s
     probe_interval: float = Field(0.5, gt=0)
+    # Probe rounds this long after a fault took effect are its delayed phase (a cache
+    # expired, retries ran out): the behaviour signature compares them on their own.
+    delayed_phase_s: float | None = Field(None, gt=0)
+    # The seconds before delayed_phase_s in which the delayed phase may begin (per-process
+    # caches expire at different times): their rounds are "transition", recorded, not compared.
+    transition_s: float = Field(0, ge=0)
     expect: Expect = Field(default_factory=Expect)
     # Where the scenario can run: a network partition needs containers to cut off.
     providers: list[ProviderName] = Field(default_factory=lambda: list(PROVIDERS), min_length=1)

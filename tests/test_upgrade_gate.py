@@ -179,6 +179,9 @@ def test_bad_paths_are_one_line_before_anything_starts():
         (["--from", "22.0.0", "--to", TO, "--max-error-ratio", "node:0.1"], "options of --rolling"),
         (["--from", "22.0.0", "--to", TO, "--rolling", "--max-error-ratio", "web:0.1"], "phase 'web'"),
         (["--from", "22.0.0", "--path", "22.0.0,23.0.0"], "not both"),
+        (["--from", "22.0.0", "--to", TO, "--behaviour-accept", "accepted.yaml"], "an option of --behaviour"),
+        (["--from", "22.0.0", "--to", TO, "--behaviour", "--behaviour-accept", "/nonexistent/accepted.yaml"],
+         "/nonexistent/accepted.yaml: cannot read it"),
     ]
     for args, expected in cases:
         proc = harness_cli("upgrade-gate", *args, timeout=120)

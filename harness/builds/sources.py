@@ -5,6 +5,9 @@
     wheel:PATH        a wheel file (barbican-*.whl)
     sdist:PATH        a source archive (barbican-*.tar.gz)
     git:PATH[@REF]    a commit of a local git checkout (default HEAD; committed work only)
+    overlay:DIR       a directory holding a `barbican` package (an altered copy of the
+                      harness's own), run by the harness's venv with DIR first on PYTHONPATH;
+                      local provider only, no install (what the behaviour tests alter)
     VERSION           short for pypi:VERSION
 
 Parsing checks only what needs no network and no install (the file or checkout exists, the
@@ -20,8 +23,8 @@ from pathlib import Path
 from harness.errors import HarnessError
 from harness.images import file_sha256
 
-KINDS = ("pypi", "wheel", "sdist", "git")
-USAGE = "pypi:VERSION, wheel:PATH, sdist:PATH or git:PATH[@REF]"
+KINDS = ("pypi", "wheel", "sdist", "git", "overlay")
+USAGE = "pypi:VERSION, wheel:PATH, sdist:PATH, git:PATH[@REF] or overlay:DIR"
 _VERSION = re.compile(r"^\d+(\.\d+)*([.-]?(a|b|rc|dev|post)\d*)*$")
 
 
@@ -42,6 +45,8 @@ class Source:
             return f"barbican-{self.version}"
         if self.kind == "git":
             return f"git-{self.commit[:16]}"
+        if self.kind == "overlay":
+            return f"overlay-{self.path.name}"
         return f"{self.kind}-{self.digest[:16]}"
 
     def describe(self) -> dict:
@@ -77,6 +82,13 @@ def parse_source(text: str, base_dir: Path | None = None, what: str = "--barbica
             where, ref = rest, ""
         return _git(Path(where), ref or "HEAD", base_dir, what, text)
     path = _path(Path(rest), base_dir)
+    if kind == "overlay":
+        if not (path / "barbican" / "__init__.py").is_file():
+            raise HarnessError(f"{what} '{text}': {path} holds no barbican/__init__.py (an overlay is a directory "
+                               "holding a copy of the barbican package)")
+        from harness.builds.releases import own_version
+
+        return Source("overlay", f"overlay:{path}", path=path, version=own_version())
     suffix = ".whl" if kind == "wheel" else ".tar.gz"
     if not path.is_file():
         raise HarnessError(f"{what} '{text}': no such file {path}")

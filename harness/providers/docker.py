@@ -1422,6 +1422,9 @@ class DockerProvider(StartSequence):
         recorded on the build (the state file names it)."""
         from harness.builds.image import ensure_image
 
+        if build.overlay:
+            raise HarnessError(f"--barbican {build.source}: an overlay runs on the local provider only "
+                               "(the containers' image holds its own Barbican)")
         if not build.own and f"build:{build.key}" not in self.rt.images:
             if "python" not in self.rt.images:
                 self.rt.images.update(images.ensure(self.rt.client, ["python"], progress=progress))

@@ -101,6 +101,8 @@ class Diagnoser:
         self._fresh_role: str | None = None
         self._offsets: dict[Path, int] = {}
         self._hung: set[str] = set()  # node URLs that timed out in the current probe round
+        # The new log lines the last diagnosis read (its behaviour signature keeps them).
+        self.last_log_lines: list[tuple[str, str]] = []
         # mark_logs may come from another thread (the scenario's timeline, at an inject).
         self._offsets_lock = threading.Lock()
         if logs_dir:
@@ -176,6 +178,7 @@ class Diagnoser:
     def _sentinels(self, node) -> dict:
         out = {"ok": 0, "failed": []}
         sentinels = (self.known.sentinels or self._listed_sentinels(node))[:MAX_SENTINELS]
+        start = time.monotonic()
 
         def read(s):
             ref = node.url + "/v1/" + s["ref"].split("/v1/", 1)[1]
@@ -189,6 +192,8 @@ class Diagnoser:
                     out["ok"] += 1
                 else:
                     out["failed"].append({"ref": s["ref"], "status": self._status(r), "body": _describe(r)})
+        if sentinels:
+            out["seconds"] = round(time.monotonic() - start, 3)
         return out
 
     def _listed_sentinels(self, node, limit: int = 5) -> list[dict]:
@@ -317,6 +322,7 @@ class Diagnoser:
             probes["order"] = self._order(nodes[0])
         probes["missing"] = self._why_missing(probes)
         lines = self._new_log_lines()
+        self.last_log_lines = lines
         return classify(probes, lines)
 
     def _why_missing(self, probes: dict) -> dict[str, str]:

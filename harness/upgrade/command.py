@@ -37,7 +37,8 @@ def rolling_plan(users: int, max_error_ratio: list[str], max_p95_ms: list[str], 
 
 def upgrade_gate_command(path: list[str], env_path: str | Path | None = None, *, provider: str | None = None,
                          from_config: str = "harness", break_mode: str = "none", rolling: RollingPlan | None = None,
-                         conformance: bool = True, json_out: bool = False) -> int:
+                         conformance: bool = True, json_out: bool = False,
+                         behaviour: bool = False, behaviour_accept: Path | None = None) -> int:
     import logging
 
     from rich.console import Console
@@ -47,6 +48,13 @@ def upgrade_gate_command(path: list[str], env_path: str | Path | None = None, *,
 
     if provider not in (None, "local", "docker"):
         raise HarnessError(f"--provider '{provider}': use local or docker")
+    accept: list[dict] = []
+    if behaviour_accept is not None:
+        from harness.behaviour.diff import load_accept
+
+        if not behaviour:
+            raise HarnessError("--behaviour-accept is an option of --behaviour")
+        accept = load_accept(behaviour_accept)  # a bad file is refused before anything starts
     # python-barbicanclient logs every 5xx answer; the gate reports them itself.
     logging.getLogger("barbicanclient").setLevel(logging.CRITICAL)
     err = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -56,4 +64,19 @@ def upgrade_gate_command(path: list[str], env_path: str | Path | None = None, *,
         print(mask(json.dumps(report.to_dict(), indent=2)))
     else:
         print(mask(summary_text(report)), end="")
+    if behaviour and report.exit_code != 2:
+        unaccepted = behaviour_gate(path[0], path[-1], accept, provider, err)
+        if unaccepted and report.exit_code == 0:
+            return 1
     return report.exit_code
+
+
+def behaviour_gate(from_source: str, to_source: str, accept: list[dict], provider: str | None, err) -> int:
+    """The behaviour diff between FROM and TO (harness.behaviour): the default scenario
+    subset on each build, every difference printed; returns how many are not accepted."""
+    from harness.behaviour import diff as bdiff
+
+    report = bdiff.run_and_diff(from_source, to_source, bdiff.default_scenario_files(), accept, provider=provider)
+    for line in bdiff.report_lines(report):
+        err.print("behaviour FROM -> TO: " + line, markup=False)
+    return report["unaccepted"]
