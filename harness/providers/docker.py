@@ -830,7 +830,8 @@ class DockerSoftHSM:
         # in the host's process list, and docker inspect shows Cmd.
         self.rt.one_shot("softhsm-init", self.rt.images["python"], ["python3", "-c", INIT_TOKEN_SCRIPT],
                          env={**self.container_env(),
-                              **init_token_env(self.container_library, hsm.token_label, self.ctx.secrets)},
+                              **init_token_env(self.container_library, hsm.token_label, self.ctx.secrets.hsm_pin,
+                                             self.ctx.secrets.hsm_so_pin)},
                          volumes=self.volumes(), what="initialising the SoftHSM token (C_InitToken)", timeout=120)
 
     def p11_options(self, library_path: str | None = None) -> dict[str, str]:

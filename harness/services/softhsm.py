@@ -75,10 +75,9 @@ print("token initialised")
 """
 
 
-def init_token_env(module: str, label: str, secrets) -> dict[str, str]:
-    """INIT_TOKEN_SCRIPT's input: the module, the label and the run's PINs."""
-    return {"P11_INIT_MODULE": module, "P11_INIT_LABEL": label, "P11_INIT_PIN": secrets.hsm_pin,
-            "P11_INIT_SO_PIN": secrets.hsm_so_pin}
+def init_token_env(module: str, label: str, pin: str, so_pin: str) -> dict[str, str]:
+    """INIT_TOKEN_SCRIPT's input: the module, the label and the PINs."""
+    return {"P11_INIT_MODULE": module, "P11_INIT_LABEL": label, "P11_INIT_PIN": pin, "P11_INIT_SO_PIN": so_pin}
 
 
 def softhsm_library() -> str:
@@ -156,8 +155,8 @@ class SoftHSM(Service):
         self.tokens_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.ctx.render("softhsm2.conf.j2", self.conf, tokens_dir=self.tokens_dir)
         hsm = self.ctx.topology.hsm
-        run_command([sys.executable, "-c", INIT_TOKEN_SCRIPT],
-                    env=self.ctx.environ(**self.env(), **init_token_env(self.library, hsm.token_label, self.ctx.secrets)),
+        pins = init_token_env(self.library, hsm.token_label, self.ctx.secrets.hsm_pin, self.ctx.secrets.hsm_so_pin)
+        run_command([sys.executable, "-c", INIT_TOKEN_SCRIPT], env=self.ctx.environ(**self.env(), **pins),
                     log_path=self.log_path, timeout=60, what="initialising the SoftHSM token (C_InitToken)")
 
     def start(self) -> None:
