@@ -24,7 +24,7 @@ from pathlib import Path
 from harness import redact
 from harness.conformance_run import run_conformance
 from harness.report.verdicts import Check, VerdictFile, short_verdict
-from harness.environment import Environment, runs_dir
+from harness.environment import Environment, make_run_dir, runs_dir
 from harness.errors import HarnessError
 from harness.progress import Progress
 from harness.providers import DEFAULT_PROVIDER, check_provider
@@ -139,7 +139,7 @@ def run_campaign(profile: str, progress: Progress | None = None, provider: str =
     where = target.run_id if target is not None else ('' if provider == DEFAULT_PROVIDER else provider)
     out_dir = runs_dir() / (f"campaign-{profile}{'-' + where if where else ''}-"
                             f"{dt.datetime.now():%Y%m%d-%H%M%S}-{_rand.token_hex(2)}")
-    out_dir.mkdir(parents=True, mode=0o700)
+    make_run_dir(out_dir)
     result = CampaignResult(profile, str(out_dir), provider=provider if target is None else target.name)
     names = spec["scenarios"]
     files = sorted(SCENARIOS.glob("*.yaml")) if names == "all" else [SCENARIOS / f"{n}.yaml" for n in names]

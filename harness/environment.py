@@ -61,6 +61,16 @@ def checked_run_id(run_id: str | None, what: str = "run id") -> str | None:
     return text
 
 
+def make_run_dir(path: Path, exist_ok: bool = False) -> Path:
+    """A run directory, readable by its owner only: its logs and state name refs, user and
+    project ids (and its secrets file sits there). mkdir's mode is masked by the umask,
+    hence the chmod."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, exist_ok=exist_ok)
+    os.chmod(path, 0o700)
+    return path
+
+
 def new_run_id(topology: Topology) -> str:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{topology.name}-{stamp}-{_rand.token_hex(2)}"
@@ -131,7 +141,7 @@ class Environment:
         for service in (*env.provider.nodes, *env.provider.workers) if barbican_overrides else ():
             service.overrides = dict(barbican_overrides)
         env.provider.check()  # missing packages are reported before anything is written or started
-        run_dir.mkdir(parents=True, exist_ok=False)
+        make_run_dir(run_dir)
         secrets.save(run_dir / SECRETS_FILE)
         env.save_state()
         try:

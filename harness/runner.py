@@ -19,7 +19,7 @@ from pathlib import Path
 
 from harness import redact
 from harness.behaviour.signature import Recorder
-from harness.environment import Environment, runs_dir
+from harness.environment import Environment, make_run_dir, runs_dir
 from harness.faults.engine import sigterm_as_interrupt
 from harness.ledger import Ledger, LedgerChecker
 from harness.progress import Progress
@@ -98,7 +98,7 @@ def run_scenario(scenario: Scenario, env=None, progress: Progress | None = None,
     progress = progress or Progress()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = runs_dir() / f"scenario-{scenario.name}-{stamp}-{_rand.token_hex(2)}"
-    run_dir.mkdir(parents=True)
+    make_run_dir(run_dir)
     result = ScenarioResult(scenario.name, False, str(run_dir), rng_seed=scenario.rng_seed)
     own_env = env is None
     if own_env:

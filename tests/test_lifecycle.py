@@ -100,20 +100,21 @@ def _has_marker(p: psutil.Process, run_id: str) -> bool:
         return False
 
 
-def test_missing_softhsm_util_names_the_debian_package(tmp_path):
-    # A PATH with everything but softhsm2-util: the venv and the MariaDB tools only.
+def test_missing_program_names_the_debian_package(tmp_path):
+    # A PATH with everything but mariadb-install-db: the venv and mariadbd only. (SoftHSM
+    # tokens are initialised through PKCS#11 itself, softhsm2-util is no longer needed.)
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    for tool in ("mariadb-install-db", "mariadbd"):
-        for d in ("/usr/bin", "/usr/sbin"):
-            if Path(d, tool).exists():
-                (bindir / tool).symlink_to(Path(d, tool))
+    for d in ("/usr/bin", "/usr/sbin"):
+        if Path(d, "mariadbd").exists():
+            (bindir / "mariadbd").symlink_to(Path(d, "mariadbd"))
+            break
     env = {**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}:{bindir}",
            "BARBICAN_HARNESS_REPORTS": str(tmp_path / "reports")}
     proc = harness_cli("up", str(topology("pkcs11-softhsm")), env=env, timeout=120)
     assert proc.returncode == 2
-    assert "softhsm2-util not found" in proc.stderr
-    assert "apt-get install -y softhsm2" in proc.stderr
+    assert "mariadb-install-db not found" in proc.stderr
+    assert "apt-get install -y mariadb-server" in proc.stderr
     # Checked before anything started or was written.
     assert not (tmp_path / "reports" / "runs").exists() or not any((tmp_path / "reports" / "runs").iterdir())
 

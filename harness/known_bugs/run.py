@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import secrets as _rand
 import time
@@ -53,13 +52,12 @@ def summarise(findings: list[Finding]) -> dict[str, int]:
 
 
 def new_run_dir(label: str) -> tuple[str, Path]:
-    from harness.environment import runs_dir
+    from harness.environment import make_run_dir, runs_dir
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_id = f"known-bugs-{re.sub(r'[^A-Za-z0-9._-]+', '-', label)}-{stamp}-{_rand.token_hex(2)}"
     run_dir = runs_dir() / run_id
-    run_dir.mkdir(parents=True, mode=0o700)
-    os.chmod(run_dir, 0o700)  # mkdir's mode is masked by the umask
+    make_run_dir(run_dir)
     return run_id, run_dir
 
 

@@ -823,13 +823,16 @@ class DockerSoftHSM:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rt.volume("softhsm-tokens")
         self.ctx.render("softhsm2.conf.j2", self.conf, tokens_dir=TOKENS_DIR)
+        from harness.services.softhsm import INIT_TOKEN_SCRIPT, init_token_env
+
         hsm = self.ctx.topology.hsm
-        # PINs through the environment, not the command line (docker inspect shows Cmd).
-        self.rt.one_shot("softhsm-init", self.rt.images["python"], [
-            "sh", "-c", 'softhsm2-util --init-token --free --label "$LABEL" --pin "$PIN" --so-pin "$SO_PIN"'],
-            env={**self.container_env(), "LABEL": hsm.token_label, "PIN": self.ctx.secrets.hsm_pin,
-                 "SO_PIN": self.ctx.secrets.hsm_so_pin},
-            volumes=self.volumes(), what="softhsm2-util --init-token", timeout=120)
+        # PINs through the environment, never a command line: the container's processes are
+        # in the host's process list, and docker inspect shows Cmd.
+        self.rt.one_shot("softhsm-init", self.rt.images["python"], ["python3", "-c", INIT_TOKEN_SCRIPT],
+                         env={**self.container_env(),
+                              **init_token_env(self.container_library, hsm.token_label, self.ctx.secrets.hsm_pin,
+                                             self.ctx.secrets.hsm_so_pin)},
+                         volumes=self.volumes(), what="initialising the SoftHSM token (C_InitToken)", timeout=120)
 
     def p11_options(self, library_path: str | None = None) -> dict[str, str]:
         return self._local.p11_options(library_path or self.container_library)

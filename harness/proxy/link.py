@@ -105,6 +105,14 @@ class Link:
                     await self.dest.drain()
         except (ConnectionError, OSError):
             self.conn.close()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a bug in a toxic: end this connection, keep the proxy
+            # Without this the task dies with the exception unseen and both sockets stay
+            # open: the client waits for data that never comes.
+            log.exception("proxy %s: connection %d (%s): a toxic failed; closing both sockets",
+                          self.conn.proxy.name, self.conn.number, self.direction)
+            self.conn.close()
 
     async def _emit(self, stages: list[Stage], i: int, chunk: Chunk) -> None:
         if i == len(stages):

@@ -122,13 +122,13 @@ def run_matrix(modules: list[str], profile: Profile, log: Callable[[str], None] 
                run_dir: Path | None = None) -> tuple[dict[str, Any], int]:
     """Every module, one after the other (each in its own process); then the matrix.
     Exit code 0 when every module passes, 1 otherwise."""
-    from harness.environment import runs_dir
+    from harness.environment import make_run_dir, runs_dir
     from harness.qualify.matrix_report import write_matrix
     from harness.qualify.provision import PROVISIONERS, ModuleUnavailable
 
     run_id = run_dir.name if run_dir else new_run_id()
     run_dir = run_dir or runs_dir() / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_run_dir(run_dir, exist_ok=True)
     started = time.monotonic()
     results = []
     for name in modules:

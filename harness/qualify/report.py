@@ -115,7 +115,9 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def write_report(report: dict[str, Any], run_dir: Path) -> tuple[Path, Path, str]:
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from harness.environment import make_run_dir
+
+    make_run_dir(run_dir, exist_ok=True)
     md = render_markdown(report)
     text = redact.mask(json.dumps(report, indent=2, default=str))
     json_path, md_path = run_dir / "qualification.json", run_dir / "qualification.md"

@@ -8,11 +8,12 @@ for `qualify-hsm`): nothing is initialised, the PIN comes from that environment 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from harness import redact
 from harness.procs import run_command
-from harness.services.base import Service, require_binary
+from harness.services.base import Service
 
 SOFTHSM_LIB_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -31,6 +32,52 @@ SOFTHSM_P11_OPTIONS = {
     # Barbican serves several threads per process; SoftHSM must lock (measured races without).
     "os_locking_ok": "True",
 }
+
+# A fresh token through PKCS#11 itself (C_InitToken, then C_InitPIN as the SO), run as
+# `python3 -c` on the host or in a container. softhsm2-util takes the PINs only on its
+# command line (readable by every user in /proc/PID/cmdline while it runs) or from a
+# terminal; here they come from the child's environment (/proc/PID/environ: its owner only).
+INIT_TOKEN_SCRIPT = r"""
+import ctypes, os, sys
+U = ctypes.c_ulong
+lib = ctypes.CDLL(os.environ["P11_INIT_MODULE"])
+def call(name, *args):
+    fn = getattr(lib, name)
+    fn.restype = U
+    rv = fn(*args)
+    if rv:
+        sys.exit("%s returned 0x%x" % (name, rv))
+label = os.environ["P11_INIT_LABEL"].encode()[:32].ljust(32, b" ")
+so_pin, pin = os.environ["P11_INIT_SO_PIN"].encode(), os.environ["P11_INIT_PIN"].encode()
+call("C_Initialize", None)
+count = U(0)
+call("C_GetSlotList", ctypes.c_ubyte(1), None, ctypes.byref(count))
+slots = (U * count.value)()
+call("C_GetSlotList", ctypes.c_ubyte(1), slots, ctypes.byref(count))
+info = ctypes.create_string_buffer(512)     # CK_TOKEN_INFO: flags follow 96 bytes of text
+free = []
+for slot in slots[:count.value]:
+    call("C_GetTokenInfo", U(slot), info)
+    if not U.from_buffer(info, 96).value & 0x400:   # CKF_TOKEN_INITIALIZED
+        free.append(slot)
+if not free:
+    sys.exit("no slot with an uninitialised token")
+slot = U(free[0])
+call("C_InitToken", slot, so_pin, U(len(so_pin)), label)
+session = U(0)
+call("C_OpenSession", slot, U(0x6), None, None, ctypes.byref(session))   # CKF_RW_SESSION | CKF_SERIAL_SESSION
+call("C_Login", session, U(0), so_pin, U(len(so_pin)))                     # CKU_SO
+call("C_InitPIN", session, pin, U(len(pin)))
+call("C_Logout", session)
+call("C_CloseSession", session)
+call("C_Finalize", None)
+print("token initialised")
+"""
+
+
+def init_token_env(module: str, label: str, pin: str, so_pin: str) -> dict[str, str]:
+    """INIT_TOKEN_SCRIPT's input: the module, the label and the PINs."""
+    return {"P11_INIT_MODULE": module, "P11_INIT_LABEL": label, "P11_INIT_PIN": pin, "P11_INIT_SO_PIN": so_pin}
 
 
 def softhsm_library() -> str:
@@ -58,7 +105,6 @@ class SoftHSM(Service):
             if hsm.module != "softhsm":
                 raise HarnessError(f"hsm.module '{hsm.module}': environments make SoftHSM tokens only; "
                                    "for an existing token of another module set hsm.pin_env")
-            self.util = require_binary("softhsm2-util", "softhsm2")
             self.library = softhsm_library()
             return
         self.library = softhsm_library() if hsm.module == "softhsm" else hsm.module
@@ -124,10 +170,9 @@ class SoftHSM(Service):
         self.tokens_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.ctx.render("softhsm2.conf.j2", self.conf, tokens_dir=self.tokens_dir)
         hsm = self.ctx.topology.hsm
-        run_command([self.util, "--init-token", "--free", "--label", hsm.token_label,
-                     "--pin", self.ctx.secrets.hsm_pin, "--so-pin", self.ctx.secrets.hsm_so_pin],
-                    env=self.ctx.environ(**self.env()), log_path=self.log_path, timeout=60,
-                    what="softhsm2-util --init-token")
+        pins = init_token_env(self.library, hsm.token_label, self.ctx.secrets.hsm_pin, self.ctx.secrets.hsm_so_pin)
+        run_command([sys.executable, "-c", INIT_TOKEN_SCRIPT], env=self.ctx.environ(**self.env(), **pins),
+                    log_path=self.log_path, timeout=60, what="initialising the SoftHSM token (C_InitToken)")
 
     def start(self) -> None:
         """SoftHSM is a library loaded into Barbican: nothing runs on its own."""

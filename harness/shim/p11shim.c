@@ -393,13 +393,44 @@ static void sleep_ns(uint64_t ns);
 static pthread_mutex_t store_mu = PTHREAD_MUTEX_INITIALIZER;
 static int store_fd = -1;          /* opened on first use, in this process */
 static int store_unavailable;      /* the variable is unset, or the file cannot be opened */
+/* After a timed-out wait, calls go without the lock until this time (monotonic ns):
+   with a holder stopped, N threads would otherwise each wait the full bound in turn. */
+static uint64_t store_skip_until;
+
+static void store_timed_out(int fn, const char *what)
+{
+    __atomic_store_n(&store_skip_until, mono_ns() + STORE_LOCK_WAIT_NS, __ATOMIC_RELAXED);
+    fprintf(stderr, "p11shim: token-store %s still held after %d s; calling %s and the store "
+            "calls of the next %d s without it\n", what, (int)(STORE_LOCK_WAIT_NS / 1000000000ULL),
+            fn_names[fn], (int)(STORE_LOCK_WAIT_NS / 1000000000ULL));
+}
 
 /* 1 when the lock is now held (release with store_leave), 0 when not needed. */
 static int store_enter(int fn)
 {
     if (!store_fn[fn] || __atomic_load_n(&store_unavailable, __ATOMIC_RELAXED))
         return 0;
-    pthread_mutex_lock(&store_mu);
+    if (mono_ns() < __atomic_load_n(&store_skip_until, __ATOMIC_RELAXED))
+        return 0;
+    /* One bound for the whole wait, the in-process mutex included: a thread of this
+       process may hold the mutex while it waits for the flock of a stopped process (the
+       node_pause fault sends SIGSTOP), and every thread behind it must not queue on the
+       mutex for its turn at the full flock wait. */
+    uint64_t deadline = mono_ns() + STORE_LOCK_WAIT_NS;
+    struct timespec abs;
+    clock_gettime(CLOCK_REALTIME, &abs);   /* pthread_mutex_timedlock takes CLOCK_REALTIME */
+    abs.tv_sec += (time_t)(STORE_LOCK_WAIT_NS / 1000000000ULL);
+    int rc = pthread_mutex_timedlock(&store_mu, &abs);
+    if (rc != 0) {
+        if (rc == ETIMEDOUT)
+            store_timed_out(fn, "mutex");
+        return 0;
+    }
+    /* Another thread timed out while this one waited for the mutex. */
+    if (mono_ns() < __atomic_load_n(&store_skip_until, __ATOMIC_RELAXED)) {
+        pthread_mutex_unlock(&store_mu);
+        return 0;
+    }
     if (store_fd < 0) {
         const char *path = setting("P11SHIM_STORE_LOCK");
         if (path && *path)
@@ -413,15 +444,14 @@ static int store_enter(int fn)
             return 0;
         }
     }
-    /* Bounded wait: a process stopped while holding the lock (the node_pause
-       fault sends SIGSTOP) must not freeze every other process on the token. */
-    uint64_t deadline = mono_ns() + STORE_LOCK_WAIT_NS, pause_ns = 50000;
+    /* Bounded wait: a process stopped while holding the lock must not freeze every
+       other process on the token. */
+    uint64_t pause_ns = 50000;
     while (flock(store_fd, LOCK_EX | LOCK_NB) != 0) {
         if (errno != EWOULDBLOCK && errno != EINTR)
             break;
         if (mono_ns() >= deadline) {
-            fprintf(stderr, "p11shim: token-store lock still held after %d s; calling %s "
-                    "without it\n", (int)(STORE_LOCK_WAIT_NS / 1000000000ULL), fn_names[fn]);
+            store_timed_out(fn, "lock");
             pthread_mutex_unlock(&store_mu);
             return 0;
         }
