@@ -136,7 +136,8 @@ def test_local_softhsm_token_is_initialised_with_no_pin_on_any_command_line(tmp_
 @pytest.mark.xdist_group("docker")
 def test_docker_softhsm_token_is_initialised_with_no_pin_on_any_command_line(docker_client, tmp_path):
     from harness import images
-    from harness.providers.docker import DockerSoftHSM, Runtime, remove_labelled
+    from harness.providers.docker import Runtime, remove_labelled
+    from harness.providers.docker.hsm import DockerSoftHSM
 
     ctx = _softhsm_ctx(tmp_path / "run")
     ctx.run_dir.mkdir()

@@ -6,6 +6,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import Callable
 
 import requests
 
@@ -90,18 +91,32 @@ class Service:
 
     def wait_http(self, url: str, expect: int, timeout: float) -> None:
         """Poll until `url` answers `expect`; every request has its own short timeout."""
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            for proc in self.processes:
-                if proc.popen is not None and proc.popen.poll() is not None:
-                    raise self.fail(f"process {proc.name} exited with {proc.popen.returncode}")
-            try:
-                r = requests.get(url, timeout=2)
-                if r.status_code == expect:
-                    return
-                last = f"HTTP {r.status_code}"
-            except requests.RequestException as exc:
-                last = type(exc).__name__
-            time.sleep(0.1)
-        raise self.fail(f"{url} did not answer {expect} within {timeout:.0f} s (last: {last})")
+        wait_http(url, expect, timeout, exited=self._exited_process, fail=self.fail)
+
+    def _exited_process(self) -> str | None:
+        for proc in self.processes:
+            if proc.popen is not None and proc.popen.poll() is not None:
+                return f"process {proc.name} exited with {proc.popen.returncode}"
+        return None
+
+
+def wait_http(url: str, expect: int, timeout: float, *, exited: Callable[[], str | None],
+              fail: Callable[[str], ServiceStartError]) -> None:
+    """Poll until `url` answers `expect` (a service of either provider): `exited` names why
+    waiting is pointless (the process or container is gone), `fail` makes the error with
+    the service's log tail."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        reason = exited()
+        if reason:
+            raise fail(reason)
+        try:
+            r = requests.get(url, timeout=2)
+            if r.status_code == expect:
+                return
+            last = f"HTTP {r.status_code}"
+        except requests.RequestException as exc:
+            last = type(exc).__name__
+        time.sleep(0.1)
+    raise fail(f"{url} did not answer {expect} within {timeout:.0f} s (last: {last})")

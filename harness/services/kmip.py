@@ -128,17 +128,27 @@ class KmipServer(Service):
             raise HarnessError(f"{self.server_bin} not found: PyKMIP is missing from the "
                                "harness venv; run ./run setup (or pip install pykmip==0.11.0)")
 
+    @property
+    def server_conf(self) -> Path:
+        return self._p("server.conf")
+
     def prepare(self) -> None:
+        if "kmip" not in self.ctx.ports:  # keep the port on a re-prepare of the same env
+            self.ctx.ports["kmip"] = free_port(HOST)
+        self.write_files(HOST, self.ctx.ports["kmip"])
+
+    def write_files(self, host: str, port: int) -> None:
+        """Everything the server reads, for a server listening on host:port: the TLS
+        material, the policy directory and the config (the docker provider's server
+        container reads the same files through the mounted run directory)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         self._make_tls()
         self._p("policies").mkdir(exist_ok=True)
-        if "kmip" not in self.ctx.ports:  # keep the port on a re-prepare of the same env
-            self.ctx.ports["kmip"] = free_port(HOST)
         self.ctx.render(
-            "pykmip-server.conf.j2", self._p("server.conf"),
-            host=HOST,
-            port=self.ctx.ports["kmip"],
+            "pykmip-server.conf.j2", self.server_conf,
+            host=host,
+            port=port,
             certificate_path=self._p("server.crt"),
             key_path=self._p("server.key"),
             ca_path=self._p("ca.crt"),
@@ -181,7 +191,7 @@ class KmipServer(Service):
         # /var/log/pykmip. (`python -m kmip.services.server.server` works too but warns
         # about the module being imported twice.)
         return [self.server_bin,
-                "-f", str(self._p("server.conf")),
+                "-f", str(self.server_conf),
                 "-l", str(self.ctx.logs_dir / "kmip-server.log")]
 
     def start(self) -> None:

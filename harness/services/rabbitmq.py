@@ -58,7 +58,10 @@ class RabbitMQ(Service):
         safe = re.sub(r"[^A-Za-z0-9_-]", "-", self.ctx.run_id)[:200]
         return f"rabbit-{safe}@localhost"
 
-    def _env(self) -> dict[str, str]:
+    def env(self) -> dict[str, str]:
+        """The broker's environment (and epmd's): every file, port and name it uses. The
+        docker provider's broker container takes the same, less what its own network
+        makes unnecessary."""
         d = self.dir
         ports = self.ctx.ports
         env = {k: v for k, v in os.environ.items()
@@ -121,7 +124,7 @@ class RabbitMQ(Service):
 
     def start(self) -> None:
         epmd_port = self.ctx.ports["rabbitmq_epmd"]
-        env = self._env()
+        env = self.env()
         # Foreground (no -daemon): it stays our child, in its own process group.
         self.spawn([self.epmd, "-port", str(epmd_port), "-address", "127.0.0.1"],
                    env=env, ports=[epmd_port], name="rabbitmq-epmd")
