@@ -13,7 +13,7 @@ then GET its payload through the other API node and compare the sha256; requests
 alternate over the nodes; no think time; one TCP connection per request (the harness's
 uWSGI keeps a thread on an idle keep-alive connection, see load/locustfile.py).
 
-  locust  harness.load.run_load with only the StoreGet user class (Locust subprocess,
+  locust  harness.load_driver.run_load with only the StoreGet user class (Locust subprocess,
           FastHttpUser, gevent);
   plain   N threads in this process (http.client, the standard library's client),
           sharing one Keystone token as the Locust process shares one per role.
@@ -44,8 +44,8 @@ import psutil  # noqa: E402
 
 from harness.environment import Environment  # noqa: E402
 from harness.ledger import Ledger  # noqa: E402
-from harness.load.driver import run_load  # noqa: E402
-from harness.load.series import Series  # noqa: E402
+from harness.load_driver.driver import run_load  # noqa: E402
+from harness.load_driver.series import Series  # noqa: E402
 from harness.targets import open_target  # noqa: E402
 from harness.writes import Writes, clean_up_all, new_prefix  # noqa: E402
 

@@ -162,8 +162,8 @@ def run_campaign(profile: str, progress: Progress | None = None, provider: str =
 
 
 def _load(target, spec: dict, out_dir: Path, progress, permission=None) -> dict:
-    from harness.load import run_load
-    from harness.load.cli import build_thresholds
+    from harness.load_driver import run_load
+    from harness.load_driver.cli import build_thresholds
 
     with progress.step(f"load: {spec['users']} users for {spec['duration']} s on {target.name}"):
         res = run_load(target, users=spec["users"], spawn_rate=spec["spawn_rate"], duration=spec["duration"],
@@ -282,8 +282,8 @@ def campaign_plan(profile: str, target, permission):
             continue
         plan.lines += [f"incident {name}: {line}" for line in scenario_plan(target, scenario).lines]
     load = spec["load"]
-    from harness.load.cli import build_thresholds
-    from harness.load.driver import DEFAULT_WEIGHTS
+    from harness.load_driver.cli import build_thresholds
+    from harness.load_driver.driver import DEFAULT_WEIGHTS
 
     events = [Event.model_validate(e) if isinstance(e, dict) else e for e in load["timeline"]]
     plan.lines += [f"load: {line}" for line in load_plan(target, load["users"], load["duration"], DEFAULT_WEIGHTS,

@@ -660,7 +660,7 @@ def load(run_id: Optional[str] = typer.Option(None, "--run", callback=_run_id,
                                           "orders, store_get; default 2/4/3/1/0), repeatable"),
          barbican: Optional[str] = BARBICAN_OPT) -> None:
     """Locust load with a fault timeline; thresholds inside/outside fault windows; ledger; report."""
-    from harness.load.cli import load_command
+    from harness.load_driver.cli import load_command
 
     try:
         target = _target(None, cloud, targets, deployment) if (cloud or deployment) else None

@@ -71,7 +71,7 @@ def scenario_plan(target, scenario) -> Plan:
 
 
 def load_plan(target, users: int, duration: float, weights: dict[str, int], events, thresholds) -> Plan:
-    from harness.load.driver import _roles, usable_weights
+    from harness.load_driver.driver import _roles, usable_weights
 
     weights, notes = usable_weights(target, weights)
     plan = Plan(f"load on {target.name}")

@@ -3,7 +3,7 @@ refs across nodes. Imported only inside Locust processes (the locustfile's direc
 on sys.path there); tests and harness modules never import this file.
 
 The configuration comes from the JSON file named by $BARBICAN_LOAD_CONFIG (mode 0600,
-written by harness.load.driver): keystone url, node urls, credentials per role, ledger
+written by harness.load_driver.driver): keystone url, node urls, credentials per role, ledger
 and series directories, weights, seed, fixtures.
 """
 
@@ -53,7 +53,7 @@ class LoadConfig:
     def from_env(cls) -> "LoadConfig":
         path = os.environ.get(CONFIG_ENV)
         if not path:
-            raise SystemExit(f"${CONFIG_ENV} is not set: the locustfile is started by harness.load.driver "
+            raise SystemExit(f"${CONFIG_ENV} is not set: the locustfile is started by harness.load_driver.driver "
                              f"(barbican-harness load), which writes its configuration")
         with open(path) as f:
             return cls(json.load(f))
@@ -66,7 +66,7 @@ class LoadConfig:
 
 
 class Rotation:
-    """The nodes in rotation (harness.load.rotation): every node but those the file names;
+    """The nodes in rotation (harness.load_driver.rotation): every node but those the file names;
     the file is re-read when it changes (one stat per request)."""
 
     def __init__(self, path: str | None, nodes: list[Node]):

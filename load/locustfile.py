@@ -1,6 +1,6 @@
 """Locust users modelled on Barbican's real consumers.
 
-Run only by harness.load.driver (`barbican-harness load`), as its own process: Locust
+Run only by harness.load_driver.driver (`barbican-harness load`), as its own process: Locust
 monkey-patches the process with gevent, so it must never be imported by pytest or by
 harness modules. The configuration comes from $BARBICAN_LOAD_CONFIG (see loadsupport).
 
@@ -22,7 +22,7 @@ Locust process). A create is recorded as 'unknown' before it is sent and complet
 'ok' / 'failed' (HTTP answer) / 'unknown' (no answer): a process killed mid-request leaves
 the honest 'unknown'. Requests go round-robin over every API node in rotation (one rotation
 per Locust process, as behind a load balancer that takes a node out before it is stopped:
-harness.load.rotation; reads that check a write go to another node). Every request is counted per second in harness.load.series.
+harness.load_driver.rotation; reads that check a write go to another node). Every request is counted per second in harness.load_driver.series.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import gevent
 from loadsupport import LoadConfig, Node, TokenCache, on_node
 
 from harness.ledger import Ledger, sha256
-from harness.load.series import SeriesRecorder, error_class
+from harness.load_driver.series import SeriesRecorder, error_class
 
 CFG = LoadConfig.from_env()
 LEDGER = Ledger(CFG.ledger_dir)

@@ -46,7 +46,7 @@ def _locust_rng_payloads(seed: int, user_class: str, users: int, draws: int, siz
 @pytest.mark.xdist_group("load")
 def test_load_payloads_differ_under_one_seed_and_cannot_be_rebuilt_from_it(env_of):
     from harness.ledger import Ledger
-    from harness.load.driver import DEFAULT_WEIGHTS, run_load
+    from harness.load_driver.driver import DEFAULT_WEIGHTS, run_load
 
     env = env_of("pkcs11-softhsm")
     env.reload_state()

@@ -105,7 +105,7 @@ def test_hsm_latency_and_node_kill_windows_with_threshold_breach(env_of, tmp_pat
 @pytest.mark.integration
 @pytest.mark.xdist_group("load")
 def test_distributed_master_and_two_workers_reach_the_report(env_of):
-    from harness.load.driver import run_load
+    from harness.load_driver.driver import run_load
     from harness.report import build_report
 
     env = env_of("pkcs11-softhsm")
@@ -138,7 +138,7 @@ def test_distributed_master_and_two_workers_reach_the_report(env_of):
 # -- the pure parts: no service, no Locust ------------------------------------------------------
 def test_threshold_and_duration_syntax():
     from harness.errors import HarnessError
-    from harness.load.cli import build_thresholds, parse_duration
+    from harness.load_driver.cli import build_thresholds, parse_duration
 
     assert [parse_duration(t) for t in ("60", "60s", "2m", "1m30s", "1h")] == [60, 60, 120, 90, 3600]
     with pytest.raises(HarnessError, match="--duration 'soon'"):
@@ -154,7 +154,7 @@ def test_threshold_and_duration_syntax():
 
 
 def test_breach_names_threshold_and_measured_value_inside_and_outside():
-    from harness.load.thresholds import Threshold, evaluate
+    from harness.load_driver.thresholds import Threshold, evaluate
 
     stats = {"inside": {"secret.create": {"requests": 40, "failures": 10, "error_ratio": 0.25, "p95_ms": 900.0,
                                           "errors": {"ConnectionRefusedError": 10}},
@@ -173,7 +173,7 @@ def test_breach_names_threshold_and_measured_value_inside_and_outside():
 
 
 def test_series_merge_and_percentiles_match_locust(tmp_path):
-    from harness.load.series import (
+    from harness.load_driver.series import (
         AGGREGATED,
         Series,
         SeriesRecorder,
@@ -223,7 +223,7 @@ def test_scenario_timeline_checked_before_anything_starts(tmp_path):
 
 def test_weights_are_validated_before_anything_starts():
     from harness.errors import HarnessError
-    from harness.load.cli import parse_weights
+    from harness.load_driver.cli import parse_weights
 
     assert parse_weights(["luks=8", "orders=0"]) == {"luks": 8, "orders": 0}
     for bad in (["luks"], ["luks=-1"], ["nova=1"], ["octavia=0", "luks=0", "crud=0", "orders=0"]):

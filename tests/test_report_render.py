@@ -95,8 +95,8 @@ class Elements(HTMLParser):
 
 def test_report_renders_in_headless_chromium(env_of, tmp_path):
     exe = browser()
-    from harness.load.driver import run_load
-    from harness.load.thresholds import Threshold
+    from harness.load_driver.driver import run_load
+    from harness.load_driver.thresholds import Threshold
     from harness.report import build_report
 
     env = env_of("simple-crypto")

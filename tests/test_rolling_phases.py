@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from harness.errors import HarnessError
-from harness.load.series import SeriesRecorder
+from harness.load_driver.series import SeriesRecorder
 from harness.upgrade.rolling import PhaseLimit, RollingPlan, parse_phase_limit, phases
 
 

@@ -8,7 +8,7 @@
 
 Inputs: state.json (the environment), verdict.json (harness.report.verdicts) of a scenario,
 a campaign or a gate, and
-every load run under load/*/result.json (harness.load). The environment's secrets are
+every load run under load/*/result.json (harness.load_driver). The environment's secrets are
 registered with the redactor first and every file written goes through redact.mask.
 """
 

@@ -24,7 +24,7 @@ def upgrade_path(from_source: str | None, to_source: str | None, path: str | Non
 
 def rolling_plan(users: int, max_error_ratio: list[str], max_p95_ms: list[str], seed: int | None,
                  weight: list[str] = ()) -> RollingPlan:
-    from harness.load.cli import parse_weights
+    from harness.load_driver.cli import parse_weights
 
     limits = [parse_phase_limit(t, "error_ratio") for t in max_error_ratio]
     limits += [parse_phase_limit(t, "p95_ms") for t in max_p95_ms]

@@ -15,7 +15,7 @@ thresholds (--max-error-ratio / --max-p95-ms with a phase kind: from, db, node, 
 Zero-downtime: yes when every phase holds its thresholds, every step worked and the load's
 integrity ledger lost nothing.
 
-The steps run on the load driver's fault timeline (harness.load.run_load's timeline events)
+The steps run on the load driver's fault timeline (harness.load_driver.run_load's timeline events)
 as three steps shaped like faults, upgrade_db, upgrade_node and upgrade_done, in the fault
 catalog only while a rollout runs. Their heal does nothing: an upgrade is not undone, and a
 step's window closes when the next step starts.
@@ -32,7 +32,7 @@ from pathlib import Path
 from harness.errors import HarnessError
 from harness.faults import CATALOG
 from harness.faults.base import Fault, Params
-from harness.load import rotation
+from harness.load_driver import rotation
 from harness.target import Capability
 
 PHASE_KINDS = ("from", "db", "node", "to")
@@ -78,7 +78,7 @@ class RollingPlan:
     node_slot_s: float = 20.0
     settle_s: float = 30.0
     drain_s: float = 2.0  # out of rotation before the node stops: requests in flight finish
-    # The load's user mix (harness.load.driver.DEFAULT_WEIGHTS). The crud user is left out by
+    # The load's user mix (harness.load_driver.driver.DEFAULT_WEIGHTS). The crud user is left out by
     # default: its metadata PUTs deadlock in Barbican with no upgrade at all (DBDeadlock, HTTP 500;
     # tests/test_barbican_deadlocks.py), which would fail any zero-downtime verdict at random.
     # store_get writes and reads secrets instead; orders and consumers still write.
@@ -201,7 +201,7 @@ def rolling_upgrade(env, old, new, overrides: dict, plan: RollingPlan, out_dir: 
     """Replace every Barbican process of `env` from `old` to `new` under load, as `plan`
     says. Returns the rollout's record: phases with their figures and verdicts,
     zero_downtime, the load's summary, and what had to be finished after the load."""
-    from harness.load.driver import RESULT_FILE, run_load
+    from harness.load_driver.driver import RESULT_FILE, run_load
 
     provider = env.provider
     provider.prepare_build(new)
@@ -264,7 +264,7 @@ def _finish(env, new, overrides: dict) -> list[str]:
 def phases(load: dict, series_dir: Path, old, new, limits: list[PhaseLimit]) -> list[dict]:
     """The rollout's phases, back to back from the load's start to its end, with the figures
     of every request started in each and the verdict of each applicable limit."""
-    from harness.load.series import AGGREGATED, Series, overlaps
+    from harness.load_driver.series import AGGREGATED, Series, overlaps
 
     start, end = load.get("started_wall"), load.get("ended_wall")
     if not start or not end:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from harness.errors import HarnessError
-from harness.load.series import AGGREGATED
+from harness.load_driver.series import AGGREGATED
 
 PHASES = ("all", "inside", "outside")
 METRICS = {"error_ratio": "max error ratio", "p95_ms": "max p95 (ms)"}

@@ -30,12 +30,12 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.ledger import Ledger, LedgerChecker
-from harness.load.fixtures import make_fixtures
-from harness.load.hsm import HsmSampler
-from harness.load.locust_procs import LocustProcesses
-from harness.load.rotation import rotation_file
-from harness.load.series import AGGREGATED, Series, overlaps
-from harness.load.thresholds import Threshold, Verdict, evaluate
+from harness.load_driver.fixtures import make_fixtures
+from harness.load_driver.hsm import HsmSampler
+from harness.load_driver.locust_procs import LocustProcesses
+from harness.load_driver.rotation import rotation_file
+from harness.load_driver.series import AGGREGATED, Series, overlaps
+from harness.load_driver.thresholds import Threshold, Verdict, evaluate
 from harness.progress import Progress
 from harness.redact import mask
 from harness.target import Capability

@@ -1,5 +1,5 @@
 """`barbican-harness load`: the command body, plus a stand-alone entry point with the same
-options (`python -m harness.load.cli ...`).
+options (`python -m harness.load_driver.cli ...`).
 
     barbican-harness load (--run ID | --env PATH) [--scenario X.yaml] --users N
         --spawn-rate R --duration T [--workers K] [--max-error-ratio X ...]
@@ -18,7 +18,7 @@ from typing import Optional
 
 
 from harness.errors import HarnessError
-from harness.load.thresholds import Threshold, parse_error_ratio, parse_p95
+from harness.load_driver.thresholds import Threshold, parse_error_ratio, parse_p95
 from harness.redact import mask
 from harness.timeline import MAX_TIMELINE_S
 
@@ -45,7 +45,7 @@ def build_thresholds(max_error_ratio: list[str], max_p95_ms: list[str]) -> list[
 
 def parse_weights(items: list[str]) -> dict[str, int]:
     """`--weight luks=8 --weight orders=0`: the mix of user classes (load/locustfile.py)."""
-    from harness.load.driver import DEFAULT_WEIGHTS
+    from harness.load_driver.driver import DEFAULT_WEIGHTS
 
     weights = {}
     for item in items:
@@ -69,7 +69,7 @@ def load_command(run_id: Optional[str], env_path: Optional[Path], scenario: Opti
     from rich.console import Console
 
     from harness.environment import Environment
-    from harness.load.driver import run_load
+    from harness.load_driver.driver import run_load
     from harness.progress import RichProgress
     from harness.report import build_report
     from harness.timeline import read_fault_timeline
@@ -99,7 +99,7 @@ def load_command(run_id: Optional[str], env_path: Optional[Path], scenario: Opti
     if dry_run:
         if target is None:
             raise HarnessError("load: --dry-run plans a load on a target that is up (--run, --cloud, --deployment)")
-        from harness.load.driver import DEFAULT_WEIGHTS
+        from harness.load_driver.driver import DEFAULT_WEIGHTS
         from harness.plan import load_plan
 
         out.print(load_plan(target, users, seconds, {**DEFAULT_WEIGHTS, **weights}, events, thresholds).render(),
@@ -153,7 +153,7 @@ def print_result(result, report: Path, out) -> int:
 
 
 def main() -> None:
-    """`python -m harness.load.cli`: the same options as `barbican-harness load`."""
+    """`python -m harness.load_driver.cli`: the same options as `barbican-harness load`."""
     import sys
 
     import typer
