@@ -24,17 +24,17 @@ from harness.redact import mask
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
 
 
-def parse_duration(text: str | float | int) -> float:
+def parse_duration(text: str | float | int, option: str = "--duration") -> float:
     """60, '60', '60s', '2m', '1h30m', '1m30s' → seconds."""
     if isinstance(text, (int, float)):
         return float(text)
     m = _DURATION.match(str(text))
     if not m or not any(m.groups()) or not str(text).strip():
-        raise HarnessError(f"--duration '{text}': expected seconds or e.g. 90s, 2m, 1h30m")
+        raise HarnessError(f"{option} '{text}': expected seconds or e.g. 90s, 2m, 1h30m")
     h, mi, s = (float(g) if g else 0.0 for g in m.groups())
     value = h * 3600 + mi * 60 + s
     if value <= 0:
-        raise HarnessError(f"--duration '{text}': must be more than 0 s")
+        raise HarnessError(f"{option} '{text}': must be more than 0 s")
     return value
 
 

@@ -23,9 +23,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
+from harness.triage import discovery
+from harness.triage.dependencies import BUDGET_S, dependents, probe_dependencies, root_causes
+from harness.triage.logwindow import LogLine, as_log_line, current, local_naive
 from harness.triage.signatures import REINIT, match
 
 HTTP_TIMEOUT = 8  # seconds: a frozen node must not stall the diagnosis
+SHORT_TIMEOUT = 2  # per node request once a shared dependency is known to be down
+SINCE_S = 300.0  # one-off diagnosis: the log window
+HORIZON_S = 24 * 3600.0  # expiry audit: consumed secrets expiring within this count
 SLOW_PAIR_S = 1.0  # a canary store+get slower than this is "degraded"
 
 
@@ -46,6 +52,9 @@ class Verdict:
     affected_nodes: list[str] = field(default_factory=list)
     evidence: list[str] = field(default_factory=list)
     probes: dict = field(default_factory=dict)
+    root_cause: str = ""  # the dependency that explains the rest (database, keystone, hsm ...)
+    affected_services: list[str] = field(default_factory=list)  # other parts that need it
+    seconds: float = 0.0  # how long the diagnosis took, probes included
     time: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat())
 
     def to_dict(self) -> dict:
@@ -89,7 +98,8 @@ class Diagnoser:
     """Keeps log offsets between calls, so each diagnosis reads only what is new."""
 
     def __init__(self, target, known: Known | None = None, role: str | None = None,
-                 logs_dir: Path | None = None, fresh_projects: bool = True, canary_name: str = "triage-canary"):
+                 logs_dir: Path | None = None, fresh_projects: bool = True, canary_name: str = "triage-canary",
+                 since: float | None = None, horizon: float = HORIZON_S, budget: float = BUDGET_S):
         self.target = target
         # On a target the harness does not own, under the run's writes prefix: a canary
         # left by a killed run is then deleted by `heal` with the rest.
@@ -101,9 +111,14 @@ class Diagnoser:
         self._fresh_role: str | None = None
         self._offsets: dict[Path, int] = {}
         self._hung: set[str] = set()  # node URLs that timed out in the current probe round
+        # One-off (since=seconds): the log window; the scenarios' continuous use reads only
+        # what is new since the last diagnosis (or since mark_logs at an inject).
+        self.since = since
+        self.horizon = horizon
+        self.budget = budget
         # mark_logs may come from another thread (the scenario's timeline, at an inject).
         self._offsets_lock = threading.Lock()
-        if logs_dir:
+        if logs_dir and since is None:
             self.mark_logs()
 
     # -- logs -----------------------------------------------------------------------------
@@ -118,8 +133,11 @@ class Diagnoser:
             return []
         return sorted(p for p in self.logs_dir.glob("*-app.log") if p.is_file())
 
-    def _new_log_lines(self) -> list[tuple[str, str]]:
-        out = []
+    def _new_log_lines(self, probes_from: dict[Path, int] | None = None) -> list[LogLine]:
+        """Lines since the offsets (continuous use), or the window (one-off use: offsets
+        empty); with `probes_from` (file sizes when the probes began) a line before it is
+        marked as not written during the probes."""
+        out: list[LogLine] = []
         with self._offsets_lock:
             chunks = []
             for path in self._log_files():
@@ -128,11 +146,44 @@ class Diagnoser:
                     f.seek(start)
                     data = f.read()
                 self._offsets[path] = start + len(data)
-                chunks.append((path, data))
-        for path, data in chunks:
+                chunks.append((path, start, data))
+        for path, start, data in chunks:
             node = path.name.removesuffix("-app.log")
-            out += [(node, line) for line in data.decode(errors="replace").splitlines()]
-        return out
+            boundary = (probes_from or {}).get(path, 0) - start
+            pos = 0
+            for raw in data.split(b"\n"):
+                if raw:
+                    out.append(LogLine.parse(node, raw.decode(errors="replace"), during=pos >= boundary))
+                pos += len(raw) + 1
+        if self.since is None:
+            return out
+        return current(out, self._not_before(), self._pid_alive())
+
+    def _not_before(self) -> dt.datetime:
+        """The window's start: `since` ago, or the last heal the fault journal records if later."""
+        start = dt.datetime.now() - dt.timedelta(seconds=self.since or 0)
+        run_dir = getattr(self.target, "run_dir", None)
+        if run_dir is not None and (Path(run_dir) / "faults.jsonl").exists():
+            from harness.faults.journal import Journal
+
+            healed = [h["time"] for e in Journal(Path(run_dir)).entries().values()
+                      for h in e.get("history", []) if h.get("state") == "healed"]
+            if healed:
+                start = max(start, local_naive(dt.datetime.fromisoformat(max(healed))))
+        return start
+
+    def _pid_alive(self):
+        """Local processes only: a line from a process that no longer runs was written
+        before its node restarted or reloaded (a container's PIDs are not ours to check)."""
+        state = getattr(self.target, "state", None)
+        if not isinstance(state, dict) or state.get("provider", "local") != "local" or self.logs_dir is None:
+            return None
+        import psutil
+
+        return psutil.pid_exists
+
+    def _log_sizes(self) -> dict[Path, int]:
+        return {path: path.stat().st_size for path in self._log_files()}
 
     # -- probes ---------------------------------------------------------------------------
     def _req(self, role: str, method: str, url: str, **kw):
@@ -284,16 +335,40 @@ class Diagnoser:
 
     # -- the verdict ----------------------------------------------------------------------
     def diagnose(self, orders: bool = False) -> Verdict:
+        started = time.monotonic()
         self._hung = set()
         nodes = list(self.target.nodes)
+        probes_from = self._log_sizes() if self.since is not None else None
+        # The shared dependencies first, all at once and each within the budget: when one
+        # of them hangs, every request to a node would only wait on it.
+        deps = probe_dependencies(self.target, self.role, self.budget)
+        probes: dict = {"dependencies": deps, "nodes": {}, "backends": list(getattr(self.target, "backends", []))}
+        shared_down = [name for name in ("database", "keystone") if deps.get(name, {}).get("status", "ok") != "ok"]
+        if shared_down:
+            probes["token"] = deps.get("keystone", {}).get("status", "ok")
+            # The cause is known: the nodes are asked only whether they answer at all (any
+            # authenticated request would wait on the same dependency).
+            with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+                for node, reachable in zip(nodes, pool.map(self._reachable, nodes)):
+                    probes["nodes"][node.name] = {"reachable": reachable}
+        else:
+            self._probe_nodes(nodes, probes, orders)
+        lines = self._new_log_lines(probes_from)
+        verdict = classify(probes, lines)
+        verdict.seconds = round(time.monotonic() - started, 3)
+        return verdict
+
+    def _probe_nodes(self, nodes: list, probes: dict, orders: bool) -> None:
         token_status, new_session = self._token()
-        probes: dict = {"token": token_status, "nodes": {}}
+        probes["token"] = token_status
         if self.fresh_projects and self._fresh_role is None:
             try:
                 self._fresh_role = self.target.fresh_project()
             except Exception:  # noqa: BLE001 - Keystone may be the thing that is down
                 self._fresh_role = None
-        probes["backends"] = list(getattr(self.target, "backends", []))
+        # Discovery runs beside the node probes: what the cloud says is consumed and expiring.
+        audit_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triage-discovery")
+        audit = audit_pool.submit(discovery.consumed_expiring, self.target, self._readers(), self.horizon)
 
         def probe(node) -> dict:
             p: dict = {"reachable": self._reachable(node)}
@@ -315,9 +390,22 @@ class Diagnoser:
                 probes["nodes"][node.name] = p
         if orders and nodes and probes["nodes"][nodes[0].name]["reachable"] == "yes":
             probes["order"] = self._order(nodes[0])
+        found, problems = audit.result()
+        audit_pool.shutdown(wait=False)
+        known = {s["ref"].rstrip("/").rsplit("/", 1)[1] for s in self.known.consumed_secrets}
+        probes["expiry_audit"] = {
+            "horizon_s": self.horizon, "problems": problems,
+            "expired": [f for f in found if f["expired"]],
+            "expiring": [f for f in found if not f["expired"]],
+            "unseeded": sorted(f["id"] for f in found if f["id"] not in known),
+        }
         probes["missing"] = self._why_missing(probes)
-        lines = self._new_log_lines()
-        return classify(probes, lines)
+
+    def _readers(self) -> list[str]:
+        """The roles whose projects the API discovery lists (the writer's, and the
+        seeded other project's when the target has one)."""
+        roles = [self.role] + [r for r in ("other-" + self.role,) if r in getattr(self.target, "credentials", {})]
+        return list(dict.fromkeys(roles))
 
     def _why_missing(self, probes: dict) -> dict[str, str]:
         """For secrets that answer 404: expired (row still there) or deleted? An operator
@@ -359,18 +447,51 @@ def _ok(canary: dict | None) -> bool:
     return bool(canary) and canary.get("store") == "201" and canary.get("match") is True
 
 
-def classify(probes: dict, log_lines: list[tuple[str, str]]) -> Verdict:
-    """Probes + new log lines → category, incident type, blast radius, nodes, evidence."""
+def _dependency_line(name: str, r: dict) -> str:
+    what = "no answer" if r["status"] == "timeout" else "failed"
+    return f"probe {name}: {what} after {r['seconds']} s ({r['detail'][:160]})"
+
+
+def classify(probes: dict, log_lines: list) -> Verdict:
+    """Probes + log lines → category, incident type, blast radius, nodes, evidence. Pure:
+    decides from what it is given. `log_lines`: LogLine, or (node, line) pairs."""
     nodes = probes["nodes"]
     evidence: list[str] = []
-    by_category: dict[str, list[tuple[str, str]]] = {}
-    reinit: list[tuple[str, str]] = []
-    for node, line in log_lines:
-        sig = match(line)
+    lines = [as_log_line(item) for item in log_lines]
+
+    # 0. Shared dependencies, asked directly: the root cause names the dependency, and the
+    # parts that need it are listed as affected (a frozen database also stops Keystone).
+    deps = probes.get("dependencies", {})
+    roots, symptoms = root_causes(deps)
+    for name in ("database", "keystone"):
+        if name not in roots:
+            continue
+        evidence.append(_dependency_line(name, deps[name]))
+        for other in symptoms:
+            evidence.append(_dependency_line(other, deps[other]) + f" (needs the {name})")
+        for n, p in nodes.items():
+            if p.get("reachable", "yes") != "yes":
+                evidence.append(f"probe {n}: {p['reachable']} on GET /")
+        category = "backend_outage" if name == "database" else "auth_outage"
+        affected = sorted(set(dependents(name)) - {"barbican"} | set(symptoms))
+        return Verdict(category, "outage", "new_operations_only", sorted(nodes), evidence, probes,
+                       root_cause=name, affected_services=affected)
+
+    # Which nodes the probes find failing: a line written before the probes began (a
+    # one-off diagnosis reads a window) is evidence only for a node that fails now.
+    failing = {n for n, p in nodes.items()
+               if p.get("reachable") != "yes" or not _ok(p.get("canary")) or p.get("sentinels", {}).get("failed")}
+    lines = [ln for ln in lines if ln.during or ln.node in failing]
+    by_category: dict[str, list[LogLine]] = {}
+    reinit: list[LogLine] = []
+    for line in lines:
+        sig = match(line.text)
         if sig:
-            by_category.setdefault(sig.category, []).append((node, line.strip()[-240:]))
-        if REINIT.search(line):  # the HSM failed and Barbican re-initialised (maybe recovered)
-            reinit.append((node, line.strip()[-240:]))
+            by_category.setdefault(sig.category, []).append(line)
+        # The HSM failed and Barbican re-initialised (maybe recovered): only a current one
+        # says "degraded"; one from before the probes, with the probes fine, is over.
+        if REINIT.search(line.text) and line.during:
+            reinit.append(line)
 
     def missing_verdict(affected: list[str]) -> Verdict:
         why = probes.get("missing", {})
@@ -380,10 +501,11 @@ def classify(probes: dict, log_lines: list[tuple[str, str]]) -> Verdict:
             return verdict("expiration", "existing_secrets_at_risk", affected)
         return verdict("consumed_secret_missing", "existing_secrets_at_risk", affected)
 
-    def verdict(category: str, radius: str, affected: list[str]) -> Verdict:
-        for node, line in by_category.get(category, [])[:3]:
-            evidence.append(f"log {node}: {line}")
-        return Verdict(category, INCIDENT.get(category, "outage"), radius, sorted(affected), evidence, probes)
+    def verdict(category: str, radius: str, affected: list[str], root_cause: str = "") -> Verdict:
+        for line in by_category.get(category, [])[:3]:
+            evidence.append(line.evidence())
+        return Verdict(category, INCIDENT.get(category, "outage"), radius, sorted(affected), evidence, probes,
+                       root_cause=root_cause)
 
     # 1. Nodes that do not answer at all.
     down = [n for n, p in nodes.items() if p["reachable"] != "yes"]
@@ -421,6 +543,12 @@ def classify(probes: dict, log_lines: list[tuple[str, str]]) -> Verdict:
                 return verdict(category, "existing_secrets_at_risk", broken)
         if by_category.get("hsm_unreachable"):
             return verdict("hsm_unreachable", "new_operations_only", broken)
+        hsm = deps.get("hsm")
+        if hsm and hsm["status"] != "ok":  # the token asked directly, not through Barbican
+            evidence.append(_dependency_line("hsm", hsm))
+            if "HsmKeyMissing" in hsm["detail"]:
+                return verdict("kek_mismatch_or_key_loss", "existing_secrets_at_risk", broken, root_cause="hsm")
+            return verdict("hsm_unreachable", "new_operations_only", broken, root_cause="hsm")
         if by_category.get("backend_access_denied"):
             return verdict("backend_access_denied", "new_operations_only", broken)
         if by_category.get("backend_outage"):
@@ -451,6 +579,14 @@ def classify(probes: dict, log_lines: list[tuple[str, str]]) -> Verdict:
     if expired:
         evidence.append(f"probe expiry audit: consumed secret answers 404: {next(iter(expired.values()))[0]['ref']}")
         return missing_verdict(sorted(expired))
+    audit = probes.get("expiry_audit") or {}
+    if audit.get("expired"):
+        # Found by discovery (any consumer, seeded or not): expired in the shared database,
+        # so every node answers 404 for it.
+        first = audit["expired"][0]
+        evidence.append(f"probe expiry audit: consumed secret {first['id']} expired at {first['expiration']} "
+                        f"(found in the {first['source']}; {len(audit['expired'])} expired in all)")
+        return verdict("expiration", "existing_secrets_at_risk", up)
 
     # 4. Orders, then slowness.
     order = probes.get("order")
@@ -467,12 +603,15 @@ def classify(probes: dict, log_lines: list[tuple[str, str]]) -> Verdict:
     if slow or reinit:
         for n in slow:
             evidence.append(f"probe {n}: canary store+get took {nodes[n]['canary']['seconds']} s")
-        for node, line in reinit[:3]:
-            evidence.append(f"log {node}: {line}")
+        for line in reinit[:3]:
+            evidence.append(line.evidence())
         # Slow crypto with an HSM behind it, or an HSM that re-initialised and recovered.
         hsm = "pkcs11" in probes.get("backends", []) or reinit
         return verdict("hsm_degraded" if hsm else "backend_degraded", "none",
-                       sorted(set(slow) | {n for n, _ in reinit}))
+                       sorted(set(slow) | {line.node for line in reinit}))
+    for item in audit.get("expiring", [])[:3]:  # not an incident yet: a warning with the verdict
+        evidence.append(f"probe expiry audit: consumed secret {item['id']} expires at {item['expiration']} "
+                        f"(within {audit.get('horizon_s', 0) / 3600:g} h; found in the {item['source']})")
     return verdict("healthy", "none", [])
 
 
