@@ -111,6 +111,7 @@ class Diagnoser:
         self._fresh_role: str | None = None
         self._offsets: dict[Path, int] = {}
         self._hung: set[str] = set()  # node URLs that timed out in the current probe round
+        self._tls_refs: list[str] = list(self.known.tls_containers)
         # One-off (since=seconds): the log window; the scenarios' continuous use reads only
         # what is new since the last diagnosis (or since mark_logs at an inject).
         self.since = since
@@ -196,6 +197,11 @@ class Diagnoser:
         except Exception as exc:  # noqa: BLE001 - connection refused, timeouts: the probe result
             # A node that let one request time out (accepting connections, answering
             # nothing: a hung node) would make every later probe wait out its own timeout.
+            keystone = getattr(self.target, "keystone_url", None)
+            if keystone and keystone.rstrip("/") in str(exc):
+                # keystoneauth fetching a token timed out, not the node: say so.
+                return KeystoneUnanswered(f"the token request to Keystone failed before {node} was asked: "
+                                          f"{type(exc).__name__}: {str(exc)[:160]}")
             if "Timeout" in type(exc).__name__:
                 self._hung.add(node)
             return exc
@@ -284,7 +290,7 @@ class Diagnoser:
 
     def _tls(self, node) -> list[dict]:
         failed = []
-        for cref in self.known.tls_containers:
+        for cref in self._tls_refs:
             url = node.url + "/v1/" + cref.split("/v1/", 1)[1]
             r = self._req("service", "GET", url)
             if isinstance(r, Exception) or r.status_code != 200:
@@ -339,10 +345,18 @@ class Diagnoser:
         self._hung = set()
         nodes = list(self.target.nodes)
         probes_from = self._log_sizes() if self.since is not None else None
-        # The shared dependencies first, all at once and each within the budget: when one
-        # of them hangs, every request to a node would only wait on it.
-        deps = probe_dependencies(self.target, self.role, self.budget)
-        probes: dict = {"dependencies": deps, "nodes": {}, "backends": list(getattr(self.target, "backends", []))}
+        probes: dict = {"nodes": {}, "backends": list(getattr(self.target, "backends", []))}
+        if self.since is None:
+            # Scenarios probe every few seconds and time their verdicts: the dependencies
+            # are asked beside the nodes, adding nothing to a round.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="triage-deps") as pool:
+                deps_done = pool.submit(probe_dependencies, self.target, self.role, self.budget)
+                self._probe_nodes(nodes, probes, orders)
+                probes["dependencies"] = deps_done.result()
+            return self._verdict(probes, started, probes_from)
+        # One-off: the shared dependencies first, all at once and each within the budget:
+        # when one of them hangs, every request to a node would only wait on it.
+        deps = probes["dependencies"] = probe_dependencies(self.target, self.role, self.budget)
         shared_down = [name for name in ("database", "keystone") if deps.get(name, {}).get("status", "ok") != "ok"]
         if shared_down:
             probes["token"] = deps.get("keystone", {}).get("status", "ok")
@@ -353,8 +367,10 @@ class Diagnoser:
                     probes["nodes"][node.name] = {"reachable": reachable}
         else:
             self._probe_nodes(nodes, probes, orders)
-        lines = self._new_log_lines(probes_from)
-        verdict = classify(probes, lines)
+        return self._verdict(probes, started, probes_from)
+
+    def _verdict(self, probes: dict, started: float, probes_from: dict[Path, int] | None) -> Verdict:
+        verdict = classify(probes, self._new_log_lines(probes_from))
         verdict.seconds = round(time.monotonic() - started, 3)
         return verdict
 
@@ -366,6 +382,15 @@ class Diagnoser:
                 self._fresh_role = self.target.fresh_project()
             except Exception:  # noqa: BLE001 - Keystone may be the thing that is down
                 self._fresh_role = None
+        if self.since is not None:
+            # One-off: the consumed containers the service user reads are found, not only
+            # remembered (scenarios probe what they seeded, on a bounded clock).
+            try:
+                found = discovery.service_containers(self.target, self._readers())
+            except Exception:  # noqa: BLE001 - best effort: the probes say what is down
+                found = []
+            self._tls_refs = list(dict.fromkeys([*self.known.tls_containers, *found]))
+            probes["discovered_tls_containers"] = len(found)
         # Discovery runs beside the node probes: what the cloud says is consumed and expiring.
         audit_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triage-discovery")
         audit = audit_pool.submit(discovery.consumed_expiring, self.target, self._readers(), self.horizon)
@@ -428,6 +453,10 @@ class Diagnoser:
         except Exception:  # noqa: BLE001 - the database may be what is down
             return {}
         return out
+
+
+class KeystoneUnanswered(Exception):
+    """A probe request not sent: its session could not get a token from Keystone."""
 
 
 class NodeHung(Exception):

@@ -83,3 +83,30 @@ def consumed_expiring(target, roles: list[str], horizon_s: float) -> tuple[list[
         except Exception as exc:  # noqa: BLE001 - discovery is best effort; the probes say what is down
             problems.append(f"{name}: {type(exc).__name__}: {str(exc)[:120]}")
     return sorted(found.values(), key=lambda i: i["expiration"] or ""), problems
+
+
+def service_containers(target, roles: list[str], service_role: str = "service", timeout: float = 5.0,
+                       limit: int = 20) -> list[str]:
+    """Consumed containers whose ACL grants read to the service user (what a load balancer
+    reads its TLS certificate through), as the roles can list them."""
+    creds = getattr(target, "credentials", {})
+    if service_role not in creds or not target.nodes:
+        return []
+    service_user = target.session(service_role).get_user_id()
+    url = target.nodes[0].url
+    found: list[str] = []
+    for role in roles:
+        sess = target.session(role)
+        r = sess.get(url + "/v1/containers", params={"limit": LIMIT}, raise_exc=False, timeout=timeout)
+        if r.status_code != 200:
+            continue
+        for c in r.json().get("containers", []):
+            ref = c["container_ref"]
+            if not c.get("consumers") or ref in found:
+                continue
+            acl = sess.get(ref + "/acl", raise_exc=False, timeout=timeout)
+            if acl.status_code == 200 and service_user in (acl.json().get("read") or {}).get("users", []):
+                found.append(ref)
+            if len(found) >= limit:
+                return found
+    return found
