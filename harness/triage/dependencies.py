@@ -58,7 +58,7 @@ def _tcp(host: str, port: int, budget: float) -> str:
         return f"{host}:{port} accepts connections"
 
 
-def _probes(target, role: str, budget: float) -> dict[str, Callable[[], str]]:
+def _probes(target, role: str, budget: float, light: bool) -> dict[str, Callable[[], str]]:
     caps = getattr(target, "capabilities", frozenset())
     probes: dict[str, Callable[[], str]] = {}
 
@@ -68,7 +68,8 @@ def _probes(target, role: str, budget: float) -> dict[str, Callable[[], str]]:
         # A session of its own with an explicit timeout: a brand-new token, as a new client gets.
         session_for(target.keystone_url, target.credentials[role], timeout=budget).get_token()
         return "token issued"
-    probes["keystone"] = keystone
+    if not light:
+        probes["keystone"] = keystone
 
     if Capability.DATABASE in caps:
         def database() -> str:
@@ -81,7 +82,7 @@ def _probes(target, role: str, budget: float) -> dict[str, Callable[[], str]]:
             return "SELECT 1 answered"
         probes["database"] = database
 
-    if Capability.HSM_TOKEN in caps and hasattr(target.facet(Capability.HSM_TOKEN), "probe"):
+    if not light and Capability.HSM_TOKEN in caps and hasattr(target.facet(Capability.HSM_TOKEN), "probe"):
         probes["hsm"] = lambda: target.facet(Capability.HSM_TOKEN).probe(timeout=budget)
 
     if Capability.VAULT in caps:
@@ -98,12 +99,16 @@ def _probes(target, role: str, budget: float) -> dict[str, Callable[[], str]]:
     return probes
 
 
-def probe_dependencies(target, role: str, budget: float = BUDGET_S) -> dict[str, dict]:
+def probe_dependencies(target, role: str, budget: float = BUDGET_S, light: bool = False) -> dict[str, dict]:
     """Every dependency the target lets us reach, in parallel; each result
     {status: ok|timeout|error, detail, seconds}. Returns within about `budget` seconds:
     a probe still running then counts as a timeout (each has its own timeout, so its
-    thread ends soon after)."""
-    probes = _probes(target, role, budget)
+    thread ends soon after).
+
+    `light`: without the two that cost the services CPU (a Keystone password login, a
+    process opening the HSM), for a diagnosis repeated every few seconds beside its own
+    token issue: on a loaded machine they slowed the very probes they ran beside."""
+    probes = _probes(target, role, budget, light)
     results: dict[str, dict] = {}
     pool = ThreadPoolExecutor(max_workers=max(1, len(probes)), thread_name_prefix="triage-dep")
     futures = {pool.submit(_timed, fn): name for name, fn in probes.items()}

@@ -268,15 +268,19 @@ class Diagnoser:
 
     def _token(self):
         """A brand-new token, on a session of its own: the probes' sessions keep their
-        tokens, as long-running clients (Nova, Octavia) keep theirs. Returns (status, session)."""
+        tokens, as long-running clients (Nova, Octavia) keep theirs. Returns (status,
+        session, the Keystone dependency result)."""
+        start = time.monotonic()
         try:
             from harness.identity import session_for
 
             new = session_for(self.target.keystone_url, self.target.credentials[self.role], timeout=HTTP_TIMEOUT)
             new.get_token()
-            return "ok", new
+            return "ok", new, {"status": "ok", "detail": "token issued", "seconds": round(time.monotonic() - start, 3)}
         except Exception as exc:  # noqa: BLE001
-            return type(exc).__name__, None
+            status = "timeout" if "imeout" in type(exc).__name__ else "error"
+            return type(exc).__name__, None, {"status": status, "detail": f"{type(exc).__name__}: {str(exc)[:160]}",
+                                              "seconds": round(time.monotonic() - start, 3)}
 
     def _new_token_request(self, node, sess) -> tuple[str, float]:
         """A request with a token this node has never validated (a new client)."""
@@ -350,9 +354,9 @@ class Diagnoser:
             # Scenarios probe every few seconds and time their verdicts: the dependencies
             # are asked beside the nodes, adding nothing to a round.
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="triage-deps") as pool:
-                deps_done = pool.submit(probe_dependencies, self.target, self.role, self.budget)
+                deps_done = pool.submit(probe_dependencies, self.target, self.role, self.budget, light=True)
                 self._probe_nodes(nodes, probes, orders)
-                probes["dependencies"] = deps_done.result()
+                probes["dependencies"] = {**deps_done.result(), "keystone": probes.pop("keystone_probe")}
             return self._verdict(probes, started, probes_from)
         # One-off: the shared dependencies first, all at once and each within the budget:
         # when one of them hangs, every request to a node would only wait on it.
@@ -367,6 +371,7 @@ class Diagnoser:
                     probes["nodes"][node.name] = {"reachable": reachable}
         else:
             self._probe_nodes(nodes, probes, orders)
+            probes.pop("keystone_probe")  # asked already, with the other dependencies
         return self._verdict(probes, started, probes_from)
 
     def _verdict(self, probes: dict, started: float, probes_from: dict[Path, int] | None) -> Verdict:
@@ -375,7 +380,7 @@ class Diagnoser:
         return verdict
 
     def _probe_nodes(self, nodes: list, probes: dict, orders: bool) -> None:
-        token_status, new_session = self._token()
+        token_status, new_session, probes["keystone_probe"] = self._token()
         probes["token"] = token_status
         if self.fresh_projects and self._fresh_role is None:
             try:

@@ -1,7 +1,7 @@
 """Consumed secrets and their expirations, found from the cloud itself: the seed manifest is
 only a hint, since on a real cloud every consumer (a volume, a load balancer) is someone else's.
 
-- the database (harness environments, Capability.DATABASE): every secret with a consumer
+- the database (harness environments, Capability.DATABASE; then the only source): every secret with a consumer
   registered on it or on a container holding it, already expired or expiring within the
   horizon (the API no longer lists an expired secret: only the database still knows it);
 - the API, as each role we hold: secrets expiring within the horizon
@@ -72,11 +72,15 @@ def from_api(target, roles: list[str], horizon_s: float, timeout: float = 5.0) -
 
 
 def consumed_expiring(target, roles: list[str], horizon_s: float) -> tuple[list[dict], list[str]]:
-    """Both sources merged by secret id; also what could not be asked (one line each)."""
+    """From the database where the target has one (it sees every project, and expired
+    secrets too), else from the API; also what could not be asked (one line each)."""
     found: dict[str, dict] = {}
     problems: list[str] = []
-    for name, fn in (("database", lambda: from_database(target, horizon_s)),
-                     ("api", lambda: from_api(target, roles, horizon_s))):
+    if Capability.DATABASE in getattr(target, "capabilities", frozenset()):
+        sources = (("database", lambda: from_database(target, horizon_s)),)
+    else:
+        sources = (("api", lambda: from_api(target, roles, horizon_s)),)
+    for name, fn in sources:
         try:
             for item in fn():
                 found.setdefault(item["id"], item)
