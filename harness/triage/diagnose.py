@@ -1,6 +1,8 @@
 """The diagnosis: probes an operator could run, then a verdict.
 
-Probes, per node: reachability (with a short timeout), a canary store+get in an existing
+First the shared dependencies (dependencies.py: database, Keystone, HSM ...), in parallel
+within a budget; when the database or Keystone does not answer, that is the verdict and the
+nodes are only asked whether they answer. Otherwise probes, per node: reachability (with a short timeout), a canary store+get in an existing
 project (which has a project KEK), a canary in a fresh project (environments only: a
 project Barbican has never seen), reads of pre-existing sentinel secrets; then the
 service user reading consumed TLS containers, an expiry audit of consumed secrets, a
