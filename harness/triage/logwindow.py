@@ -35,9 +35,9 @@ class LogLine:
         return cls(node, text, at, int(m.group(2)), during)
 
     def evidence(self) -> str:
-        """'log NODE [HH:MM:SS]: ...the end of the line': the time survives the cut."""
-        when = f" [{self.at.isoformat(sep=' ', timespec='seconds')}]" if self.at else ""
-        return f"log {self.node}{when}: {self.text.strip()[-200:]}"
+        """'log NODE: [time] ...the end of the line': the time survives the cut."""
+        when = f"[{self.at.isoformat(sep=' ', timespec='seconds')}] " if self.at else ""
+        return f"log {self.node}: {when}{self.text.strip()[-200:]}"
 
 
 def as_log_line(item) -> LogLine:
