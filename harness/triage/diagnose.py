@@ -2,8 +2,8 @@
 
 First the shared dependencies (dependencies.py: database, Keystone, HSM ...), in parallel
 within a budget; when the database or Keystone does not answer, that is the verdict and the
-nodes are only asked whether they answer. Otherwise probes, per node: reachability (with a short timeout), a canary store+get in an existing
-project (which has a project KEK), a canary in a fresh project (environments only: a
+nodes are only asked whether they answer. Otherwise probes, per node: reachability (with a
+short timeout), a canary store+get in an existing project (which has a project KEK), a canary in a fresh project (environments only: a
 project Barbican has never seen), reads of pre-existing sentinel secrets; then the
 service user reading consumed TLS containers, an expiry audit of consumed secrets, a
 Keystone token issue, an order probe, and the new lines of every service log.
@@ -31,8 +31,6 @@ from harness.triage.logwindow import LogLine, as_log_line, current, local_naive
 from harness.triage.signatures import REINIT, match
 
 HTTP_TIMEOUT = 8  # seconds: a frozen node must not stall the diagnosis
-SHORT_TIMEOUT = 2  # per node request once a shared dependency is known to be down
-SINCE_S = 300.0  # one-off diagnosis: the log window
 HORIZON_S = 24 * 3600.0  # expiry audit: consumed secrets expiring within this count
 SLOW_PAIR_S = 1.0  # a canary store+get slower than this is "degraded"
 
