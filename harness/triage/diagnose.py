@@ -3,10 +3,11 @@
 First the shared dependencies (dependencies.py: database, Keystone, HSM ...), in parallel
 within a budget; when the database or Keystone does not answer, that is the verdict and the
 nodes are only asked whether they answer. Otherwise probes, per node: reachability (with a
-short timeout), a canary store+get in an existing project (which has a project KEK), a canary in a fresh project (environments only: a
-project Barbican has never seen), reads of pre-existing sentinel secrets; then the
-service user reading consumed TLS containers, an expiry audit of consumed secrets, a
-Keystone token issue, an order probe, and the new lines of every service log.
+short timeout), a canary store+get in an existing project (which has a project KEK), a
+canary in a fresh project (environments only: a project Barbican has never seen), reads of
+pre-existing sentinel secrets; then the service user reading consumed TLS containers, an
+expiry audit of consumed secrets, a Keystone token issue, an order probe, and the service
+logs (new lines, or a one-off diagnosis's window: logwindow.py).
 
 Canaries are the only writes, made in the project given, and deleted afterwards.
 """
