@@ -565,12 +565,18 @@ def diagnose(run_id: Optional[str] = typer.Option(None, "--run", callback=_run_i
                                                   help="An environment of this harness"),
              cloud: Optional[str] = typer.Option(None, "--cloud", help="An existing cloud (clouds.yaml)"),
              targets: Optional[Path] = typer.Option(None, "--targets", help="Targets file for --cloud"),
+             since: str = typer.Option("5m", "--since", help="Log window: lines older than this "
+                                                           "(or than the last heal) are not evidence"),
+             horizon: str = typer.Option("24h", "--horizon", help="Expiry audit: consumed secrets "
+                                                                   "expiring within this count too"),
              json_out: bool = typer.Option(False, "--json")) -> None:
     """Is it an outage or a data-loss incident? Probes any live Barbican; writes only
     canary secrets (in the writer's project) and deletes them."""
+    from harness.load.cli import parse_duration
     from harness.triage.diagnose import Diagnoser, Known
 
     try:
+        since_s, horizon_s = parse_duration(since, "--since"), parse_duration(horizon, "--horizon")
         if cloud:
             from harness.targets import CloudTarget
 
@@ -582,9 +588,7 @@ def diagnose(run_id: Optional[str] = typer.Option(None, "--run", callback=_run_i
             target.require_up("diagnose")
             logs = target.run_dir / "logs"
             known = Known.load(target.run_dir / "known.json")
-        d = Diagnoser(target, known=known, logs_dir=logs)
-        if logs:
-            d._offsets = {}  # the whole log counts for a one-off diagnosis
+        d = Diagnoser(target, known=known, logs_dir=logs, since=since_s, horizon=horizon_s)
         # With a worker and a queue, an order is probed too (orders_stalled).
         topology = getattr(getattr(target, "ctx", None), "topology", None)
         verdict = d.diagnose(orders=bool(topology and topology.async_orders))
@@ -594,7 +598,10 @@ def diagnose(run_id: Optional[str] = typer.Option(None, "--run", callback=_run_i
         out.print_json(json.dumps({k: v for k, v in verdict.to_dict().items() if k != "probes"}))
         return
     out.print(f"[bold]{verdict.category}[/bold]: {verdict.incident}, blast radius {verdict.blast_radius}"
-              + (f", nodes {', '.join(verdict.affected_nodes)}" if verdict.affected_nodes else ""))
+              + (f", nodes {', '.join(verdict.affected_nodes)}" if verdict.affected_nodes else "")
+              + (f"; cause: {verdict.root_cause}" if verdict.root_cause else "")
+              + (f", also affected: {', '.join(verdict.affected_services)}" if verdict.affected_services else "")
+              + f" ({verdict.seconds} s)")
     for line in verdict.evidence:
         out.print(f"  - {line}", markup=False)
 

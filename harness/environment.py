@@ -337,6 +337,16 @@ class Environment:
     def async_orders(self) -> bool:
         return self.ctx.topology.async_orders
 
+    def dependency_endpoints(self) -> dict[str, tuple[str, int]]:
+        """Dependencies triage probes by a TCP connect (the queue, the KMIP server), on
+        their own ports: not through the fault proxy, which is Barbican's view of them."""
+        from harness.services.links import HOST, link_upstreams
+
+        wanted = {"queue": "queue", "kmip": "kmip"}
+        ports = self.state.get("ports") or self.ctx.ports
+        return {name: (HOST, int(ports[key])) for link, key in link_upstreams(self.ctx.topology).items()
+                if (name := wanted.get(link)) and key in ports}
+
     # -- clients --------------------------------------------------------------------------
     @property
     def writer_role(self) -> str:

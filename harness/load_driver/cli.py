@@ -25,17 +25,17 @@ from harness.timeline import MAX_TIMELINE_S
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
 
 
-def parse_duration(text: str | float | int) -> float:
+def parse_duration(text: str | float | int, option: str = "--duration") -> float:
     """60, '60', '60s', '2m', '1h30m', '1m30s' → seconds."""
     if isinstance(text, (int, float)):
         return float(text)
     m = _DURATION.match(str(text))
     if not m or not any(m.groups()) or not str(text).strip():
-        raise HarnessError(f"--duration '{text}': expected seconds or e.g. 90s, 2m, 1h30m")
+        raise HarnessError(f"{option} '{text}': expected seconds or e.g. 90s, 2m, 1h30m")
     h, mi, s = (float(g) if g else 0.0 for g in m.groups())
     value = h * 3600 + mi * 60 + s
     if not 0 < value <= MAX_TIMELINE_S:
-        raise HarnessError(f"--duration '{text}': more than 0 s and at most {MAX_TIMELINE_S:g} s (a day)")
+        raise HarnessError(f"{option} '{text}': more than 0 s and at most {MAX_TIMELINE_S:g} s (a day)")
     return value
 
 

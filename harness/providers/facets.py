@@ -118,6 +118,21 @@ with token.open(user_pin=os.environ["HARNESS_HSM_PIN"], rw=True) as s:
 """
 
 
+# The HSM as Barbican's plugin needs it, asked directly (not through the fault shim): the
+# token opens, the user PIN logs in, the MKEK and HMAC key are there. Prints one line.
+_PROBE_TOKEN = """
+import os, sys, pkcs11
+from pkcs11 import ObjectClass
+lib = pkcs11.lib(sys.argv[1])
+token = lib.get_token(token_label=sys.argv[2])
+with token.open(user_pin=os.environ["HARNESS_HSM_PIN"]) as s:
+    missing = [label for label in sys.argv[3:]
+               if not list(s.get_objects({pkcs11.Attribute.CLASS: ObjectClass.SECRET_KEY,
+                                          pkcs11.Attribute.LABEL: label}))]
+print("missing keys: " + ", ".join(missing) if missing else "token opens, keys present")
+"""
+
+
 class SoftHsmToken:
     """The environment's SoftHSM token: its files (snapshot and restore) and its keys."""
 
@@ -138,13 +153,38 @@ class SoftHsmToken:
         shutil.rmtree(tokens)
         shutil.copytree(src, tokens)
 
+    @property
+    def library(self) -> str:
+        # An attached environment's SoftHSM has not run check(), which sets .library.
+        return getattr(self.softhsm, "library", None) or self.softhsm.library_or_default()
+
+    def probe(self, timeout: float = 3.0) -> str:
+        """Raises when the token cannot be opened or logged into, or a key is missing
+        (HsmKeyMissing); returns what it saw."""
+        from harness.procs import run
+
+        done = run([sys.executable, "-c", _PROBE_TOKEN, self.library, self.token_label,
+                    self.mkek_label, self.hmac_label],
+                   env=self.ctx.environ(HARNESS_HSM_PIN=self.ctx.secrets.hsm_pin, **self.softhsm.env()),
+                   timeout=timeout, what="HSM probe", check=False)
+        if done.returncode != 0:
+            raise HarnessError("HSM probe: " + (done.stderr.strip().splitlines() or ["failed"])[-1][:200])
+        line = done.stdout.strip()
+        if line.startswith("missing keys"):
+            raise HsmKeyMissing(line)
+        return line
+
     def delete_key(self, label: str) -> None:
         from harness.procs import run_command
 
-        run_command([sys.executable, "-c", _DELETE_KEY, self.softhsm.library, self.token_label, label],
+        run_command([sys.executable, "-c", _DELETE_KEY, self.library, self.token_label, label],
                     env=self.ctx.environ(HARNESS_HSM_PIN=self.ctx.secrets.hsm_pin, **self.softhsm.env()),
                     log_path=self.ctx.logs_dir / "hsm-token.log", timeout=60,
                     what=f"delete key '{label}' from the token")
+
+
+class HsmKeyMissing(HarnessError):
+    """The HSM answers, but a key Barbican's plugin needs is not on the token."""
 
 
 class ProviderLinks:

@@ -1,10 +1,13 @@
 """The diagnosis: probes an operator could run, then a verdict.
 
-Probes, per node: reachability (with a short timeout), a canary store+get in an existing
-project (which has a project KEK), a canary in a fresh project (environments only: a
-project Barbican has never seen), reads of pre-existing sentinel secrets; then the
-service user reading consumed TLS containers, an expiry audit of consumed secrets, a
-Keystone token issue, an order probe, and the new lines of every service log.
+First the shared dependencies (dependencies.py: database, Keystone, HSM ...), in parallel
+within a budget; when the database or Keystone does not answer, that is the verdict and the
+nodes are only asked whether they answer. Otherwise probes, per node: reachability (with a
+short timeout), a canary store+get in an existing project (which has a project KEK), a
+canary in a fresh project (environments only: a project Barbican has never seen), reads of
+pre-existing sentinel secrets; then the service user reading consumed TLS containers, an
+expiry audit of consumed secrets, a Keystone token issue, an order probe, and the service
+logs (new lines, or a one-off diagnosis's window: logwindow.py).
 
 Canaries are the only writes, made in the project given, and deleted afterwards.
 """
@@ -23,9 +26,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
+from harness.target import Capability
+from harness.triage import discovery
+from harness.triage.dependencies import BUDGET_S, dependents, probe_dependencies, root_causes
+from harness.triage.logwindow import LogLine, as_log_line, current, local_naive
 from harness.triage.signatures import REINIT, match
 
 HTTP_TIMEOUT = 8  # seconds: a frozen node must not stall the diagnosis
+HORIZON_S = 24 * 3600.0  # expiry audit: consumed secrets expiring within this count
 SLOW_PAIR_S = 1.0  # a canary store+get slower than this is "degraded"
 
 
@@ -46,6 +54,9 @@ class Verdict:
     affected_nodes: list[str] = field(default_factory=list)
     evidence: list[str] = field(default_factory=list)
     probes: dict = field(default_factory=dict)
+    root_cause: str = ""  # the dependency that explains the rest (database, keystone, hsm ...)
+    affected_services: list[str] = field(default_factory=list)  # other parts that need it
+    seconds: float = 0.0  # how long the diagnosis took, probes included
     time: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat())
 
     def to_dict(self) -> dict:
@@ -89,7 +100,8 @@ class Diagnoser:
     """Keeps log offsets between calls, so each diagnosis reads only what is new."""
 
     def __init__(self, target, known: Known | None = None, role: str | None = None,
-                 logs_dir: Path | None = None, fresh_projects: bool = True, canary_name: str = "triage-canary"):
+                 logs_dir: Path | None = None, fresh_projects: bool = True, canary_name: str = "triage-canary",
+                 since: float | None = None, horizon: float = HORIZON_S, budget: float = BUDGET_S):
         self.target = target
         # On a target the harness does not own, under the run's writes prefix: a canary
         # left by a killed run is then deleted by `heal` with the rest.
@@ -97,15 +109,22 @@ class Diagnoser:
         self.known = known or Known()
         self.role = role or target.writer_role
         self.logs_dir = logs_dir
-        self.fresh_projects = fresh_projects and hasattr(target, "fresh_project")
+        # A new project per check needs Keystone's admin (Environment.fresh_project).
+        self.fresh_projects = fresh_projects and Capability.KEYSTONE_ADMIN in target.capabilities
         self._fresh_role: str | None = None
         self._offsets: dict[Path, int] = {}
         self._hung: set[str] = set()  # node URLs that timed out in the current probe round
-        # The new log lines the last diagnosis read (its behaviour signature keeps them).
+        # The log lines the last diagnosis read, as (node, line) (its behaviour signature keeps them).
         self.last_log_lines: list[tuple[str, str]] = []
+        self._tls_refs: list[str] = list(self.known.tls_containers)
+        # One-off (since=seconds): the log window; the scenarios' continuous use reads only
+        # what is new since the last diagnosis (or since mark_logs at an inject).
+        self.since = since
+        self.horizon = horizon
+        self.budget = budget
         # mark_logs may come from another thread (the scenario's timeline, at an inject).
         self._offsets_lock = threading.Lock()
-        if logs_dir:
+        if logs_dir and since is None:
             self.mark_logs()
 
     # -- logs -----------------------------------------------------------------------------
@@ -120,8 +139,11 @@ class Diagnoser:
             return []
         return sorted(p for p in self.logs_dir.glob("*-app.log") if p.is_file())
 
-    def _new_log_lines(self) -> list[tuple[str, str]]:
-        out = []
+    def _new_log_lines(self, probes_from: dict[Path, int] | None = None) -> list[LogLine]:
+        """Lines since the offsets (continuous use), or the window (one-off use: offsets
+        empty); with `probes_from` (file sizes when the probes began) a line before it is
+        marked as not written during the probes."""
+        out: list[LogLine] = []
         with self._offsets_lock:
             chunks = []
             for path in self._log_files():
@@ -130,11 +152,44 @@ class Diagnoser:
                     f.seek(start)
                     data = f.read()
                 self._offsets[path] = start + len(data)
-                chunks.append((path, data))
-        for path, data in chunks:
+                chunks.append((path, start, data))
+        for path, start, data in chunks:
             node = path.name.removesuffix("-app.log")
-            out += [(node, line) for line in data.decode(errors="replace").splitlines()]
-        return out
+            boundary = (probes_from or {}).get(path, 0) - start
+            pos = 0
+            for raw in data.split(b"\n"):
+                if raw:
+                    out.append(LogLine.parse(node, raw.decode(errors="replace"), during=pos >= boundary))
+                pos += len(raw) + 1
+        if self.since is None:
+            return out
+        return current(out, self._not_before(), self._pid_alive())
+
+    def _not_before(self) -> dt.datetime:
+        """The window's start: `since` ago, or the last heal the fault journal records if later."""
+        start = dt.datetime.now() - dt.timedelta(seconds=self.since or 0)
+        run_dir = getattr(self.target, "run_dir", None)
+        if run_dir is not None and (Path(run_dir) / "faults.jsonl").exists():
+            from harness.faults.journal import Journal
+
+            healed = [h["time"] for e in Journal(Path(run_dir)).entries().values()
+                      for h in e.get("history", []) if h.get("state") == "healed"]
+            if healed:
+                start = max(start, local_naive(dt.datetime.fromisoformat(max(healed))))
+        return start
+
+    def _pid_alive(self):
+        """Local processes only: a line from a process that no longer runs was written
+        before its node restarted or reloaded (a container's PIDs are not ours to check)."""
+        state = getattr(self.target, "state", None)
+        if not isinstance(state, dict) or state.get("provider", "local") != "local" or self.logs_dir is None:
+            return None
+        import psutil
+
+        return psutil.pid_exists
+
+    def _log_sizes(self) -> dict[Path, int]:
+        return {path: path.stat().st_size for path in self._log_files()}
 
     # -- probes ---------------------------------------------------------------------------
     def _req(self, role: str, method: str, url: str, **kw):
@@ -147,6 +202,11 @@ class Diagnoser:
         except Exception as exc:  # noqa: BLE001 - connection refused, timeouts: the probe result
             # A node that let one request time out (accepting connections, answering
             # nothing: a hung node) would make every later probe wait out its own timeout.
+            keystone = getattr(self.target, "keystone_url", None)
+            if keystone and keystone.rstrip("/") in str(exc):
+                # keystoneauth fetching a token timed out, not the node: say so.
+                return KeystoneUnanswered(f"the token request to Keystone failed before {node} was asked: "
+                                          f"{type(exc).__name__}: {str(exc)[:160]}")
             if "Timeout" in type(exc).__name__:
                 self._hung.add(node)
             return exc
@@ -216,15 +276,19 @@ class Diagnoser:
 
     def _token(self):
         """A brand-new token, on a session of its own: the probes' sessions keep their
-        tokens, as long-running clients (Nova, Octavia) keep theirs. Returns (status, session)."""
+        tokens, as long-running clients (Nova, Octavia) keep theirs. Returns (status,
+        session, the Keystone dependency result)."""
+        start = time.monotonic()
         try:
             from harness.identity import session_for
 
             new = session_for(self.target.keystone_url, self.target.credentials[self.role], timeout=HTTP_TIMEOUT)
             new.get_token()
-            return "ok", new
+            return "ok", new, {"status": "ok", "detail": "token issued", "seconds": round(time.monotonic() - start, 3)}
         except Exception as exc:  # noqa: BLE001
-            return type(exc).__name__, None
+            status = "timeout" if "imeout" in type(exc).__name__ else "error"
+            return type(exc).__name__, None, {"status": status, "detail": f"{type(exc).__name__}: {str(exc)[:160]}",
+                                              "seconds": round(time.monotonic() - start, 3)}
 
     def _new_token_request(self, node, sess) -> tuple[str, float]:
         """A request with a token this node has never validated (a new client)."""
@@ -238,7 +302,7 @@ class Diagnoser:
 
     def _tls(self, node) -> list[dict]:
         failed = []
-        for cref in self.known.tls_containers:
+        for cref in self._tls_refs:
             url = node.url + "/v1/" + cref.split("/v1/", 1)[1]
             r = self._req("service", "GET", url)
             if isinstance(r, Exception) or r.status_code != 200:
@@ -289,16 +353,62 @@ class Diagnoser:
 
     # -- the verdict ----------------------------------------------------------------------
     def diagnose(self, orders: bool = False) -> Verdict:
+        started = time.monotonic()
         self._hung = set()
         nodes = list(self.target.nodes)
-        token_status, new_session = self._token()
-        probes: dict = {"token": token_status, "nodes": {}}
+        probes_from = self._log_sizes() if self.since is not None else None
+        probes: dict = {"nodes": {}, "backends": list(getattr(self.target, "backends", []))}
+        if self.since is None:
+            # Scenarios probe every few seconds and time their verdicts: the dependencies
+            # are asked beside the nodes, adding nothing to a round.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="triage-deps") as pool:
+                deps_done = pool.submit(probe_dependencies, self.target, self.role, self.budget, light=True)
+                self._probe_nodes(nodes, probes, orders)
+                probes["dependencies"] = {**deps_done.result(), "keystone": probes.pop("keystone_probe")}
+            return self._verdict(probes, started, probes_from)
+        # One-off: the shared dependencies first, all at once and each within the budget:
+        # when one of them hangs, every request to a node would only wait on it.
+        deps = probes["dependencies"] = probe_dependencies(self.target, self.role, self.budget)
+        shared_down = [name for name in ("database", "keystone") if deps.get(name, {}).get("status", "ok") != "ok"]
+        if shared_down:
+            probes["token"] = deps.get("keystone", {}).get("status", "ok")
+            # The cause is known: the nodes are asked only whether they answer at all (any
+            # authenticated request would wait on the same dependency).
+            with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+                for node, reachable in zip(nodes, pool.map(self._reachable, nodes)):
+                    probes["nodes"][node.name] = {"reachable": reachable}
+        else:
+            self._probe_nodes(nodes, probes, orders)
+            probes.pop("keystone_probe")  # asked already, with the other dependencies
+        return self._verdict(probes, started, probes_from)
+
+    def _verdict(self, probes: dict, started: float, probes_from: dict[Path, int] | None) -> Verdict:
+        lines = self._new_log_lines(probes_from)
+        self.last_log_lines = [(line.node, line.text) for line in lines]
+        verdict = classify(probes, lines)
+        verdict.seconds = round(time.monotonic() - started, 3)
+        return verdict
+
+    def _probe_nodes(self, nodes: list, probes: dict, orders: bool) -> None:
+        token_status, new_session, probes["keystone_probe"] = self._token()
+        probes["token"] = token_status
         if self.fresh_projects and self._fresh_role is None:
             try:
                 self._fresh_role = self.target.fresh_project()
             except Exception:  # noqa: BLE001 - Keystone may be the thing that is down
                 self._fresh_role = None
-        probes["backends"] = list(getattr(self.target, "backends", []))
+        if self.since is not None:
+            # One-off: the consumed containers the service user reads are found, not only
+            # remembered (scenarios probe what they seeded, on a bounded clock).
+            try:
+                found = discovery.service_containers(self.target, self._readers())
+            except Exception:  # noqa: BLE001 - best effort: the probes say what is down
+                found = []
+            self._tls_refs = list(dict.fromkeys([*self.known.tls_containers, *found]))
+            probes["discovered_tls_containers"] = len(found)
+        # Discovery runs beside the node probes: what the cloud says is consumed and expiring.
+        audit_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triage-discovery")
+        audit = audit_pool.submit(discovery.consumed_expiring, self.target, self._readers(), self.horizon)
 
         def probe(node) -> dict:
             p: dict = {"reachable": self._reachable(node)}
@@ -320,10 +430,22 @@ class Diagnoser:
                 probes["nodes"][node.name] = p
         if orders and nodes and probes["nodes"][nodes[0].name]["reachable"] == "yes":
             probes["order"] = self._order(nodes[0])
+        found, problems = audit.result()
+        audit_pool.shutdown(wait=False)
+        known = {s["ref"].rstrip("/").rsplit("/", 1)[1] for s in self.known.consumed_secrets}
+        probes["expiry_audit"] = {
+            "horizon_s": self.horizon, "problems": problems,
+            "expired": [f for f in found if f["expired"]],
+            "expiring": [f for f in found if not f["expired"]],
+            "unseeded": sorted(f["id"] for f in found if f["id"] not in known),
+        }
         probes["missing"] = self._why_missing(probes)
-        lines = self._new_log_lines()
-        self.last_log_lines = lines
-        return classify(probes, lines)
+
+    def _readers(self) -> list[str]:
+        """The roles whose projects the API discovery lists (the writer's, and the
+        seeded other project's when the target has one)."""
+        roles = [self.role] + [r for r in ("other-" + self.role,) if r in getattr(self.target, "credentials", {})]
+        return list(dict.fromkeys(roles))
 
     def _why_missing(self, probes: dict) -> dict[str, str]:
         """For secrets that answer 404: expired (row still there) or deleted? An operator
@@ -332,12 +454,11 @@ class Diagnoser:
                 for f in (p.get(key, {}).get("failed", []) if key == "sentinels" else p.get(key, []))
                 if f.get("status") == "404"}
         refs |= {f["ref"] for p in probes["nodes"].values() for f in p.get("expiry", [])}
-        database = getattr(getattr(self.target, "provider", None), "database", None)
-        if not refs or not hasattr(database, "connect"):
+        if not refs or Capability.DATABASE not in self.target.capabilities:
             return {}
         out = {}
         try:
-            with database.connect("barbican") as conn, conn.cursor() as cur:
+            with self.target.facet(Capability.DATABASE).connect("barbican", timeout=BUDGET_S) as conn, conn.cursor() as cur:
                 for ref in refs:
                     cur.execute("SELECT deleted, expiration < UTC_TIMESTAMP() FROM secrets WHERE id = %s",
                                 (ref.rstrip("/").rsplit("/", 1)[1],))
@@ -346,6 +467,10 @@ class Diagnoser:
         except Exception:  # noqa: BLE001 - the database may be what is down
             return {}
         return out
+
+
+class KeystoneUnanswered(Exception):
+    """A probe request not sent: its session could not get a token from Keystone."""
 
 
 class NodeHung(Exception):
@@ -365,18 +490,51 @@ def _ok(canary: dict | None) -> bool:
     return bool(canary) and canary.get("store") == "201" and canary.get("match") is True
 
 
-def classify(probes: dict, log_lines: list[tuple[str, str]]) -> Verdict:
-    """Probes + new log lines → category, incident type, blast radius, nodes, evidence."""
+def _dependency_line(name: str, r: dict) -> str:
+    what = "no answer" if r["status"] == "timeout" else "failed"
+    return f"probe {name}: {what} after {r['seconds']} s ({r['detail'][:160]})"
+
+
+def classify(probes: dict, log_lines: list) -> Verdict:
+    """Probes + log lines → category, incident type, blast radius, nodes, evidence. Pure:
+    decides from what it is given. `log_lines`: LogLine, or (node, line) pairs."""
     nodes = probes["nodes"]
     evidence: list[str] = []
-    by_category: dict[str, list[tuple[str, str]]] = {}
-    reinit: list[tuple[str, str]] = []
-    for node, line in log_lines:
-        sig = match(line)
+    lines = [as_log_line(item) for item in log_lines]
+
+    # 0. Shared dependencies, asked directly: the root cause names the dependency, and the
+    # parts that need it are listed as affected (a frozen database also stops Keystone).
+    deps = probes.get("dependencies", {})
+    roots, symptoms = root_causes(deps)
+    for name in ("database", "keystone"):
+        if name not in roots:
+            continue
+        evidence.append(_dependency_line(name, deps[name]))
+        for other in symptoms:
+            evidence.append(_dependency_line(other, deps[other]) + f" (needs the {name})")
+        for n, p in nodes.items():
+            if p.get("reachable", "yes") != "yes":
+                evidence.append(f"probe {n}: {p['reachable']} on GET /")
+        category = "backend_outage" if name == "database" else "auth_outage"
+        affected = sorted(set(dependents(name)) - {"barbican"} | set(symptoms))
+        return Verdict(category, "outage", "new_operations_only", sorted(nodes), evidence, probes,
+                       root_cause=name, affected_services=affected)
+
+    # Which nodes the probes find failing: a line written before the probes began (a
+    # one-off diagnosis reads a window) is evidence only for a node that fails now.
+    failing = {n for n, p in nodes.items()
+               if p.get("reachable") != "yes" or not _ok(p.get("canary")) or p.get("sentinels", {}).get("failed")}
+    lines = [ln for ln in lines if ln.during or ln.node in failing]
+    by_category: dict[str, list[LogLine]] = {}
+    reinit: list[LogLine] = []
+    for line in lines:
+        sig = match(line.text)
         if sig:
-            by_category.setdefault(sig.category, []).append((node, line.strip()[-240:]))
-        if REINIT.search(line):  # the HSM failed and Barbican re-initialised (maybe recovered)
-            reinit.append((node, line.strip()[-240:]))
+            by_category.setdefault(sig.category, []).append(line)
+        # The HSM failed and Barbican re-initialised (maybe recovered): only a current one
+        # says "degraded"; one from before the probes, with the probes fine, is over.
+        if REINIT.search(line.text) and line.during:
+            reinit.append(line)
 
     def missing_verdict(affected: list[str]) -> Verdict:
         why = probes.get("missing", {})
@@ -386,10 +544,11 @@ def classify(probes: dict, log_lines: list[tuple[str, str]]) -> Verdict:
             return verdict("expiration", "existing_secrets_at_risk", affected)
         return verdict("consumed_secret_missing", "existing_secrets_at_risk", affected)
 
-    def verdict(category: str, radius: str, affected: list[str]) -> Verdict:
-        for node, line in by_category.get(category, [])[:3]:
-            evidence.append(f"log {node}: {line}")
-        return Verdict(category, INCIDENT.get(category, "outage"), radius, sorted(affected), evidence, probes)
+    def verdict(category: str, radius: str, affected: list[str], root_cause: str = "") -> Verdict:
+        for line in by_category.get(category, [])[:3]:
+            evidence.append(line.evidence())
+        return Verdict(category, INCIDENT.get(category, "outage"), radius, sorted(affected), evidence, probes,
+                       root_cause=root_cause)
 
     # 1. Nodes that do not answer at all.
     down = [n for n, p in nodes.items() if p["reachable"] != "yes"]
@@ -427,6 +586,12 @@ def classify(probes: dict, log_lines: list[tuple[str, str]]) -> Verdict:
                 return verdict(category, "existing_secrets_at_risk", broken)
         if by_category.get("hsm_unreachable"):
             return verdict("hsm_unreachable", "new_operations_only", broken)
+        hsm = deps.get("hsm")
+        if hsm and hsm["status"] != "ok":  # the token asked directly, not through Barbican
+            evidence.append(_dependency_line("hsm", hsm))
+            if "HsmKeyMissing" in hsm["detail"]:
+                return verdict("kek_mismatch_or_key_loss", "existing_secrets_at_risk", broken, root_cause="hsm")
+            return verdict("hsm_unreachable", "new_operations_only", broken, root_cause="hsm")
         if by_category.get("backend_access_denied"):
             return verdict("backend_access_denied", "new_operations_only", broken)
         if by_category.get("backend_outage"):
@@ -457,6 +622,14 @@ def classify(probes: dict, log_lines: list[tuple[str, str]]) -> Verdict:
     if expired:
         evidence.append(f"probe expiry audit: consumed secret answers 404: {next(iter(expired.values()))[0]['ref']}")
         return missing_verdict(sorted(expired))
+    audit = probes.get("expiry_audit") or {}
+    if audit.get("expired"):
+        # Found by discovery (any consumer, seeded or not): expired in the shared database,
+        # so every node answers 404 for it.
+        first = audit["expired"][0]
+        evidence.append(f"probe expiry audit: consumed secret {first['id']} expired at {first['expiration']} "
+                        f"(found in the {first['source']}; {len(audit['expired'])} expired in all)")
+        return verdict("expiration", "existing_secrets_at_risk", up)
 
     # 4. Orders, then slowness.
     order = probes.get("order")
@@ -473,12 +646,15 @@ def classify(probes: dict, log_lines: list[tuple[str, str]]) -> Verdict:
     if slow or reinit:
         for n in slow:
             evidence.append(f"probe {n}: canary store+get took {nodes[n]['canary']['seconds']} s")
-        for node, line in reinit[:3]:
-            evidence.append(f"log {node}: {line}")
+        for line in reinit[:3]:
+            evidence.append(line.evidence())
         # Slow crypto with an HSM behind it, or an HSM that re-initialised and recovered.
         hsm = "pkcs11" in probes.get("backends", []) or reinit
         return verdict("hsm_degraded" if hsm else "backend_degraded", "none",
-                       sorted(set(slow) | {n for n, _ in reinit}))
+                       sorted(set(slow) | {line.node for line in reinit}))
+    for item in audit.get("expiring", [])[:3]:  # not an incident yet: a warning with the verdict
+        evidence.append(f"probe expiry audit: consumed secret {item['id']} expires at {item['expiration']} "
+                        f"(within {audit.get('horizon_s', 0) / 3600:g} h; found in the {item['source']})")
     return verdict("healthy", "none", [])
 
 
