@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.ports import free_port
 from harness.procs import run_command
 from harness.services.base import Service
+
+if TYPE_CHECKING:
+    from harness.context import RunContext
 
 # The plugins behind each topology backend: (secret store plugin, crypto plugin).
 BACKEND_PLUGINS = {
@@ -112,17 +116,12 @@ class BarbicanConfig:
                            what=f"barbican-manage {' '.join(args)}")
 
 
-class BarbicanNode(Service):
-    """One Barbican API node."""
+class NodeAddress:
+    """Where an API node keeps its files and where the host reaches it: the same for a node
+    run as a process and as a container (its port is then the published one)."""
 
-    def __init__(self, ctx, config: BarbicanConfig, index: int):
-        super().__init__(ctx)
-        self.config = config
-        self.index = index
-        self.name = f"barbican-{index}"
-        self.overrides: dict = {}
-        self.build = None  # None: the environment's build (a rolling upgrade sets one per node)
-        ctx.ports.setdefault(self.name, free_port())
+    ctx: RunContext
+    name: str
 
     @property
     def home(self) -> Path:
@@ -135,6 +134,19 @@ class BarbicanNode(Service):
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+class BarbicanNode(NodeAddress, Service):
+    """One Barbican API node."""
+
+    def __init__(self, ctx, config: BarbicanConfig, index: int):
+        super().__init__(ctx)
+        self.config = config
+        self.index = index
+        self.name = f"barbican-{index}"
+        self.overrides: dict = {}
+        self.build = None  # None: the environment's build (a rolling upgrade sets one per node)
+        ctx.ports.setdefault(self.name, free_port())
 
     def render(self) -> None:
         self.config.render(self.home, self.name, self.url, self.overrides, self.build)

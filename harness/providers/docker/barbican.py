@@ -4,15 +4,14 @@ python image, another build in that build's image)."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from harness.ports import free_port
-from harness.providers.docker.network import BARBICAN_PORT, HOST
+from harness.providers.docker.network import BARBICAN_PORT
 from harness.providers.docker.service import ContainerService, render_for_container
-from harness.services.barbican import BarbicanConfig
+from harness.services.barbican import BarbicanConfig, NodeAddress
 
 
-class DockerBarbicanNode(ContainerService):
+class DockerBarbicanNode(NodeAddress, ContainerService):
     role = "barbican-api"
     inner_port = BARBICAN_PORT  # published on the port named after the node (port_key)
 
@@ -39,18 +38,6 @@ class DockerBarbicanNode(ContainerService):
         if c is not None and c.attrs.get("Config", {}).get("Image") != self.rt.images.get(self.image_name):
             c.remove(force=True)
         super().start()
-
-    @property
-    def home(self) -> Path:
-        return self.ctx.run_dir / "barbican" / self.name
-
-    @property
-    def port(self) -> int:
-        return self.ctx.ports[self.name]
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
 
     def repick_ports(self) -> None:
         super().repick_ports()
