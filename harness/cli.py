@@ -572,7 +572,7 @@ def diagnose(run_id: Optional[str] = typer.Option(None, "--run", callback=_run_i
              json_out: bool = typer.Option(False, "--json")) -> None:
     """Is it an outage or a data-loss incident? Probes any live Barbican; writes only
     canary secrets (in the writer's project) and deletes them."""
-    from harness.load.cli import parse_duration
+    from harness.load_driver.cli import parse_duration
     from harness.triage.diagnose import Diagnoser, Known
 
     try:
