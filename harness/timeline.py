@@ -165,12 +165,16 @@ class Timeline(threading.Thread):
     def __init__(self, target, events: list[Event], duration: float, *,
                  on_event: EventHook = lambda kind, w: None,
                  resolve: Callable[[Any], Any] = lambda v: v, seed: int | None = None,
-                 operation: Callable[[str], dict] | None = None, permission=None):
+                 operation: Callable[[str], dict] | None = None, permission=None,
+                 stretch: bool = False):
         super().__init__(daemon=True, name="fault-timeline")
         self.target = target
         self.engine = FaultEngine(target, permission)
         self.events = list(events)
         self.duration = duration
+        # stretch: the end moves by how late the events ran, so the tail after the last
+        # one keeps its planned length (a rolling upgrade's "all on TO" phase).
+        self.stretch = stretch
         self.on_event = on_event
         self.resolve = resolve
         self.seed = seed
@@ -183,6 +187,15 @@ class Timeline(threading.Thread):
 
     def now(self) -> float:
         return time.monotonic() - self.t0 if self.t0 is not None else 0.0
+
+    def lateness(self) -> float:
+        """How late the latest inject began against its plan (0 when none was late)."""
+        late = [w.injected_at - w.planned_at for w in self.windows if w.injected_at is not None]
+        return max([0.0, *late])
+
+    def end(self) -> float:
+        """When the timeline ends, on its clock: `duration`, or later when it stretches."""
+        return self.duration + (self.lateness() if self.stretch else 0.0)
 
     def active(self) -> list[Window]:
         """Faults in effect now (injected, not yet healed)."""
@@ -199,7 +212,7 @@ class Timeline(threading.Thread):
                 if not self._sleep_until(self._due(t, kind, i)):
                     break
                 self._do(kind, i)
-            self._sleep_until(self.duration)
+            self._sleep_until(self.end())
         except BaseException as exc:  # noqa: BLE001 - reported by join(); heal still runs
             self.error = exc
         finally:

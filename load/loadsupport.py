@@ -47,6 +47,8 @@ class LoadConfig:
         self.series_dir = data["series_dir"]
         self.started_file = data.get("started_file")
         self.run_time = float(data.get("run_time") or 0)
+        self.stretch_file = data.get("stretch_file")  # seconds to run longer (harness.load_driver)
+        self.max_stretch = float(data.get("max_stretch") or 0)
         self.rotation = Rotation(data.get("rotation_file"), self.nodes)
 
     @classmethod

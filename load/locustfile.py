@@ -101,19 +101,32 @@ def _started(environment, **kwargs):
 
 
 def _end_after(environment, seconds: float) -> None:
-    """The run-time limit, done so that the final statistics are complete: Locust's own
+    """The run-time limit (later when the driver stretches the load), done so that the final statistics are complete: Locust's own
     -t quits the master 0.5 s after telling the workers to quit, before their last
     reports arrive (measured: 72 of 455 requests missing from the merged totals), and its
     CSV writer only writes once a second. Here: stop the users (the master waits until
     every worker's users have stopped), wait for the workers' last periodic report and
     for one more CSV pass, then quit."""
-    gevent.sleep(seconds)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end + _stretched():
+        gevent.sleep(min(1.0, max(0.05, end + _stretched() - time.monotonic())))
     runner = environment.runner
     runner.stop()
     if isinstance(runner, MasterRunner):
         gevent.sleep(WORKER_REPORT_INTERVAL + 0.5)
     gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.5)
     runner.quit()
+
+
+def _stretched() -> float:
+    """Seconds the driver asks the load to run longer (its timeline is late), capped."""
+    if not CFG.stretch_file:
+        return 0.0
+    try:
+        with open(CFG.stretch_file) as f:
+            return min(max(0.0, float(f.read())), CFG.max_stretch)
+    except (OSError, ValueError):
+        return 0.0
 
 
 @events.test_stop.add_listener

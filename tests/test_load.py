@@ -135,6 +135,33 @@ def test_distributed_master_and_two_workers_reach_the_report(env_of):
     assert f"<td>Aggregated</td><td class=\"num\">{merged['requests']:,}</td>" in merged_table
 
 
+@pytest.mark.integration
+@pytest.mark.xdist_group("simple-crypto")
+def test_a_stretched_load_runs_as_much_longer_as_its_timeline_is_late(env_of):
+    """A node killed at 1 s and restarted at 2 s (a restart takes seconds), then paused at 2 s:
+    the pause starts as late as the restart took. With stretch (as a rolling upgrade runs)
+    Locust runs that much longer, so the planned 4 s after the pause still carry load."""
+    from harness.load_driver.driver import run_load
+    from harness.load_driver.series import AGGREGATED, Series, overlaps
+    from harness.timeline import Event
+
+    env = env_of("simple-crypto")
+    events = [Event(at=1, fault="node_kill", params={"node": "2"}, heal_at=2),
+              Event(at=2, fault="node_pause", params={"node": "2"}, heal_at=3)]
+    result = run_load(env, users=2, spawn_rate=2, duration=6, timeline_events=events, seed=3, stretch=True)
+    kill, pause = result.windows
+    late = pause["injected_at"] - pause["planned_at"]
+    assert late > 1.0, result.windows  # the restart held the timeline up
+    assert result.params["stretched_s"] == pytest.approx(late, abs=0.1)
+    ran = result.ended_wall - result.started_wall
+    assert ran >= 6 + late - 0.5, (ran, late)
+    assert pause["healed_wall"] is not None and pause["healed_wall"] < result.ended_wall
+    assert result.locust["exit_code"] == 0, result.errors
+    series = Series.load(result.out_dir / "series")
+    tail = series.merged(AGGREGATED, [s for s in series.seconds if overlaps(s, pause["healed_wall"], result.ended_wall)])
+    assert tail.n > 0, "no request after the last step: the load was not stretched"
+
+
 # -- the pure parts: no service, no Locust ------------------------------------------------------
 def test_threshold_and_duration_syntax():
     from harness.errors import HarnessError

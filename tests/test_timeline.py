@@ -95,6 +95,25 @@ def test_a_slow_inject_still_holds_for_its_planned_span(tmp_path, noop):
     assert w.drift_s["heal"] >= 0.3  # later than planned, and said so
 
 
+def test_a_stretching_timeline_keeps_its_tail_after_late_steps(tmp_path, noop):
+    """Two slow steps back to back (a rollout's node slots too short for a node restart):
+    the second begins late, and with stretch the end moves by as much, so the time after
+    the last step is still the planned 0.3 s; without stretch that tail shrinks."""
+    events = [Event(at=0.0, fault="test_slow", heal_at=0.1), Event(at=0.1, fault="test_noop")]
+    tails = {}
+    for stretch in (False, True):
+        (tmp_path / str(stretch)).mkdir()
+        target = StubTarget(tmp_path / str(stretch))
+        timeline = Timeline(target, events, duration=0.4, stretch=stretch)
+        timeline.start()
+        timeline.join(timeout=5)
+        last = timeline.windows[1]
+        assert timeline.lateness() >= 0.45  # the 0.5 s inject pushed the second step back
+        ended = max(t for a, t in target.actions if a == "heal") - timeline.t0
+        tails[stretch] = ended - last.injected_at
+    assert tails[True] >= 0.3 - 0.02 and tails[False] < 0.1, tails
+
+
 def test_stop_heals_what_is_injected_and_an_inject_error_is_recorded(tmp_path, noop):
     target = StubTarget(tmp_path)
     events = [Event(at=0, fault="test_broken"), Event(at=0.05, fault="test_noop")]

@@ -144,7 +144,11 @@ def run_load(env, users: int, spawn_rate: float, duration: float, workers: int =
              wait: tuple[float, float] = (0.1, 0.5), request_timeout: float = 15.0,
              fixtures: tuple[int, int] = (4, 16), consumer_probability: float = 0.2,
              stop_timeout: float = 30.0, start_timeout: float = 120.0, check_ledger: bool = True,
-             progress: Progress | None = None, permission=None) -> LoadResult:
+             progress: Progress | None = None, permission=None, stretch: bool = False) -> LoadResult:
+    """Locust load on `env` for `duration` seconds, with `timeline_events` on the one
+    timeline. stretch: a late timeline (a step that took longer than its slot) makes the
+    load longer by as much, at most by `duration`, so that the tail after the last event
+    keeps its planned length."""
     from harness.faults.engine import FaultEngine, make_fault, sigterm_as_interrupt
 
     if users < 1 or spawn_rate <= 0 or duration <= 0 or workers < 0:
@@ -185,6 +189,7 @@ def run_load(env, users: int, spawn_rate: float, duration: float, workers: int =
                            containers=fixtures[0] if reader_id else 0, luks_keys=fixtures[1])
     config_path = out / "load-config.json"
     started_file = out / "started"
+    stretch_file = out / "stretch" if stretch and events else None
     series_dir = out / "series"
     _write_private(config_path, {
         "run_id": env.run_id, "keystone_url": env.keystone_url,
@@ -196,6 +201,7 @@ def run_load(env, users: int, spawn_rate: float, duration: float, workers: int =
         "consumer_probability": consumer_probability, "fixtures": fx.to_dict(),
         "ledger_dir": str(ledger.directory), "series_dir": str(series_dir), "started_file": str(started_file),
         "run_time": duration, "rotation_file": str(rotation_file(env.run_dir)),
+        "stretch_file": str(stretch_file) if stretch_file else None, "max_stretch": duration,
     })
 
     sampler = HsmSampler(env.facet(Capability.HSM_SHIM)) if Capability.HSM_SHIM in env.capabilities else None
@@ -213,16 +219,26 @@ def run_load(env, users: int, spawn_rate: float, duration: float, workers: int =
                 result.locust["pids"] = procs.pids()
                 result.started_wall = procs.wait_started(started_file, start_timeout)
             if events:
-                timeline = Timeline(env, list(events), duration, seed=seed, permission=permission)
+                timeline = Timeline(env, list(events), duration, seed=seed, permission=permission,
+                                    stretch=stretch_file is not None,
+                                    on_event=_stretcher(stretch_file, duration) if stretch_file else _no_hook)
                 timeline.start()
+
+            def stretched() -> float:
+                return min(timeline.lateness(), duration) if timeline and stretch_file else 0.0
+
             faults = ", ".join(e.fault for e in events) or "no faults"
-            with progress.step(f"load: {users} users for {duration:g} s ({faults})"):
-                code = procs.wait(duration + stop_timeout + 60)
+            with progress.step(f"load: {users} users for {duration:g} s{' or longer' if stretch_file else ''} "
+                               f"({faults})"):
+                code = procs.wait(duration + stop_timeout + 60, extra=stretched)
             result.ended_wall = time.time()
             result.locust["exit_code"] = code
             result.locust["worker_exit_codes"] = procs.worker_codes()
+            if stretch_file:
+                result.params["stretched_s"] = round(stretched(), 1)
             if code is None:
-                result.errors.append(f"Locust did not stop within {duration + stop_timeout + 60:.0f} s: killed")
+                result.errors.append(f"Locust did not stop within {duration + stretched() + stop_timeout + 60:.0f} s: "
+                                     "killed")
             elif code != 0:
                 result.errors.append(f"Locust exited {code}: {procs.tail(procs.master)}")
             if timeline is not None:
@@ -270,6 +286,23 @@ def run_load(env, users: int, spawn_rate: float, duration: float, workers: int =
                 writes.close(ledger.prefix, removed)
     result.save()
     return result
+
+
+def _no_hook(kind: str, window) -> None:
+    pass
+
+
+def _stretcher(path: Path, cap: float):
+    """A timeline hook that tells Locust (through `path`) how much longer to run: as late
+    as the timeline is, at most `cap` seconds."""
+    def on_event(kind: str, window) -> None:
+        if kind not in ("inject", "operation") or window.injected_at is None:
+            return
+        late = min(max(0.0, window.injected_at - window.planned_at), cap)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(repr(late))
+        tmp.replace(path)  # Locust never reads half a number
+    return on_event
 
 
 def _wait_serving(env, role: str, timeout: float = 60.0) -> None:

@@ -74,10 +74,11 @@ class LocustProcesses:
                              log=lambda: self.tail(self.master), error=LocustError)
         return float(started)
 
-    def wait(self, timeout: float) -> int | None:
-        """Wait for the master (then the workers); None when it had to be killed."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.master.alive():
+    def wait(self, timeout: float, extra=lambda: 0.0) -> int | None:
+        """Wait for the master (then the workers); None when it had to be killed. `extra()`
+        adds seconds to the timeout as the run goes (a load that stretches)."""
+        start = time.monotonic()
+        while time.monotonic() < start + timeout + extra() and self.master.alive():
             time.sleep(0.2)
         if self.master.alive():
             self.stop()

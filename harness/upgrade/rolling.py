@@ -8,7 +8,8 @@ Phases, back to back on the load's clock (each a window on the report's plots):
                    stopped, started on TO, proven ready (a secret stored through it and read
                    back through the next node, FROM or TO) and put back; the phase lasts
                    until the next node's turn, with FROM and TO nodes serving together
-  all on TO        every node (and the worker) on TO, until the load ends
+  all on TO        every node (and the worker) on TO, until the load ends; steps that ran
+                   late make the load longer, so this phase keeps its planned length
 
 Each phase has its own error ratio and p95 over every request started in it, and its own
 thresholds (--max-error-ratio / --max-p95-ms with a phase kind: from, db, node, to).
@@ -69,7 +70,8 @@ def parse_phase_limit(text: str, metric: str) -> PhaseLimit:
 @dataclass
 class RollingPlan:
     """How a rollout is run and judged. Slots are what a step is given before the next one
-    starts; a step that takes longer pushes the next ones back (the settle phase shrinks)."""
+    starts; a step that takes longer pushes the next ones back, and the load runs longer
+    by as much (at most its planned length again), so "all on TO" still lasts settle_s."""
 
     users: int = 10
     spawn_rate: float = 5.0
@@ -212,7 +214,7 @@ def rolling_upgrade(env, old, new, overrides: dict, plan: RollingPlan, out_dir: 
     try:
         with _steps_in_catalog():
             result = run_load(env, plan.users, plan.spawn_rate, duration, timeline_events=events, out_dir=out_dir,
-                              seed=plan.seed, weights=plan.weights, progress=progress)
+                              seed=plan.seed, weights=plan.weights, progress=progress, stretch=True)
             load = result.to_dict()
     except HarnessError as exc:  # e.g. a node that never came back: the figures are still there
         errors.append(f"load: {exc}")
@@ -278,6 +280,8 @@ def phases(load: dict, series_dir: Path, old, new, limits: list[PhaseLimit]) -> 
                        "upgrade_node": (f"{node} → {new.version}", "node"),
                        "upgrade_done": (f"all on TO {new.version}", "to")}[step]
         bounds.append((label, kind, w["injected_wall"], w.get("error")))
+    if bounds[-1][1] != "to":  # the load ended first: the rollout was not seen to its end
+        bounds.append((f"all on TO {new.version}", "to", end, "the load ended before every process was on TO"))
     series = Series.load(series_dir)
     out = []
     for i, (label, kind, a, error) in enumerate(bounds):
