@@ -92,6 +92,7 @@ class Environment:
         self._sessions: dict[str, object] = {}
         self._facets: Facets | None = None
         self._offline = False  # see offline()
+        self._state_inode: int | None = None  # the state file as this object last read or wrote it
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -179,6 +180,7 @@ class Environment:
         env = cls(ctx, state=state)
         env.provider = provider_class(state.get("provider", "local"))(ctx, on_change=env.save_state)
         env.provider.adopt(state.get("processes", []), state.get("overrides", {}))
+        env._saw_state()
         return env
 
     def __enter__(self) -> "Environment":
@@ -244,7 +246,24 @@ class Environment:
         return self._facet_table.capabilities
 
     def facet(self, capability: Capability, what: str = "this"):
+        self._follow_state()
         return self._facet_table.get(capability, what)
+
+    def _follow_state(self) -> None:
+        """Before acting on the run: when another harness process wrote its state file
+        since this one last read or wrote it (`heal` or a fault restarted a node), adopt
+        what it recorded. Acting on the old records would signal a dead process: a pause
+        of a node whose old process is an unreaped zombie signals nothing at all."""
+        try:
+            now = (self.run_dir / STATE_FILE).stat().st_ino
+        except OSError:
+            return
+        if self._state_inode is not None and now != self._state_inode:
+            self.reload_state()
+
+    def _saw_state(self) -> None:
+        with contextlib.suppress(OSError):
+            self._state_inode = (self.run_dir / STATE_FILE).stat().st_ino  # every write is a new file
 
     @property
     def traits(self) -> Traits:
@@ -288,9 +307,11 @@ class Environment:
         tmp = self.run_dir / f"{STATE_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
         tmp.write_text(json.dumps(self.state, indent=2))
         tmp.replace(self.run_dir / STATE_FILE)
+        self._saw_state()
 
     def reload_state(self) -> None:
         """Pick up what another harness process changed (a `heal` restarted a node)."""
+        self._saw_state()
         self.state = json.loads((self.run_dir / STATE_FILE).read_text())
         if self.provider is not None:
             self.provider.readopt(self.state.get("processes", []), self.state.get("overrides", {}))

@@ -52,6 +52,16 @@ def is_running(pid: int, create_time: float | None = None) -> bool:
         return False
 
 
+def all_stopped(pgid: int) -> bool:
+    """Every live process of the group is stopped (SIGSTOP took effect on each)."""
+    members = _group_members(pgid)
+    try:
+        return bool(members) and all(p.status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+                                     for p in members)
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _group_members(pgid: int) -> list[psutil.Process]:
     out = []
     for p in psutil.process_iter(["pid"]):

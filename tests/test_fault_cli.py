@@ -81,3 +81,47 @@ def test_sigkill_while_kek_mismatch_is_injected_then_heal_restores_the_kek(env_o
     assert original in conf.read_text()
     env.reload_state()  # `heal` (another process) restarted barbican-2
     steady_state(env, seeded)
+
+
+
+RESTART_NODE = """
+import sys
+from harness.environment import Environment
+from harness.target import Capability
+Environment.attach(sys.argv[1]).facet(Capability.NODE_CONTROL).restart("barbican-2")
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.xdist_group("simple-crypto")
+def test_a_node_restarted_elsewhere_is_followed_and_a_dead_one_is_never_signalled_in_vain(env_of):
+    """Another harness process restarts barbican-2: this process's record of it is a dead
+    child (a zombie until reaped, whose process group still takes signals; seen in CI as a
+    pause that froze nothing). The environment follows the state file the other process
+    wrote, so the pause freezes the running node. A node killed by hand (no harness
+    process recorded anything) is refused by name, not signalled in vain."""
+    import os
+
+    import requests
+
+    from harness.errors import HarnessError
+    from harness.faults.engine import FaultEngine
+    from harness.target import Capability
+
+    env = env_of("simple-crypto")
+    url = env.node(2).url + "/healthcheck"
+    subprocess.run([sys.executable, "-c", RESTART_NODE, str(env.run_dir)], cwd=REPO, check=True, timeout=120)
+    with FaultEngine(env).injected("node_pause", {"node": "2"}):
+        with pytest.raises(requests.Timeout):
+            requests.get(url, timeout=2)
+    assert requests.get(url, timeout=10).status_code == 200
+
+    [pid] = [p["pid"] for p in env.processes() if p["name"] == "barbican-2"]
+    os.killpg(pid, signal.SIGKILL)
+    try:
+        with pytest.raises(HarnessError, match="barbican-2 is not running"):
+            with FaultEngine(env).injected("node_pause", {"node": "2"}):
+                pass
+    finally:
+        env.facet(Capability.NODE_CONTROL).restart("barbican-2")
+    assert requests.get(url, timeout=10).status_code == 200

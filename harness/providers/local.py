@@ -9,16 +9,18 @@ even if this process dies half-way.
 from __future__ import annotations
 
 import os
+import signal
 from typing import Callable
 
 from harness.context import RunContext
 from harness.errors import HarnessError
-from harness.procs import ProcessRecord, stop_record
+from harness.procs import ProcessRecord, all_stopped, stop_record
 from harness.providers.sequence import StartSequence
 from harness.services.barbican import BarbicanConfig, BarbicanNode, BarbicanWorker
 from harness.services.base import Service
 from harness.services.database import database_for
 from harness.services.keystone import Keystone
+from harness.wait import wait_until
 
 
 class LocalProvider(StartSequence):
@@ -147,13 +149,24 @@ class LocalProvider(StartSequence):
             self.on_change()
 
     def signal_service(self, service, sig: int) -> None:
-        """A signal to every process group of a service (uWSGI's workers included)."""
+        """A signal to every process group of a service (uWSGI's workers included).
+
+        A process that has exited is an error, never a silent no-op: a killed child this
+        process has not reaped yet (a zombie) still has its group, so killpg succeeds and
+        signals nothing, and a node_pause would report a freeze while the node serves."""
         for proc in service.processes:
-            if proc.record:
-                try:
-                    os.killpg(proc.record.pid, sig)
-                except ProcessLookupError:
-                    raise HarnessError(f"{service.name} is not running") from None
+            if not proc.record:
+                continue
+            if not proc.alive():
+                raise HarnessError(f"{service.name} is not running: its process {proc.record.pid} has exited "
+                                   "(restarted by another harness process? `reload_state` picks that up)")
+            try:
+                os.killpg(proc.record.pid, sig)
+            except ProcessLookupError:
+                raise HarnessError(f"{service.name} is not running") from None
+            if sig == signal.SIGSTOP:
+                wait_until(lambda pgid=proc.record.pid: all_stopped(pgid), timeout=5, interval=0.05,
+                           what=f"{service.name}: every process of group {proc.record.pid} stopped")
 
     def down(self, timeout: float = 10.0) -> None:
         # Reverse start order: API nodes first, database last.
