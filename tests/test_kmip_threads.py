@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from harness.known_bugs import known_bug
+from harness.target import Capability
 from tests.conftest import harness_cli, topology
 
 pytestmark = pytest.mark.integration
@@ -28,10 +29,20 @@ def kmip_threaded(barbican_env_pool, tmp_path_factory):
     return barbican_env_pool.get(path)
 
 
+@pytest.fixture
+def kmip_threaded_restarted_after(kmip_threaded):
+    """The environment, its API node restarted after the test: reads the bug hangs hold the
+    process's shared KMIP client (until uWSGI's harakiri, 120 s later), and a request the
+    next test sends meanwhile fails with 500 on that client (seen in CI: `known-bugs` then
+    could not even create its probe secrets)."""
+    yield kmip_threaded
+    kmip_threaded.facet(Capability.NODE_CONTROL).restart(kmip_threaded.node().name)
+
+
 @pytest.mark.xdist_group("kmip-threaded")
 @known_bug("kmip-shared-client-threads")
-def test_concurrent_kmip_reads_on_a_threaded_node_all_succeed(kmip_threaded):
-    env = kmip_threaded
+def test_concurrent_kmip_reads_on_a_threaded_node_all_succeed(kmip_threaded_restarted_after):
+    env = kmip_threaded_restarted_after
     client = env.barbican()
     refs = [client.secrets.create(payload=secrets.token_bytes(16)).store() for _ in range(4)]
 
