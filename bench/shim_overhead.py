@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -109,19 +110,22 @@ class P11:
         return m
 
 
-def make_token(work: Path) -> tuple[dict, int, str]:
+def make_token(work: Path, module: str) -> tuple[dict, int, str]:
+    from harness.services.softhsm import INIT_TOKEN_SCRIPT, init_token_env
+
     (work / "tokens").mkdir()
     conf = work / "softhsm2.conf"
     conf.write_text(f"directories.tokendir = {work / 'tokens'}\nobjectstore.backend = file\n"
                     "log.level = ERROR\n")
     env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
-    pin = os.urandom(6).hex()
-    out = subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "bench",
-                          "--pin", pin, "--so-pin", os.urandom(6).hex()],
-                         env=env, capture_output=True, text=True, timeout=60)
+    pin = secrets.token_hex(6)
+    # Through PKCS#11 (C_InitToken): softhsm2-util would show the PINs on its command line.
+    out = subprocess.run([sys.executable, "-c", INIT_TOKEN_SCRIPT],
+                         env={**env, **init_token_env(module, "bench", pin, secrets.token_hex(6))},
+                         capture_output=True, text=True, timeout=60)
     if out.returncode != 0:
-        raise SystemExit(f"softhsm2-util --init-token failed: {out.stderr.strip()}")
-    slot = int(re.search(r"reassigned to slot (\d+)", out.stdout).group(1))
+        raise SystemExit(f"initialising the bench token failed: {out.stderr.strip()}")
+    slot = int(re.search(r"in slot (\d+)", out.stdout).group(1))
     return env, slot, pin
 
 
@@ -316,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     shim_path = shim.library_path()
     work = Path(tempfile.mkdtemp(prefix="p11shim-bench-"))
     try:
-        env, slot, pin = make_token(work)
+        env, slot, pin = make_token(work, args.module)
         ctl = shim.ShimControl(work / "control", work / "stats")
         ctl.clear(settle=False)            # a control file with no rule
         env.update(ctl.env(args.module))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -22,14 +23,15 @@ from pathlib import Path
 import pytest
 
 from harness import shim
+from harness.services.softhsm import INIT_TOKEN_SCRIPT, init_token_env
 from harness.shim import CKR, Rule, ShimControl
 
 SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
-PIN = "1234"          # throw-away test token; passed to children through the environment
-SO_PIN = "5678"
+PIN = secrets.token_hex(4)      # a throw-away token's; children get it through their environment
+SO_PIN = secrets.token_hex(4)
 
 needs_softhsm = pytest.mark.skipif(    # never skipped under CI=true (`./run` installs SoftHSM)
-    not (os.path.exists(SOFTHSM) and shutil.which("softhsm2-util")) and os.environ.get("CI", "").lower() != "true",
+    not os.path.exists(SOFTHSM) and os.environ.get("CI", "").lower() != "true",
     reason="SoftHSM2 not installed (apt-get install -y softhsm2)")
 
 
@@ -220,12 +222,11 @@ def hsm():
         conf.write_text(f"directories.tokendir = {work / 'tokens'}\n"
                         "objectstore.backend = file\nlog.level = ERROR\n")
         base = {**os.environ, "SOFTHSM2_CONF": str(conf)}
-        init = subprocess.run(
-            ["softhsm2-util", "--init-token", "--free", "--label", "t",
-             "--pin", PIN, "--so-pin", SO_PIN],
-            env=base, capture_output=True, text=True, timeout=60)
+        # Through PKCS#11 (C_InitToken): softhsm2-util would show the PINs on its command line.
+        init = subprocess.run([sys.executable, "-c", INIT_TOKEN_SCRIPT], env={**base, **init_token_env(
+            SOFTHSM, "t", PIN, SO_PIN)}, capture_output=True, text=True, timeout=60)
         assert init.returncode == 0, init.stderr
-        slot = int(re.search(r"reassigned to slot (\d+)", init.stdout).group(1))
+        slot = int(re.search(r"in slot (\d+)", init.stdout).group(1))
         yield work, base, slot
     finally:
         shutil.rmtree(work, ignore_errors=True)

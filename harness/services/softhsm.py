@@ -71,12 +71,20 @@ call("C_InitPIN", session, pin, U(len(pin)))
 call("C_Logout", session)
 call("C_CloseSession", session)
 call("C_Finalize", None)
-print("token initialised")
+# SoftHSM gives an initialised token a slot ID of its own: find it by label and say it.
+call("C_Initialize", None)
+call("C_GetSlotList", ctypes.c_ubyte(1), None, ctypes.byref(count))
+slots = (U * count.value)()
+call("C_GetSlotList", ctypes.c_ubyte(1), slots, ctypes.byref(count))
+found = [s for s in slots[:count.value] if call("C_GetTokenInfo", U(s), info) is None and info.raw[:32] == label]
+call("C_Finalize", None)
+print("token initialised in slot %d" % found[0] if found else "token initialised")
 """
 
 
 def init_token_env(module: str, label: str, pin: str, so_pin: str) -> dict[str, str]:
-    """INIT_TOKEN_SCRIPT's input: the module, the label and the PINs."""
+    """INIT_TOKEN_SCRIPT's input: the module, the label and the PINs. It prints
+    "token initialised in slot N" (the slot ID, as SoftHSM reassigns it)."""
     return {"P11_INIT_MODULE": module, "P11_INIT_LABEL": label, "P11_INIT_PIN": pin, "P11_INIT_SO_PIN": so_pin}
 
 
