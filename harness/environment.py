@@ -392,6 +392,10 @@ class Environment:
             self._sessions[role] = identity.session_for(self.keystone_url, self.credentials[role])
         return self._sessions[role]
 
+    def renew_sessions(self) -> None:
+        """New tokens from here on (each session authenticates again on its next request)."""
+        self._sessions.clear()
+
     def barbican(self, role: str | None = None, node: str | int | None = None, microversion: str | None = None):
         """A python-barbicanclient Client acting as `role` against one node."""
         from barbicanclient import client as bclient

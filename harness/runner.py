@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness import redact
+from harness.behaviour import noise
 from harness.behaviour.signature import Recorder
 from harness.environment import Environment, make_run_dir, runs_dir
 from harness.faults.engine import sigterm_as_interrupt
@@ -145,6 +146,9 @@ def _run(scenario: Scenario, env, run_dir: Path, result: ScenarioResult, timelin
     diag = Diagnoser(env, known=seeded.known, logs_dir=logs,
                      **({"canary_name": f"{prefix}-triage-canary"} if prefix else {}))
     orders = env.async_orders
+    # New tokens, first validated by the baseline round: how long a node trusts a token it
+    # cached (token_cache_time) then counts from this run, not from whatever ran before.
+    env.renew_sessions()
     baseline = diag.diagnose(orders=orders)
     behaviour.round("before", 0.0, baseline, diag.last_log_lines)
     timeline.append({"t": 0.0, "kind": "baseline", "verdict": _brief(baseline)})
@@ -238,6 +242,8 @@ def _run(scenario: Scenario, env, run_dir: Path, result: ScenarioResult, timelin
     result.ledger = check.summary()
     (run_dir / "ledger.json").write_text(json.dumps(result.ledger, indent=2))
     _judge(scenario, seeded, result, after, check)
+    if scenario.delayed_phase_s is not None:
+        result.failures += delayed_phase_failures(behaviour.data, scenario.delayed_phase_s)
 
 
 def _judge(scenario: Scenario, seeded, result: ScenarioResult, after: Verdict, check) -> None:
@@ -299,6 +305,22 @@ def _write_result(scenario: Scenario, run_dir: Path, result: ScenarioResult) -> 
     VerdictFile("scenario", result.name, result.passed, list(result.failures),
                 [Check("scenario", result.name, result.passed, message, row, details)]).write(run_dir)
 
+
+
+def delayed_phase_failures(signature: dict, delayed_phase_s: float) -> list[str]:
+    """A scenario that declares a delayed phase must see it: at least one probe round in the
+    fault's first phase and one in the delayed phase, and some operation on some node that
+    behaves otherwise in the second (else the run proved nothing about the delay)."""
+    summary = noise.summarise(signature)
+    rounds, during, delayed = summary["rounds"], summary["phases"]["during"], summary["phases"]["delayed"]
+    missing = [p for p in ("during", "delayed") if not rounds.get(p)]
+    if missing:
+        return [f"delayed phase: no probe round in the {' or '.join(missing)} phase (delayed_phase_s "
+                f"{delayed_phase_s:g}; rounds per phase {rounds}): the fault must last longer"]
+    if not any(cell in during and during[cell]["status"] != v["status"] for cell, v in delayed.items()):
+        return [f"delayed phase: every operation behaved as in the fault's first phase after {delayed_phase_s:g} s: "
+                "the delay it names did not happen"]
+    return []
 
 
 def _phase(scenario: Scenario, since_inject: float) -> str:

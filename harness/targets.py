@@ -156,6 +156,10 @@ class CloudTarget:
                 raise HarnessError(f"cloud '{self.spec.clouds[role]}': {exc}") from None
         return self._regions[role]
 
+    def renew_sessions(self) -> None:
+        """New tokens from here on (each session authenticates again on its next request)."""
+        self._sessions.clear()
+
     def session(self, role: str | None = None):
         role = role or self.writer_role
         if role not in self._sessions:

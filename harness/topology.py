@@ -86,6 +86,9 @@ class BarbicanSpec(_Strict):
     nodes: int = Field(2, ge=1, le=8)
     processes: int = Field(1, ge=1, le=8)
     threads: int = Field(4, ge=1, le=32)
+    # keystonemiddleware's token_cache_time: how long a node trusts a token it validated,
+    # Keystone down or not. None: its default (300 s). Short, an outage outlasts it.
+    token_cache_s: int | None = Field(None, ge=1, le=86_400)
     # The Barbican build to run (harness.builds.sources): pypi:VERSION, wheel:PATH, sdist:PATH or
     # git:PATH[@REF], paths relative to the topology file; default: the harness's own release.
     source: str | None = None

@@ -100,6 +100,21 @@ def test_a_delayed_phase_is_told_from_the_fault_and_its_transition():
     assert (d.phase, d.field, d.before, d.after) == ("during", "present", "yes", "no")
 
 
+def test_a_declared_delayed_phase_must_be_reached_and_differ():
+    from harness.runner import delayed_phase_failures
+
+    quiet, failing = {"read_existing": "200", "store": "201"}, {"read_existing": "503", "store": "503"}
+    sig = _sig("s", [quiet, quiet])
+    delayed = {**sig["rounds"][1], "phase": "delayed", "nodes": _sig("s", [failing])["rounds"][1]["nodes"]}
+    reached = {**sig, "rounds": [*sig["rounds"][:-1], delayed, sig["rounds"][-1]]}
+    assert delayed_phase_failures(reached, 10) == []
+    (never,) = delayed_phase_failures(sig, 10)
+    assert "no probe round in the delayed phase" in never and "must last longer" in never
+    same = {**sig, "rounds": [*sig["rounds"][:-1], {**sig["rounds"][1], "phase": "delayed"}, sig["rounds"][-1]]}
+    (alike,) = delayed_phase_failures(same, 10)
+    assert "behaved as in the fault's first phase after 10 s" in alike
+
+
 def test_diff_behaviour_refuses_a_bad_source_before_anything_runs(tmp_path):
     from harness.builds import parse_source
 

@@ -208,6 +208,9 @@ class DeploymentTarget:
     def session(self, role: str | None = None):
         return self.api.session(role)
 
+    def renew_sessions(self) -> None:
+        self.api.renew_sessions()
+
     def barbican(self, role: str | None = None, node=None, microversion: str | None = None):
         return self.api.barbican(role, self.node(node).name, microversion)
 

@@ -90,6 +90,7 @@ class BarbicanConfig:
             legacy_sql_connection=build.legacy_sql_connection,
             keystone_url=self.keystone.url_on(self._via("keystone")),
             service_password=self.ctx.secrets.barbican_service_password,
+            token_cache_s=topo.barbican.token_cache_s,
             secure_rbac=topo.policy == "secure-rbac",
             multiple_stores=multiple, stores=stores, crypto_plugins=crypto,
             keks=o.get("keks", [self.ctx.secrets.kek]) if "simple_crypto" in topo.backends else [],
