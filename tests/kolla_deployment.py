@@ -314,11 +314,17 @@ class KollaDeployment:
                 .replace("enabled_crypto_plugins = simple_crypto", "enabled_crypto_plugins = p11_crypto")
                 + "\n[p11_crypto_plugin]\n" + "".join(f"{k} = {v}\n" for k, v in p11.items()))
         # The SO PIN only sets the token up: an environment variable of the start command.
+        # OpenSC's pkcs11-tool reads both PINs from the environment (env:VAR); softhsm2-util
+        # would show them on its command line to anyone who lists processes.
+        tool = f"pkcs11-tool --module {SOFTHSM_LIB}"
         start = ('if [ ! -f /var/lib/softhsm/tokens/.made ]; then '
-                 'softhsm2-util --init-token --free --label barbican --pin "$(sed -n "s/^login = //p" '
-                 f'{BARBICAN_CONF})" --so-pin "$SO_PIN" && barbican-manage db upgrade && '
+                 f'export HSM_PIN="$(sed -n "s/^login = //p" {BARBICAN_CONF})" && '
+                 f'{tool} --init-token --label barbican --so-pin env:SO_PIN --slot-index 0 && '
+                 f'{tool} --token-label barbican --login --login-type so --so-pin env:SO_PIN '
+                 '--init-pin --new-pin env:HSM_PIN && barbican-manage db upgrade && '
                  'barbican-manage hsm gen_mkek && barbican-manage hsm gen_hmac && '
-                 'touch /var/lib/softhsm/tokens/.made; fi && exec uwsgi --ini /etc/barbican/barbican-api-uwsgi.ini')
+                 'touch /var/lib/softhsm/tokens/.made; fi && unset HSM_PIN SO_PIN && '
+                 'exec uwsgi --ini /etc/barbican/barbican-api-uwsgi.ini')
         c = self._create("barbican_api_p11", self.python, ["sh", "-c", start], alias="barbican-api-p11",
                          environment={"SO_PIN": secrets.token_hex(4)},
                          files={BARBICAN_CONF: (conf.encode(), 0o600),
