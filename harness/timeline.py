@@ -189,9 +189,11 @@ class Timeline(threading.Thread):
         return time.monotonic() - self.t0 if self.t0 is not None else 0.0
 
     def lateness(self) -> float:
-        """How late the latest inject began against its plan (0 when none was late)."""
-        late = [w.injected_at - w.planned_at for w in self.windows if w.injected_at is not None]
-        return max([0.0, *late])
+        """How late the event that began last began against its plan (0 when on time): what
+        the time after it lacks, unless the end moves."""
+        begun = [w for w in self.windows if w.injected_at is not None]
+        last = max(begun, key=lambda w: w.injected_at, default=None)
+        return max(0.0, last.injected_at - last.planned_at) if last else 0.0
 
     def end(self) -> float:
         """When the timeline ends, on its clock: `duration`, or later when it stretches."""
