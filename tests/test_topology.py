@@ -44,6 +44,12 @@ def test_wrong_value_lists_allowed_values(tmp_path):
     assert "'simple_crypto', 'pkcs11', 'kmip' or 'vault'" in msg
 
 
+def test_token_cache_out_of_range_names_the_field_and_the_bound(tmp_path):
+    p = write(tmp_path, "name: x\nstores: [{name: s, backend: simple_crypto}]\nbarbican:\n  token_cache_s: 0\n")
+    msg = str(pytest.raises(TopologyError, load_topology, p).value)
+    assert str(p) in msg and "barbican.token_cache_s" in msg and "greater than or equal to 1" in msg
+
+
 def test_sqlite_refuses_concurrency(tmp_path):
     p = write(tmp_path, "name: x\ndatabase: sqlite\nstores: [{name: s, backend: simple_crypto}]\n")
     msg = str(pytest.raises(TopologyError, load_topology, p).value)
