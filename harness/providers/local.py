@@ -159,7 +159,7 @@ class LocalProvider(StartSequence):
                 continue
             if not proc.alive():
                 raise HarnessError(f"{service.name} is not running: its process {proc.record.pid} has exited "
-                                   "(restarted by another harness process? `reload_state` picks that up)")
+                                   "(it died, or was killed outside the harness; a restart brings it back)")
             try:
                 os.killpg(proc.record.pid, sig)
             except ProcessLookupError:
