@@ -26,7 +26,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from harness.errors import HarnessError
 from harness.ledger import Ledger, LedgerChecker
@@ -218,14 +218,15 @@ def run_load(env, users: int, spawn_rate: float, duration: float, workers: int =
                 procs.start()
                 result.locust["pids"] = procs.pids()
                 result.started_wall = procs.wait_started(started_file, start_timeout)
-            if events:
-                timeline = Timeline(env, list(events), duration, seed=seed, permission=permission,
-                                    stretch=stretch_file is not None,
-                                    on_event=_stretcher(stretch_file, duration) if stretch_file else _no_hook)
-                timeline.start()
 
             def stretched() -> float:
                 return min(timeline.lateness(), duration) if timeline and stretch_file else 0.0
+
+            if events:
+                hook = {"on_event": _stretcher(stretch_file, stretched)} if stretch_file else {}
+                timeline = Timeline(env, list(events), duration, seed=seed, permission=permission,
+                                    stretch=stretch_file is not None, **hook)
+                timeline.start()
 
             faults = ", ".join(e.fault for e in events) or "no faults"
             with progress.step(f"load: {users} users for {duration:g} s{' or longer' if stretch_file else ''} "
@@ -288,20 +289,14 @@ def run_load(env, users: int, spawn_rate: float, duration: float, workers: int =
     return result
 
 
-def _no_hook(kind: str, window) -> None:
-    pass
-
-
-def _stretcher(path: Path, cap: float):
-    """A timeline hook that tells Locust (through `path`) how much longer to run: as late
-    as the timeline is, at most `cap` seconds."""
+def _stretcher(path: Path, stretched: Callable[[], float]):
+    """A timeline hook that tells Locust (through `path`) how much longer to run, once
+    each event has begun: `stretched()` seconds."""
     def on_event(kind: str, window) -> None:
-        if kind not in ("inject", "operation") or window.injected_at is None:
-            return
-        late = min(max(0.0, window.injected_at - window.planned_at), cap)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(repr(late))
-        tmp.replace(path)  # Locust never reads half a number
+        if kind in ("inject", "operation"):
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(repr(stretched()))
+            tmp.replace(path)  # Locust never reads half a number
     return on_event
 
 
